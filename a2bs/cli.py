@@ -1,0 +1,133 @@
+"""`a2bs` command line: thin wrappers around library calls.
+
+Every command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides, prints a one-line
+summary at the end, and exits non-zero with a one-line reason on a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from a2bs.config import Config, ConfigError, load_config
+from a2bs.errors import InputError, ModelFileError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Separate positional inputs from ``key=value`` overrides (an override has '=' before any '/')."""
+    inputs, overrides = [], []
+    for item in items:
+        head = item.split("/", 1)[0]
+        (overrides if "=" in head and not item.startswith("s3://") else inputs).append(item)
+    return inputs, overrides
+
+
+def _config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    return load_config(args.config, overrides)
+
+
+def cmd_extract(args: argparse.Namespace, rest: list[str]) -> int:
+    from a2bs.data.pipeline import run_extract
+
+    inputs, overrides = _split_overrides(args.inputs + rest)
+    if not inputs:
+        raise ConfigError("extract: give at least one input file, folder, glob or s3:// prefix")
+    cfg = _config(args, overrides)
+    summary = run_extract(inputs, args.out, cfg, write_json=args.json, use_ray=not args.no_ray,
+                          progress=not args.quiet)
+    for f in summary.failures:
+        print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
+    print(summary.line())
+    return EXIT_OK if (summary.ok or summary.skipped) else EXIT_FAILED
+
+
+def cmd_build(args: argparse.Namespace, rest: list[str]) -> int:
+    from a2bs.data.pipeline import run_build
+
+    _, overrides = _split_overrides(rest)
+    cfg = _config(args, overrides)
+    summary = run_build(args.clips, args.out, cfg, use_ray=not args.no_ray)
+    print(summary.line())
+    return EXIT_OK if sum(summary.rows.values()) else EXIT_FAILED
+
+
+def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
+    from a2bs.synth.corpus import main as synth_main
+
+    return synth_main(["--out", args.out, "--clips", str(args.clips), "--seed", str(args.seed)])
+
+
+def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
+    from a2bs.demo import run_demo
+
+    _, overrides = _split_overrides(rest)
+    cfg = _config(args, overrides)
+    return run_demo(args.out, cfg)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of overrides (sections as in a2bs/config.py)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    parser = argparse.ArgumentParser(prog="a2bs", description="Audio to ARKit blendshapes, at Ray scale.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable] = {}
+
+    p = sub.add_parser("extract", help="videos/audio -> per-clip features (Parquet, optional seed JSON)")
+    p.add_argument("inputs", nargs="*", help="files, folders, globs or s3:// prefixes (and key=value overrides)")
+    p.add_argument("--out", required=True, help="clip features folder (local or s3://)")
+    p.add_argument("--json", action="store_true", help="also write the seed's face/audio JSON per clip")
+    p.add_argument("--no-ray", action="store_true", help="run in this process without Ray (a few files)")
+    _common(p)
+    handlers["extract"] = cmd_extract
+
+    p = sub.add_parser("build", help="clip features -> sequence shards with a train/val split")
+    p.add_argument("clips", help="clip features folder written by `a2bs extract`")
+    p.add_argument("--out", required=True, help="shards folder (local or s3://)")
+    p.add_argument("--no-ray", action="store_true", help="run in this process without Ray")
+    _common(p)
+    handlers["build"] = cmd_build
+
+    p = sub.add_parser("synth", help="generate the demo corpus (needs flite)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    handlers["synth"] = cmd_synth
+
+    p = sub.add_parser("demo", help="the main job on the bundled demo corpus (embedded local Ray)")
+    p.add_argument("--out", default="out/demo", help="output folder")
+    _common(p)
+    handlers["demo"] = cmd_demo
+
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `a2bs` console script."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noise for users
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser, handlers = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if r.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    try:
+        return handlers[args.command](args, rest)
+    except ConfigError as exc:
+        print(f"a2bs {args.command}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (InputError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        print(f"a2bs {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The single home of a2bs defaults: frozen dataclasses, YAML overrides and `key=value` overrides.
+
+A config file holds only overrides, nested by section::
+
+    audio:
+      n_mels: 80
+    sequence:
+      sequence_ms: 10000
+
+Command-line overrides use dotted keys (``sequence.sequence_ms=10000``). Any unknown section or key
+is an error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix (bad key, bad value, missing file)."""
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Face extraction from video frames."""
+
+    fps_limit: float = 30.0  # frame_interval = max(1, int(original_fps / fps_limit))
+    model_path: str = ""  # "" = the vendored a2bs/assets/face_landmarker.task
+    # Expected sha256 of the model file ("" = do not check; set it for your own model file).
+    model_sha256: str = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+    min_face_detection_confidence: float = 0.5
+    min_face_presence_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    max_frame_side: int = 0  # downscale larger frames before landmarking (0 = never)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio decoding and 100 Hz features."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms at 16 kHz -> 100 Hz frames
+    fmin_hz: float = 0.0
+    fmax_hz: float = 8000.0
+    # power_to_db reference: a fixed 1.0 (not the clip max) so loudness differences survive.
+    db_ref: float = 1.0
+    db_amin: float = 1e-10
+    # Voice activity: RMS level (dBFS) mapped through a soft ramp to [0, 1].
+    vad_threshold_db: float = -45.0
+    vad_ramp_db: float = 6.0
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Windowing clip features into training sequences and splitting them."""
+
+    sequence_ms: int = 240
+    overlap_ms: int = 120
+    min_face_ratio: float = 0.5  # keep a window only if >= this share of frames saw a face
+    val_fraction: float = 0.2
+    split_by: str = "speaker"  # "speaker" or "clip": never by window (overlap would leak)
+    split_seed: int = 0
+    rows_per_shard: int = 4096
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model family member and its hyper-parameters (stored in every checkpoint)."""
+
+    name: str = "tcn_poc"  # a builder in a2bs.models.registry
+    n_mels: int = 80
+    channels: int = 128
+    kernel_size: int = 3
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    dropout: float = 0.1
+    causal: bool = False
+    separable: bool = False  # depthwise-separable convolutions
+    pose_scale: float = 0.2  # pose head: tanh x pose_scale
+    attn_heads: int = 4
+    attn_layers: int = 1
+    attn_causal: bool = True
+    attn_max_len: int = 4096  # positional-encoding table length (frames)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Multi-component loss weights and the staged introduction schedule (epochs, 0-based)."""
+
+    base_weight: float = 1.0
+    smooth_l1_beta: float = 0.1
+    temporal_weight: float = 0.5
+    temporal_start_epoch: int = 2
+    silence_weight: float = 0.1
+    silence_start_epoch: int = 2
+    pose_weight: float = 0.1
+    pose_start_epoch: int = 4
+    pose_limit: float = 0.2
+    silence_vad_threshold: float = 0.5  # frames with vad below this count as silence
+    pose_loss_scale: float = 1.0  # weight of the pose channels inside the base loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and Ray Train scaling."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 3e-3  # OneCycleLR peak
+    weight_decay: float = 1e-2
+    grad_clip_norm: float = 1.0
+    num_workers: int = 1
+    use_gpu: bool = False
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    mixed_precision: bool = True  # used only on CUDA
+    seed: int = 0
+    best_metric: str = "val_loss"
+    best_mode: str = "min"
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    torch_threads: int = 0  # 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune search."""
+
+    space: str = "small"
+    num_samples: int = 8
+    max_epochs: int = 10
+    grace_period: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0  # 0 = as many as resources allow
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide Ray runs."""
+
+    address: str = ""  # "" = start an embedded local Ray; "auto" or ray://... for a cluster
+    num_cpus: int = 0  # embedded Ray only; 0 = all cores
+    extract_actors: int = 0  # 0 = one per CPU in the cluster
+    cpus_per_actor: float = 1.0
+    max_task_retries: int = 3
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Inference output and post-processing."""
+
+    fps: float = 30.0
+    smoothing: bool = False  # One-Euro filter (causal: adds no lag in streaming)
+    one_euro_min_cutoff_hz: float = 3.0
+    one_euro_beta: float = 0.5
+    mouth_gain: float = 1.0
+    upper_face_gain: float = 1.0
+    neutral_calibration: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """All sections; the resolved config is saved next to every output."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the dataclass field type, or raise ConfigError."""
+    origin = get_origin(typ)
+    try:
+        if origin is tuple:
+            inner = get_args(typ)[0]
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(_coerce(v, inner, key) for v in value)
+        if typ is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("true", "1", "yes", "on"):
+                    return True
+                if lowered in ("false", "0", "no", "off"):
+                    return False
+                raise TypeError
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if typ is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"config key '{key}': cannot use {value!r} as {getattr(typ, '__name__', typ)}")
+
+
+def _apply(section: Any, updates: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(type(section))
+    names = {f.name for f in fields(section)}
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        current = getattr(section, key)
+        if is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{full}' is a section; give a mapping")
+            changes[key] = _apply(current, value, f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(section, **changes)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c.d=[1,2]"]`` into a nested mapping (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}' has an empty key")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    base: Config | None = None,
+) -> Config:
+    """Defaults (or `base`) <- YAML file overrides <- key=value overrides."""
+    cfg = base or Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p}: not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        cfg = _apply(cfg, data, "")
+    if overrides:
+        mapping = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        cfg = _apply(cfg, mapping, "")
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from `config_to_dict` output (e.g. stored in a checkpoint)."""
+    return _apply(Config(), data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (tuple, list)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from a2bs.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

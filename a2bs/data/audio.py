@@ -1,0 +1,157 @@
+"""Audio track -> 16 kHz mono -> 100 Hz log-mel, RMS, zero-crossing rate and voice activity.
+
+All features share one timeline: frame ``t`` is centred on sample ``t * hop_length`` (librosa's
+``center=True`` with zero padding), so its timestamp is ``t * hop_length / sample_rate`` seconds and
+a clip of ``N`` samples gives ``1 + N // hop_length`` frames. The STFT here is our own numpy code
+(checked against librosa in the tests) so that the streaming front end in ``a2bs.infer.streaming``
+can reuse exactly the same window, filterbank and dB mapping frame by frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from a2bs.config import AudioConfig
+from a2bs.errors import InputError
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """Per-frame audio features at ``sample_rate / hop_length`` Hz (100 Hz by default)."""
+
+    sample_rate: int
+    frame_rate_hz: float
+    time_s: np.ndarray  # (A,) float64, frame centres
+    mel_db: np.ndarray  # (A, n_mels) float32
+    rms: np.ndarray  # (A,) float32
+    zcr: np.ndarray  # (A,) float32
+    vad: np.ndarray  # (A,) float32 in [0, 1]
+    duration_s: float
+
+
+@functools.lru_cache(maxsize=8)
+def _window(n_fft: int, win_length: int) -> np.ndarray:
+    import librosa
+
+    win = librosa.filters.get_window("hann", win_length, fftbins=True)
+    return librosa.util.pad_center(win, size=n_fft).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz: float) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin_hz, fmax=fmax_hz).astype(
+        np.float64
+    )
+
+
+def stft_window(cfg: AudioConfig) -> np.ndarray:
+    """Hann window of ``win_length`` centred in ``n_fft`` samples (float64)."""
+    return _window(cfg.n_fft, cfg.win_length)
+
+
+def mel_filterbank(cfg: AudioConfig) -> np.ndarray:
+    """Slaney-normalised mel filterbank, shape (n_mels, n_fft // 2 + 1)."""
+    return _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin_hz, cfg.fmax_hz)
+
+
+def power_to_db(power: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """10 log10(power / ref) with a fixed reference (no per-clip max), floored at ``db_amin``."""
+    return 10.0 * np.log10(np.maximum(power, cfg.db_amin)) - 10.0 * np.log10(max(cfg.db_ref, cfg.db_amin))
+
+
+def log_mel_frames(frames: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Log-mel (dB) of already-cut analysis frames, shape (A, n_fft) -> (A, n_mels) float32."""
+    spectrum = np.fft.rfft(frames * stft_window(cfg), n=cfg.n_fft, axis=-1)  # (A, n_fft//2+1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = power @ mel_filterbank(cfg).T  # (A, n_mels)
+    return power_to_db(mel, cfg).astype(np.float32)
+
+
+def frame_signal(samples: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Centred analysis frames (zero padding of n_fft // 2 each side), shape (1 + N // hop, n_fft)."""
+    pad = cfg.n_fft // 2
+    padded = np.pad(samples.astype(np.float64), (pad, pad))
+    n_frames = 1 + len(samples) // cfg.hop_length
+    return np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][:n_frames]
+
+
+def log_mel(samples: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """80-band log-mel in dB for a mono signal at ``cfg.sample_rate``: (1 + N // hop, n_mels) float32."""
+    return log_mel_frames(frame_signal(samples, cfg), cfg)
+
+
+def frame_rms_zcr(samples: np.ndarray, cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
+    """RMS energy and zero-crossing rate over each ``win_length`` window on the same centred grid."""
+    frames = frame_signal(samples, cfg)
+    lo = (cfg.n_fft - cfg.win_length) // 2
+    win = frames[:, lo : lo + cfg.win_length]  # the 25 ms the window actually weights
+    rms = np.sqrt(np.mean(win**2, axis=1))
+    signs = np.signbit(win)
+    zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
+    return rms.astype(np.float32), zcr.astype(np.float32)
+
+
+def voice_activity(rms: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Soft VAD in [0, 1]: 0 well below ``vad_threshold_db`` dBFS, 1 well above (a logistic ramp)."""
+    level_db = 20.0 * np.log10(np.maximum(rms, 1e-8))
+    return (1.0 / (1.0 + np.exp(-(level_db - cfg.vad_threshold_db) / (cfg.vad_ramp_db / 4.0)))).astype(np.float32)
+
+
+def features_from_samples(samples: np.ndarray, cfg: AudioConfig) -> AudioFeatures:
+    """All 100 Hz features of a mono float signal at ``cfg.sample_rate``."""
+    samples = np.asarray(samples, dtype=np.float32)
+    rms, zcr = frame_rms_zcr(samples, cfg)
+    mel = log_mel(samples, cfg)
+    n = mel.shape[0]
+    return AudioFeatures(
+        sample_rate=cfg.sample_rate,
+        frame_rate_hz=cfg.sample_rate / cfg.hop_length,
+        time_s=np.arange(n, dtype=np.float64) * cfg.hop_length / cfg.sample_rate,
+        mel_db=mel,
+        rms=rms,
+        zcr=zcr,
+        vad=voice_activity(rms, cfg),
+        duration_s=len(samples) / cfg.sample_rate,
+    )
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode any audio/video file's first audio stream to mono float32 at `sample_rate`.
+
+    Raises:
+        InputError: the file has no audio stream, or ffmpeg cannot decode it.
+    """
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
+        "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        if "matches no streams" in err or "Stream map" in err:
+            raise InputError(path, "no audio track")
+        last = err.splitlines()[-1] if err else f"ffmpeg exit {proc.returncode}"
+        raise InputError(path, f"cannot decode audio ({last})")
+    samples = np.frombuffer(proc.stdout, dtype=np.float32)
+    if samples.size == 0:
+        raise InputError(path, "audio track is empty (zero length)")
+    return samples.copy()
+
+
+def extract_audio_features(path: str | Path, cfg: AudioConfig) -> AudioFeatures:
+    """Decode `path` and compute its 100 Hz features."""
+    return features_from_samples(load_audio(path, cfg.sample_rate), cfg)

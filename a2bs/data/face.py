@@ -1,0 +1,179 @@
+"""MediaPipe FaceLandmarker -> 52 ARKit blendshapes + head pose per frame.
+
+One landmarker instance is reused across clips (creating one costs ~0.26 s): VIDEO mode needs
+strictly increasing timestamps per instance, so each clip's timestamps are offset past the last
+one the instance saw. The pose representation is documented in ``a2bs.schema``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from a2bs.config import VideoConfig
+from a2bs.errors import ModelFileError
+from a2bs.schema import BLENDSHAPE_INDEX, N_BLENDSHAPES, N_POSE, POSE_REST
+
+VENDORED_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "face_landmarker.task"
+CM_PER_M = 100.0
+
+
+def load_model_bytes(cfg: VideoConfig) -> bytes:
+    """Read the FaceLandmarker bundle and check its sha256 against ``cfg.model_sha256``.
+
+    Raises:
+        ModelFileError: the file is missing or its hash does not match.
+    """
+    path = Path(cfg.model_path) if cfg.model_path else VENDORED_MODEL_PATH
+    if not path.is_file():
+        raise ModelFileError(f"face model {path}: not found")
+    data = path.read_bytes()
+    if cfg.model_sha256:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != cfg.model_sha256.lower():
+            raise ModelFileError(
+                f"face model {path}: sha256 {digest[:16]}... does not match the expected "
+                f"{cfg.model_sha256[:16]}... (damaged or replaced file; for your own model set video.model_sha256)"
+            )
+    return data
+
+
+@dataclass
+class FaceTrack:
+    """Per-frame face targets of one clip at the FPS-limited rate."""
+
+    frame_index: np.ndarray  # (F,) int32
+    time_s: np.ndarray  # (F,) float64
+    blendshapes: np.ndarray  # (F, 52) float32, ARKit order
+    pose: np.ndarray  # (F, 7) float32, relative pose (see a2bs.schema)
+    has_face: np.ndarray  # (F,) bool
+
+
+class FaceTracker:
+    """A reusable FaceLandmarker in VIDEO mode."""
+
+    def __init__(self, cfg: VideoConfig) -> None:
+        from mediapipe.tasks.python import BaseOptions
+        from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
+
+        options = FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_buffer=load_model_bytes(cfg)),
+            running_mode=RunningMode.VIDEO,
+            num_faces=1,
+            min_face_detection_confidence=cfg.min_face_detection_confidence,
+            min_face_presence_confidence=cfg.min_face_presence_confidence,
+            min_tracking_confidence=cfg.min_tracking_confidence,
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+        )
+        self._landmarker = FaceLandmarker.create_from_options(options)
+        self._next_ms = 0  # timestamps must keep increasing across clips
+
+    def close(self) -> None:
+        self._landmarker.close()
+
+    def __enter__(self) -> "FaceTracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def detect(self, rgb: np.ndarray, clip_time_ms: int, clip_start_ms: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Blendshapes (52,) and the 4x4 transformation matrix (or None) for one RGB frame."""
+        import mediapipe as mp
+
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        result = self._landmarker.detect_for_video(image, clip_start_ms + clip_time_ms)
+        shapes = np.zeros(N_BLENDSHAPES, dtype=np.float32)
+        if not result.face_blendshapes:
+            return shapes, None
+        for category in result.face_blendshapes[0]:
+            idx = BLENDSHAPE_INDEX.get(category.category_name)
+            if idx is not None:  # drops MediaPipe's "_neutral"
+                shapes[idx] = category.score
+        matrix = (
+            np.asarray(result.facial_transformation_matrixes[0], dtype=np.float64)
+            if result.facial_transformation_matrixes
+            else None
+        )
+        return shapes, matrix
+
+    def track(self, frames: Iterable[tuple[int, float, np.ndarray]]) -> FaceTrack:
+        """Run over a clip's selected frames; frames without a face get placeholders."""
+        start_ms = self._next_ms
+        indices: list[int] = []
+        times: list[float] = []
+        shapes: list[np.ndarray] = []
+        matrices: list[np.ndarray | None] = []
+        last_ms = -1
+        for frame_index, time_s, rgb in frames:
+            t_ms = max(int(round(time_s * 1000.0)), last_ms + 1)  # strictly increasing
+            last_ms = t_ms
+            s, m = self.detect(rgb, t_ms, start_ms)
+            indices.append(frame_index)
+            times.append(time_s)
+            shapes.append(s)
+            matrices.append(m)
+        self._next_ms = start_ms + last_ms + 1000
+        has_face = np.array([m is not None for m in matrices], dtype=bool)
+        return FaceTrack(
+            frame_index=np.asarray(indices, dtype=np.int32),
+            time_s=np.asarray(times, dtype=np.float64),
+            blendshapes=np.stack(shapes).astype(np.float32) if shapes else np.zeros((0, N_BLENDSHAPES), np.float32),
+            pose=relative_pose(matrices),
+            has_face=has_face,
+        )
+
+
+def _quat_from_matrix(r: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) with w >= 0 from a 3x3 rotation matrix."""
+    m = r
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = np.array([0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s])
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-12))
+        q = np.empty(4)
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def _nearest_rotation(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    return r
+
+
+def relative_pose(matrices: list[np.ndarray | None]) -> np.ndarray:
+    """(F, 7) pose relative to the clip's rest pose; frames without a face get ``POSE_REST``.
+
+    Rest position is the median translation; rest rotation is the rotation nearest to the mean of
+    the face frames' rotation matrices (a robust, order-free average). Translation goes cm -> m.
+    """
+    out = np.tile(np.asarray(POSE_REST, dtype=np.float32), (len(matrices), 1))
+    valid = [i for i, m in enumerate(matrices) if m is not None]
+    if not valid:
+        return out
+    rots = np.stack([_nearest_rotation(matrices[i][:3, :3]) for i in valid])  # (V, 3, 3)
+    trans = np.stack([matrices[i][:3, 3] for i in valid])  # (V, 3) cm
+    rest_rot = _nearest_rotation(rots.mean(axis=0))
+    rest_t = np.median(trans, axis=0)
+    for row, i in enumerate(valid):
+        out[i, :3] = (trans[row] - rest_t) / CM_PER_M
+        out[i, 3:] = _quat_from_matrix(rest_rot.T @ rots[row])
+    assert out.shape[1] == N_POSE
+    return out

@@ -1,0 +1,98 @@
+"""Probe an input file before any decoding, so a bad file gets one clear reason.
+
+Uses the ffmpeg binary bundled with imageio-ffmpeg (`ffmpeg -i FILE` prints the container's streams).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from a2bs.data.audio import ffmpeg_exe
+from a2bs.errors import InputError
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".opus"}
+MEDIA_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What the container says about a file's streams."""
+
+    path: str
+    duration_s: float | None
+    has_video: bool
+    has_audio: bool
+    fps: float | None
+    width: int | None
+    height: int | None
+    audio_sample_rate: int | None
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):([\d.]+)")
+_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: (?!.*attached pic)(.*)")
+_AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: (.*)")
+_SIZE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
+_FPS = re.compile(r"([\d.]+)\s*(?:fps|tbr)\b")
+_HZ = re.compile(r"(\d+)\s*Hz")
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """Raise InputError with a plain reason unless `path` is a non-empty readable regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "not found" if not p.is_symlink() else "broken symbolic link")
+    if p.is_dir():
+        raise InputError(p, "is a directory, not a media file")
+    if not p.is_file():
+        raise InputError(p, "not a regular file (device, pipe or socket)")
+    if not os.access(p, os.R_OK):
+        raise InputError(p, "permission denied")
+    if p.stat().st_size == 0:
+        raise InputError(p, "empty file (0 bytes)")
+    return p
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read the container header of `path`.
+
+    Raises:
+        InputError: the file is missing, empty, unreadable, not a media file, or truncated.
+    """
+    p = check_readable(path)
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from None
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)], capture_output=True, check=False, timeout=60
+    )
+    err = proc.stderr.decode("utf-8", "replace")
+    if "moov atom not found" in err:
+        raise InputError(p, "truncated or incomplete MP4 (moov atom not found)")
+    if "Invalid data found when processing input" in err or "could not find codec parameters" in err.lower():
+        raise InputError(p, "not a media file (ffmpeg cannot parse it)")
+    if "Permission denied" in err:
+        raise InputError(p, "permission denied")
+    video = _VIDEO.search(err)
+    audio = _AUDIO.search(err)
+    if not video and not audio:
+        raise InputError(p, "no audio or video stream")
+    m = _DURATION.search(err)
+    duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+    fps = width = height = rate = None
+    if video:
+        size = _SIZE.search(video[1])
+        if size:
+            width, height = int(size[1]), int(size[2])
+        f = _FPS.search(video[1])
+        fps = float(f[1]) if f else None
+    if audio:
+        hz = _HZ.search(audio[1])
+        rate = int(hz[1]) if hz else None
+    return MediaInfo(str(p), duration, bool(video), bool(audio), fps, width, height, rate)

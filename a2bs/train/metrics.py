@@ -1,0 +1,212 @@
+"""Validation metrics over whole clips, and the pass/fail table against the seed's targets.
+
+Definitions (all on frames with mask > 0.5; unobserved blendshapes, i.e. tongueOut, never count):
+
+- ``mae``: mean |pred - target| over all valid frames and the 51 observed blendshapes (pose excluded:
+  it has other units and its own metric). Frame-weighted, pooled over clips.
+- ``mouth_mae``: the same over the observed ``schema.MOUTH_CHANNELS`` (jaw* and mouth*).
+- ``pose_mae``: mean |error| over the six independent pose values (tx, ty, tz in metres; qx, qy, qz);
+  qw is derived from them and left out. Also ``pose_translation_mae_m`` and ``pose_rotation_deg_mae``
+  (mean angle of the relative rotation, ``2 acos |<q_pred, q_true>|``, in degrees).
+- Correlations (``jaw_corr``, ``lip_corr``, ``smile_corr``): Pearson r of each channel is computed per
+  clip over the clip's concatenated valid frames (never averaged over windows), then averaged over
+  clips weighted by their valid frame count. A (clip, channel) pair whose *target* std is <= ``eps``
+  (the channel does not move in that clip; r undefined) is skipped. A constant *prediction* of a
+  moving target counts as r = 0. A group value (lip: ``schema.LIP_CHANNELS``, smile:
+  ``schema.SMILE_CHANNELS``) is the plain mean over its channels that have at least one usable clip;
+  NaN if none has (reported as not available, and fails its target).
+- ``per_channel_mae``: {channel name: MAE} for the 51 observed blendshapes and the 7 pose slots.
+
+If windows of one clip overlap, pass ``start_frames`` to :meth:`MetricAccumulator.update`: each clip
+frame then counts once (the first prediction seen for it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from a2bs.schema import (
+    BLENDSHAPE_INDEX,
+    JAW_CHANNEL,
+    LIP_CHANNELS,
+    MOUTH_CHANNELS,
+    N_BLENDSHAPES,
+    N_TARGETS,
+    POSE_BOUNDED_SLOTS,
+    SMILE_CHANNELS,
+    TARGET_NAMES,
+    UNOBSERVED_BLENDSHAPES,
+)
+
+OBSERVED_BLENDSHAPES: tuple[int, ...] = tuple(
+    i for i in range(N_BLENDSHAPES) if TARGET_NAMES[i] not in UNOBSERVED_BLENDSHAPES
+)
+MOUTH_INDICES: tuple[int, ...] = tuple(
+    BLENDSHAPE_INDEX[n] for n in MOUTH_CHANNELS if n not in UNOBSERVED_BLENDSHAPES
+)
+POSE_INDICES: tuple[int, ...] = tuple(N_BLENDSHAPES + s for s in POSE_BOUNDED_SLOTS)
+
+# The seed's targets for good performance: (metric, comparison, threshold).
+SEED_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("mae", "<", 0.05),
+    ("jaw_corr", ">", 0.7),
+    ("lip_corr", ">", 0.6),
+    ("mouth_mae", "<", 0.04),
+)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def pearson(pred: np.ndarray, target: np.ndarray, eps: float = 1e-6) -> float:
+    """Pearson r of two 1-D arrays; NaN if the target std <= eps, 0 if only the prediction is constant."""
+    if pred.size < 2:
+        return math.nan
+    tc, pc = target - target.mean(), pred - pred.mean()
+    t_std, p_std = math.sqrt(float(np.mean(tc * tc))), math.sqrt(float(np.mean(pc * pc)))
+    if t_std <= eps:
+        return math.nan
+    if p_std <= eps:
+        return 0.0
+    return float(np.clip(np.mean(tc * pc) / (t_std * p_std), -1.0, 1.0))
+
+
+def quaternion_angle_deg(q_pred: np.ndarray, q_true: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of the rotation between unit quaternions (..., 4) in w, x, y, z order."""
+    qp = q_pred / np.maximum(np.linalg.norm(q_pred, axis=-1, keepdims=True), 1e-12)
+    qt = q_true / np.maximum(np.linalg.norm(q_true, axis=-1, keepdims=True), 1e-12)
+    dot = np.clip(np.abs(np.sum(qp * qt, axis=-1)), 0.0, 1.0)
+    return np.degrees(2.0 * np.arccos(dot))
+
+
+class MetricAccumulator:
+    """Collects predictions/targets per clip over a validation pass; :meth:`compute` gives the metrics.
+
+    Args:
+        eps: a target std at or below this marks a channel as not moving in a clip (see module doc).
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything collected."""
+        self._pred: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._target: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._frame: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._n_updates = 0
+
+    def update(
+        self,
+        pred: Any,
+        target: Any,
+        mask: Any = None,
+        clip_ids: Sequence[str] | None = None,
+        start_frames: Sequence[int] | None = None,
+    ) -> None:
+        """Add a batch.
+
+        Args:
+            pred: (B, T, 59) or (T, 59), numpy or torch.
+            target: same shape.
+            mask: (B, T) or (T,), > 0.5 where the frame counts; None = all frames.
+            clip_ids: B clip ids; None = every batch row is its own clip.
+            start_frames: B clip frame indices of each row's first frame (dedups overlapping windows).
+        """
+        p, t = _to_numpy(pred), _to_numpy(target)
+        if p.ndim == 2:
+            p, t = p[None], t[None]
+            mask = None if mask is None else _to_numpy(mask)[None]
+        if p.shape != t.shape or p.shape[-1] != N_TARGETS:
+            raise ValueError(f"metrics: pred {p.shape} and target {t.shape} must both be (B, T, 59)")
+        b, n, _ = p.shape
+        m = np.ones((b, n), dtype=bool) if mask is None else _to_numpy(mask).reshape(b, n) > 0.5
+        if clip_ids is None:
+            clip_ids = [f"__row{self._n_updates}_{i}" for i in range(b)]
+        if len(clip_ids) != b:
+            raise ValueError(f"metrics: {len(clip_ids)} clip ids for a batch of {b}")
+        starts = [None] * b if start_frames is None else list(start_frames)
+        self._n_updates += 1
+        for i, clip in enumerate(clip_ids):
+            clip = str(clip)
+            self._pred[clip].append(p[i][m[i]])
+            self._target[clip].append(t[i][m[i]])
+            if starts[i] is not None:
+                self._frame[clip].append(int(starts[i]) + np.flatnonzero(m[i]))
+
+    def _clip_arrays(self, clip: str) -> tuple[np.ndarray, np.ndarray]:
+        p = np.concatenate(self._pred[clip], axis=0)  # (F, 59)
+        t = np.concatenate(self._target[clip], axis=0)
+        frames = self._frame.get(clip)
+        if frames and sum(len(f) for f in frames) == len(p):
+            idx = np.concatenate(frames)
+            _, first = np.unique(idx, return_index=True)  # sorted by frame, first occurrence kept
+            p, t = p[first], t[first]
+        return p, t
+
+    def compute(self) -> dict[str, Any]:
+        """Metrics dict: scalars (floats, NaN where undefined), ``per_channel_mae`` and ``n_frames``/``n_clips``."""
+        clips = [c for c in self._pred if sum(len(a) for a in self._pred[c])]
+        arrays = {c: self._clip_arrays(c) for c in clips}
+        n_frames = sum(len(p) for p, _ in arrays.values())
+        out: dict[str, Any] = {"n_clips": len(clips), "n_frames": n_frames}
+        if n_frames == 0:
+            nan_keys = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
+                        "jaw_corr", "lip_corr", "smile_corr")
+            return {**out, **{k: math.nan for k in nan_keys}, "per_channel_mae": {}}
+        p_all = np.concatenate([p for p, _ in arrays.values()], axis=0)  # (F, 59)
+        t_all = np.concatenate([t for _, t in arrays.values()], axis=0)
+        abs_err = np.abs(p_all - t_all)  # (F, 59)
+        out["mae"] = float(abs_err[:, OBSERVED_BLENDSHAPES].mean())
+        out["mouth_mae"] = float(abs_err[:, MOUTH_INDICES].mean())
+        out["pose_mae"] = float(abs_err[:, POSE_INDICES].mean())
+        out["pose_translation_mae_m"] = float(abs_err[:, N_BLENDSHAPES : N_BLENDSHAPES + 3].mean())
+        q = slice(N_BLENDSHAPES + 3, N_BLENDSHAPES + 7)
+        out["pose_rotation_deg_mae"] = float(quaternion_angle_deg(p_all[:, q], t_all[:, q]).mean())
+        out["jaw_corr"] = self._group_corr(arrays, (JAW_CHANNEL,))
+        out["lip_corr"] = self._group_corr(arrays, LIP_CHANNELS)
+        out["smile_corr"] = self._group_corr(arrays, SMILE_CHANNELS)
+        keep = list(OBSERVED_BLENDSHAPES) + list(range(N_BLENDSHAPES, N_TARGETS))
+        out["per_channel_mae"] = {TARGET_NAMES[i]: float(abs_err[:, i].mean()) for i in keep}
+        return out
+
+    def _channel_corr(self, arrays: dict[str, tuple[np.ndarray, np.ndarray]], ch: int) -> float:
+        rs, ws = [], []
+        for p, t in arrays.values():
+            r = pearson(p[:, ch], t[:, ch], self.eps)
+            if not math.isnan(r):
+                rs.append(r)
+                ws.append(len(p))
+        return float(np.average(rs, weights=ws)) if rs else math.nan
+
+    def _group_corr(self, arrays: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str]) -> float:
+        values = [self._channel_corr(arrays, BLENDSHAPE_INDEX[n]) for n in names]
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else math.nan
+
+
+def target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed."""
+    rows = []
+    for name, op, threshold in SEED_TARGETS:
+        value = float(metrics.get(name, math.nan))
+        passed = not math.isnan(value) and (value < threshold if op == "<" else value > threshold)
+        rows.append({"metric": name, "value": value, "target": f"{op} {threshold:g}", "passed": passed})
+    return rows
+
+
+def format_target_table(metrics: dict[str, Any]) -> str:
+    """Markdown pass/fail table against the seed's targets."""
+    lines = ["| metric | value | target | result |", "|---|---:|---|---|"]
+    for row in target_table(metrics):
+        value = "n/a" if math.isnan(row["value"]) else f"{row['value']:.4f}"
+        lines.append(f"| {row['metric']} | {value} | {row['target']} | {'PASS' if row['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
