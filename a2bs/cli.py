@@ -7,6 +7,7 @@ summary at the end, and exits non-zero with a one-line reason on a configuration
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -63,10 +64,10 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
-    from a2bs.demo import run_demo
+    from a2bs.demo_job import demo_config, run_demo
 
     _, overrides = _split_overrides(rest)
-    cfg = _config(args, overrides)
+    cfg = load_config(args.config, overrides, base=demo_config())
     return run_demo(args.out, cfg)
 
 
@@ -107,13 +108,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _common(p)
     handlers["demo"] = cmd_demo
 
+    for module in STAGE_COMMAND_MODULES:
+        importlib.import_module(module).register(sub, handlers, _common)
     return parser, handlers
+
+
+# Modules that add their stage's subcommands: each has register(subparsers, handlers, add_common).
+STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit",)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2bs` console script."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noise for users
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["submit"] and not {"-h", "--help"} & set(argv[1:2]):
+        from a2bs.submit import cmd_submit
+
+        try:
+            return cmd_submit(argv[1:])
+        except ValueError as exc:
+            print(f"a2bs submit: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     parser, handlers = build_parser()
     args, rest = parser.parse_known_args(argv)
     unknown = [r for r in rest if r.startswith("--")]

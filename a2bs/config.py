@@ -127,6 +127,13 @@ class TrainConfig:
     max_failures: int = 2
     checkpoints_to_keep: int = 2
     torch_threads: int = 0  # 0 = leave torch's default
+    # Ray Train workers: `batch_size` is per worker; each worker reserves this many CPUs.
+    cpus_per_worker: float = 1.0
+    shuffle_buffer_rows: int = 2048  # local shuffle buffer of each worker's data stream (rows)
+    max_epochs_per_run: int = 0  # stop this invocation after N epochs (0 = run to `epochs`); --resume continues
+    # Fault-injection for tests: rank `fail_once_rank` exits at the start of this epoch once per run dir.
+    fail_once_at_epoch: int = -1
+    fail_once_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,14 @@ class TuneConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0 = as many as resources allow
+    # 0 = each trial runs the training loop in its own process (one worker, no Ray Train start-up);
+    # N >= 1 = each trial launches a TorchTrainer with N workers of `cpus_per_trial` / `gpus_per_trial`.
+    workers_per_trial: int = 0
+    # ASHA compares trials on this: the base (smooth L1) validation loss does not depend on the loss
+    # weights being searched, so trials stay comparable.
+    metric: str = "val_base_loss"
+    reduction_factor: int = 2
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,12 +173,25 @@ class InferConfig:
     """Inference output and post-processing."""
 
     fps: float = 30.0
+    model_path: str = "out/demo/train/model.safetensors"  # what `a2bs infer` uses when no MODEL is given
+    format: str = "livelink-csv"  # livelink-csv | json | npy | parquet
     smoothing: bool = False  # One-Euro filter (causal: adds no lag in streaming)
     one_euro_min_cutoff_hz: float = 3.0
     one_euro_beta: float = 0.5
-    mouth_gain: float = 1.0
-    upper_face_gain: float = 1.0
-    neutral_calibration: bool = False
+    one_euro_d_cutoff_hz: float = 1.0  # cutoff of the filter's own speed estimate
+    mouth_gain: float = 1.0  # articulation gain on jaw*/mouth* (then clipped to [0, 1])
+    upper_face_gain: float = 1.0  # articulation gain on eye*/brow*/cheek*/nose* (then clipped)
+    neutral_calibration: bool = False  # subtract the speaker's rest face measured on silence
+    neutral_vad_threshold: float = 0.2  # frames with voice activity below this are silence
+    neutral_min_frames: int = 25  # need this many silence frames (0.25 s) before calibrating
+    # Live Link eye angles: 0 (off) or derived from eyeLook* shapes, full shape = this many radians.
+    eye_angles_from_blendshapes: bool = True
+    eye_look_range_rad: float = 0.5
+    livelink_subject: str = "a2bs"  # Live Link subject name in Unreal
+    livelink_port: int = 11111  # Live Link Face's default UDP port (when --livelink gives only a host)
+    stream_chunk_ms: float = 10.0  # audio block size of `a2bs stream` (one 10 ms hop)
+    actors: int = 0  # batch inference actors on Ray (0 = one per CPU)
+    preview_height: int = 360  # pixel height of each preview panel
 
 
 @dataclass(frozen=True)

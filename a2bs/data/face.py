@@ -8,6 +8,7 @@ one the instance saw. The pose representation is documented in ``a2bs.schema``.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -72,9 +73,16 @@ class FaceTracker:
         )
         self._landmarker = FaceLandmarker.create_from_options(options)
         self._next_ms = 0  # timestamps must keep increasing across clips
+        # MediaPipe's own __del__ fails noisily at interpreter shutdown (e.g. in Ray actors): its
+        # dispatcher's thread pool is already shut down by then. threading's exit hooks run in
+        # reverse order of registration, so this close runs while that pool is still alive.
+        threading._register_atexit(self.close)
 
     def close(self) -> None:
-        self._landmarker.close()
+        """Release the landmarker (safe to call twice)."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
 
     def __enter__(self) -> "FaceTracker":
         return self

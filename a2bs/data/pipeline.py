@@ -134,7 +134,10 @@ def _actor_count(cfg: RayConfig) -> int:
 def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool = False, use_ray: bool = True,
                 progress: bool = True) -> ExtractSummary:
     """Extract every input into ``clips_dir``; bad inputs are listed in ``_failures.json``."""
+    from a2bs.data.face import load_model_bytes
+
     t0 = time.perf_counter()
+    load_model_bytes(cfg.video)  # a bad model file is a configuration error: say so before any work
     entries, failures = list_inputs(inputs)
     io.makedirs(io.join(clips_dir, CLIPS_SUBDIR))
     save_config(cfg, io.join(clips_dir, "_config.yaml"))

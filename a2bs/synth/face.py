@@ -35,6 +35,21 @@ EYES = (  # (upper lid, lower lid), corner to corner
 )
 
 
+# Deformation gains (fractions of the mouth width W unless noted), tuned so MediaPipe reads each
+# shape back on its own channel (e.g. a pucker that opened the lips would read as jawOpen).
+GAIN: dict[str, float] = {
+    "jaw_drop": 0.6,  # lower lip drop at jaw=1
+    "jaw_aspect": 2.5,  # drop scaled by 1 + this x (relative mouth-width change)
+    "jaw_narrow": 0.18, "funnel_narrow": 0.18, "pucker_narrow": 0.38,  # corner pull-in ratios
+    "smile_widen": 0.13, "stretch_widen": 0.16,  # corner push-out ratios
+    "smile_lift": 0.20, "stretch_drop": 0.05,
+    # Lips apart at the centre ("O"): kept small, MediaPipe reads any rounder opening as jawOpen.
+    "funnel_open": 0.03, "pucker_open": 0.0,
+    "pucker_shut": 1.0,  # a pucker closes the lips (the opening comes from the jaw only)
+    "press_thin": 0.05,
+}
+
+
 @dataclass
 class FrameParams:
     """Per-frame drive values: shapes in [0, 1], angles in degrees, offsets as frame fractions."""
@@ -153,7 +168,7 @@ class FaceRig:
         self.corner = np.zeros(len(p), bool)
         self.corner[list(MOUTH_CORNERS)] = True
         self.gap0 = self._gap(p[:, :2])
-        self.lid_rgb = [self._lid_colour(up, lo) for up, lo in EYES]  # base opening between the inner lips (astronaut smiles)
+        self.gap0 = self._gap(p[:, :2])  # base opening between the inner lips (astronaut smiles)
         h, w = self.canvas.shape[:2]
         border = [(x, y) for x in np.linspace(0, w - 1, 7) for y in (0, h - 1)]
         border += [(x, y) for y in np.linspace(0, h - 1, 7)[1:-1] for x in (0, w - 1)]
@@ -183,20 +198,11 @@ class FaceRig:
                                 if scale < 1 else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         return cls(canvas=canvas, points=detect_landmarks(canvas), out_px=out_px)
 
-    def _lid_colour(self, upper: tuple[int, ...], lower: tuple[int, ...]) -> np.ndarray:
-        """Median skin colour just above an eye: what a closed lid looks like."""
-        up, lo = self.points[list(upper), :2], self.points[list(lower), :2]
-        h = float((lo[:, 1].max() - up[:, 1].min()))
-        x0, x1 = up[:, 0].min(), up[:, 0].max()
-        xs = slice(int(x0 + 0.25 * (x1 - x0)), int(x1 - 0.25 * (x1 - x0)) + 1)
-        ys = slice(int(up[:, 1].min() - 1.2 * h), int(up[:, 1].min() - 0.5 * h) + 1)
-        return np.median(self.canvas[ys, xs].reshape(-1, 3), axis=0).astype(np.float64)
-
     # -- geometry ---------------------------------------------------------------------------
     def _gap(self, xy: np.ndarray) -> np.ndarray:
-        """Opening between inner lips at every landmark's x (pixels, >= 0)."""
-        up = _curve(xy[list(UPPER_INNER)], self.points[:, 0])
-        lo = _curve(xy[list(LOWER_INNER)], self.points[:, 0])
+        """Opening between inner lips at every landmark's current x (pixels, >= 0)."""
+        up = _curve(xy[list(UPPER_INNER)], xy[:, 0])
+        lo = _curve(xy[list(LOWER_INNER)], xy[:, 0])
         return np.maximum(lo - up, 0.0)
 
     def deform(self, fp: FrameParams) -> np.ndarray:
@@ -221,14 +227,20 @@ class FaceRig:
         v = v * (1 + 0.25 * _smoothstep((t - 0.3) / 0.8) * self.lower)
         v[self.corner] = 0.45
         lat = np.exp(-(((x - self.mouth_c[0]) / (0.5 * self.face_w)) ** 2))
-        dy += fp.jaw * 0.6 * W * v * lat
-
         # Mouth-region gaussian for corner moves (pucker/funnel/smile/stretch).
         g = np.exp(-0.5 * ((ux / 1.8) ** 2 + (uy / 1.1) ** 2))
-        dx += -(0.12 * fp.jaw + 0.22 * fp.funnel + 0.38 * fp.pucker) * (x - self.mouth_c[0]) * g
-        dx += (0.13 * fp.smile + 0.16 * fp.stretch) * (x - self.mouth_c[0]) * g
-        dy += -0.20 * W * fp.smile * np.clip(np.abs(ux), 0, 1.5) ** 2 * g
-        dy += 0.05 * W * fp.stretch * np.clip(np.abs(ux), 0, 1.5) ** 2 * g
+        narrow = (GAIN["jaw_narrow"] * fp.jaw + GAIN["funnel_narrow"] * fp.funnel
+                  + GAIN["pucker_narrow"] * fp.pucker)
+        widen = GAIN["smile_widen"] * fp.smile + GAIN["stretch_widen"] * fp.stretch
+        # A landmarker reads jaw opening from the mouth's height/width: scale the drop with the
+        # width change of the other shapes so rounding or spreading does not leak into jawOpen.
+        aspect = max(1.0 + GAIN["jaw_aspect"] * (widen - narrow + GAIN["jaw_narrow"] * fp.jaw), 0.3)
+        # jaw ** 0.8: landmarkers hardly register the smallest openings; lift them a little.
+        dy += max(fp.jaw, 0.0) ** 0.8 * GAIN["jaw_drop"] * W * aspect * v * lat
+
+        dx += (widen - narrow) * (x - self.mouth_c[0]) * g
+        lift = GAIN["stretch_drop"] * fp.stretch - GAIN["smile_lift"] * fp.smile
+        dy += lift * W * np.clip(np.abs(ux), 0, 1.5) ** 2 * g
         # f/v: lower lip tucks up under the upper teeth; the upper lip lifts to show them.
         dy += np.where(self.lower, -fp.teeth * (self.gap0 + 0.06 * W) * band * inside,
                        -fp.teeth * 0.08 * W * band * bump)
@@ -237,19 +249,20 @@ class FaceRig:
         sgn = np.where(self.lower, 1.0, -1.0)
         xy = p[:, :2] + np.stack([dx, dy], 1)
         gap = self._gap(xy)
-        shut = min(fp.press + 0.8 * fp.pucker * (1 - fp.jaw), 0.97)
+        shut = min(fp.press + GAIN["pucker_shut"] * fp.pucker, 0.97)
         close = shut * gap * 0.5 * band * (~self.corner)
         dy += np.where(self.lower, -close, close)
         # Rounding then opens a small "O" at the centre and thickens the lips (protrusion);
         # pressing thins them (outer lip only, so the inner lips never cross).
-        dy += sgn * band * bump * W * (0.10 * fp.funnel + 0.05 * fp.pucker)
+        dy += sgn * band * bump * W * (GAIN["funnel_open"] * fp.funnel + GAIN["pucker_open"] * fp.pucker)
         outer = _smoothstep(np.abs(t) / 0.15) * band * bump
-        dy += -sgn * fp.press * 0.05 * W * outer
+        dy += -sgn * fp.press * GAIN["press_thin"] * W * outer
 
         # Head turn: rotate the landmarks in 3D about the face centre (orthographic).
         xy = p[:, :2] + np.stack([dx, dy], 1) - self.center
         z = p[:, 2] - p[:, 2].mean()
-        a, e = np.radians(fp.yaw), np.radians(fp.pitch)
+        # Signs chosen so positive yaw/pitch read back positive in MediaPipe's head matrix.
+        a, e = -np.radians(fp.yaw), np.radians(fp.pitch)
         x2 = xy[:, 0] * np.cos(a) + z * np.sin(a)
         z2 = -xy[:, 0] * np.sin(a) + z * np.cos(a)
         y2 = xy[:, 1] * np.cos(e) - z2 * np.sin(e)
@@ -305,10 +318,13 @@ class FaceRig:
         W = self.mouth_w
         shade = np.clip(1 - np.abs(u) ** 2, 0, 1)[..., None]  # darker towards the corners
         cavity = np.array([60, 22, 28.0]) * (0.4 + 0.6 * shade)
-        teeth_c = np.array([228, 222, 208.0]) * (0.45 + 0.55 * shade)
-        upper_t = (yy - yu < 0.11 * W) & (np.abs(u) < 0.85)
-        lower_t = (yl - yy < 0.05 * W) & (np.abs(u) < 0.7) & (yl - yu > 0.25 * W)
-        col = np.where((upper_t | lower_t)[..., None], teeth_c, cavity)
+        teeth_c = np.array([238, 234, 224.0]) * (0.45 + 0.55 * shade)
+        # Soft (1-2 px) edges so the teeth do not flicker as blocks between frames.
+        upper_t = np.clip((yu + 0.11 * W - yy) / 1.5, 0, 1) * np.clip((0.85 - np.abs(u)) / 0.15, 0, 1)
+        lower_t = (np.clip((yy - (yl - 0.05 * W)) / 1.5, 0, 1) * np.clip((0.7 - np.abs(u)) / 0.2, 0, 1)
+                   * np.clip(((yl - yu) - 0.25 * W) / (0.1 * W), 0, 1))
+        wt = np.maximum(upper_t, lower_t)[..., None]
+        col = teeth_c * wt + cavity * (1 - wt)
         roi = img[y0:y1, x0:x1].astype(np.float64)
         img[y0:y1, x0:x1] = (roi * (1 - alpha[..., None]) + col * alpha[..., None]).astype(np.uint8)
 
@@ -316,7 +332,7 @@ class FaceRig:
         """Close the eyes by painting lids: a warp would drag brows and glasses with them."""
         if blink <= 0.01:
             return
-        for (upper, lower), rgb in zip(EYES, self.lid_rgb):
+        for upper, lower in EYES:
             up, lo = target[list(upper)], target[list(lower)]
             x0, x1 = float(up[:, 0].min()), float(up[:, 0].max())
             xs = np.linspace(x0, x1, 24)
@@ -324,8 +340,8 @@ class FaceRig:
             yu, yl = _curve(up, xs), _curve(lo, xs)
             h = max(float((yl - yu).max()), 1.0)
             # Landmark lids sit inside the visible eye: start above them, end below the lower lid.
-            top = yu - 0.35 * h * arch
-            edge = top + min(blink, 1.0) * (yl + 0.12 * h * arch - top)
+            top = yu - 0.25 * h * arch
+            edge = top + min(blink, 1.0) * (yl + 0.05 * h * arch - top)
             poly = np.vstack([np.stack([xs, top], 1), np.stack([xs, edge], 1)[::-1]])
             bx0, by0 = np.floor(poly.min(0)).astype(int) - 2
             bx1, by1 = np.ceil(poly.max(0)).astype(int) + 3
@@ -346,8 +362,16 @@ class FaceRig:
             a = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)[..., None] / 255.0
             la = cv2.resize(lash, size, interpolation=cv2.INTER_AREA)[..., None] / 255.0
             la *= min(1.0, 2 * blink)
+            # Lid texture: the skin just above the eye, mirrored down and compressed, so its
+            # shading continues across the top edge instead of showing a flat patch.
+            gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+            tc = np.interp(gx, xs, top).astype(np.float32)
+            src_y = tc - 0.4 * (gy - tc)
+            skin = cv2.remap(img, gx, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            depth = np.clip((gy - tc) / h, 0, 1.5)[..., None]
+            skin = skin.astype(np.float64) * (1 - 0.12 * depth)  # lid curves away: darker
             roi = img[by0:by1, bx0:bx1].astype(np.float64)
-            roi = roi * (1 - a) + rgb * 0.93 * a
+            roi = roi * (1 - a) + skin * a
             roi = roi * (1 - la) + np.array([45.0, 32, 30]) * la
             img[by0:by1, bx0:bx1] = roi.astype(np.uint8)
 

@@ -1,0 +1,170 @@
+"""ONNX export of trained models, checked against PyTorch with ONNX Runtime.
+
+Two graphs:
+
+- offline: ``mel (B, T, n_mels) -> out (B, T, 59)`` with dynamic B and T (any model).
+- streaming step (causal convolution models, e.g. ``tcn_full``): inputs ``mel (B, n, n_mels)`` and
+  ``state_0 .. state_{k-1}`` (each convolution's left context, (B, C, L_i)); outputs ``out (B, n, 59)``
+  and ``new_state_0 ..``. Start with zero states (:func:`initial_onnx_state`) and feed each step's new
+  states to the next; B and n are dynamic.
+
+Each file carries the model config JSON in its metadata (``a2bs_model_config``) and is written
+atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
+needs the extra ``onnxscript`` package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from a2bs.io import atomic_write_bytes
+from a2bs.infer.streaming import StreamingError, supports_streaming
+from a2bs.models.registry import model_config_to_dict
+
+DEFAULT_OPSET = 17
+
+
+class _StepGraph(nn.Module):
+    """Flat-argument view of ``model.step`` for export: (mel, *state) -> (out, *new_state)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, new_state = self.model.step(mel, list(state))
+        return (out, *new_state)
+
+
+def _export_bytes(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                  dynamic_axes: dict[str, dict[int, str]], opset: int) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation; it is still the one that needs no extras.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        # Emitted for the reversed slices of F.pad; harmless (that slice just is not constant-folded).
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
+            output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    cfg = getattr(model, "cfg", None)
+    entries = {"a2bs_graph": kind}
+    if cfg is not None:
+        entries["a2bs_model_config"] = json.dumps(model_config_to_dict(cfg))
+    for key, value in entries.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    return proto.SerializeToString()
+
+
+def export_onnx_offline(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                        example_frames: int = 64) -> str:
+    """Export the whole-sequence model ``mel (B, T, n_mels) -> out (B, T, 59)``; returns the path."""
+    model = model.eval()
+    n_mels = model.cfg.n_mels
+    example = torch.zeros(1, example_frames, n_mels)
+    data = _export_bytes(
+        model, (example,), ["mel"], ["out"], {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}},
+        opset,
+    )
+    atomic_write_bytes(path, _with_metadata(data, model, "offline"))
+    return str(path)
+
+
+def _check_step_exportable(model: nn.Module) -> None:
+    if not supports_streaming(model):
+        raise StreamingError("ONNX step export needs a causal model (e.g. tcn_full)")
+    if hasattr(model, "layers"):
+        raise StreamingError(
+            "ONNX step export supports causal convolution models (tcn_full / causal TCNs); "
+            "tcn_attn's growing key/value cache streams in PyTorch (a2bs.infer.streaming) only"
+        )
+
+
+def export_onnx_step(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                     example_frames: int = 1) -> str:
+    """Export one streaming step ``(mel, state_0..) -> (out, new_state_0..)``; returns the path."""
+    _check_step_exportable(model)
+    model = model.eval()
+    state = model.init_state(1)
+    names_in = ["mel"] + [f"state_{i}" for i in range(len(state))]
+    names_out = ["out"] + [f"new_state_{i}" for i in range(len(state))]
+    dyn: dict[str, dict[int, str]] = {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}}
+    for name in names_in[1:] + names_out[1:]:
+        dyn[name] = {0: "batch"}
+    example = torch.zeros(1, example_frames, model.cfg.n_mels)
+    data = _export_bytes(_StepGraph(model), (example, *state), names_in, names_out, dyn, opset)
+    atomic_write_bytes(path, _with_metadata(data, model, "step"))
+    return str(path)
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1) -> Any:
+    """ONNX Runtime CPU session with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def initial_onnx_state(model: nn.Module, batch: int = 1) -> list[np.ndarray]:
+    """Zero states for the step graph of `model` (numpy float32)."""
+    return [s.cpu().numpy().astype(np.float32) for s in model.init_state(batch)]
+
+
+class OnnxStreamer:
+    """Runs an exported step graph chunk by chunk, carrying its states (one stream per object)."""
+
+    def __init__(self, session: Any, initial_state: Sequence[np.ndarray]) -> None:
+        self.session = session
+        self._initial = [np.array(s) for s in initial_state]
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self.state = [s.copy() for s in self._initial]
+
+    def step(self, mel: np.ndarray) -> np.ndarray:
+        """(B, n, n_mels) float32 -> (B, n, 59)."""
+        feeds = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
+        feeds.update({f"state_{i}": s for i, s in enumerate(self.state)})
+        out, *self.state = self.session.run(None, feeds)
+        return out
+
+
+def verify_onnx_offline(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor) -> float:
+    """Max |ONNX Runtime - PyTorch| of the offline graph on `mel` (B, T, n_mels)."""
+    with torch.no_grad():
+        ref = model.eval()(mel).numpy()
+    got = onnx_session(path).run(None, {"mel": mel.numpy().astype(np.float32)})[0]
+    return float(np.abs(got - ref).max())
+
+
+def verify_onnx_step(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor, chunk_frames: int) -> float:
+    """Max |ONNX step graph run chunk by chunk - PyTorch offline forward| on `mel` (B, T, n_mels)."""
+    with torch.no_grad():
+        ref = model.eval()(mel).numpy()
+    streamer = OnnxStreamer(onnx_session(path), initial_onnx_state(model, mel.shape[0]))
+    x = mel.numpy().astype(np.float32)
+    got = np.concatenate(
+        [streamer.step(x[:, i : i + chunk_frames]) for i in range(0, x.shape[1], chunk_frames)], axis=1
+    )
+    return float(np.abs(got - ref).max())

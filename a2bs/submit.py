@@ -1,0 +1,127 @@
+"""`a2bs submit` and `a2bs jobs`: run stages on a Ray cluster through the Job Submission API.
+
+The project folder is shipped as the job's ``working_dir`` (so the cluster runs exactly this code)
+and the stage runs through its thin entry point in ``jobs/``. Cluster nodes are expected to have
+a2bs's dependencies installed by ``cluster.yaml``'s setup commands; ``--pip`` adds the project's
+requirements to the runtime environment instead, for clusters set up some other way.
+Credentials never travel in the job: nodes use their own AWS environment or instance profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("extract", "build", "train", "tune", "evaluate", "infer")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+EXCLUDES = [".venv", ".git", "out", "runs", "**/__pycache__", "*.egg-info", "benchmarks"]
+
+
+def _client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def runtime_env(with_pip: bool = False) -> dict[str, Any]:
+    """working_dir = this project (minus venv, outputs, git); optionally its pip requirements."""
+    env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES}
+    if with_pip:
+        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        env["pip"] = list(deps)
+    return env
+
+
+def submit(address: str, stage: str, stage_args: list[str], with_pip: bool = False, wait: bool = False) -> str:
+    """Submit one stage as a Ray job; returns the job id (and waits for the end if asked)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    client = _client(address)
+    entrypoint = " ".join(["python", f"jobs/{stage}.py", *map(shlex.quote, stage_args)])
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(with_pip))
+    if wait:
+        wait_for(address, job_id)
+    return job_id
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+def wait_for(address: str, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0) -> str:
+    """Poll until the job ends; returns its final status."""
+    client = _client(address)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _status_name(client.get_job_status(job_id))
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+    raise TimeoutError(f"job {job_id} still running after {timeout_s:.0f} s")
+
+
+def split_submit_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Take ``--address URL``, ``--pip`` and ``--wait`` from anywhere after the stage; every other
+    argument is the stage's own and keeps its order (argparse would reorder or swallow them)."""
+    if not argv or argv[0] not in STAGES:
+        raise ValueError(f"submit: first give a stage: {', '.join(STAGES)}")
+    ns = argparse.Namespace(stage=argv[0], address="", pip=False, wait=False)
+    stage_args: list[str] = []
+    it = iter(argv[1:])
+    for arg in it:
+        if arg == "--address":
+            ns.address = next(it, "")
+        elif arg.startswith("--address="):
+            ns.address = arg.split("=", 1)[1]
+        elif arg in ("--pip", "--wait"):
+            setattr(ns, arg[2:], True)
+        else:
+            stage_args.append(arg)
+    if not ns.address:
+        raise ValueError("submit: --address URL is required (the cluster's job server, e.g. http://HEAD:8265)")
+    return ns, stage_args
+
+
+def cmd_submit(argv: list[str]) -> int:
+    """`a2bs submit STAGE [stage args] --address URL [--pip] [--wait]`."""
+    args, stage_args = split_submit_args(argv)
+    job_id = submit(args.address, args.stage, stage_args, args.pip, wait=False)
+    print(f"submitted {args.stage} as job {job_id} to {args.address}")
+    if args.wait:
+        status = wait_for(args.address, job_id)
+        print(f"job {job_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, rest: list[str]) -> int:
+    client = _client(args.address)
+    if args.action == "status":
+        info = client.get_job_info(args.job_id)
+        print(f"job {args.job_id}: {_status_name(info.status)}"
+              + (f" ({info.message})" if info.message else ""))
+    elif args.action == "logs":
+        print(client.get_job_logs(args.job_id), end="")
+    elif args.action == "stop":
+        stopped = client.stop_job(args.job_id)
+        print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
+def register(sub: Any, handlers: dict, add_common: Any) -> None:
+    """Add `submit` and `jobs` to the a2bs command line."""
+    # `submit` is parsed by split_submit_args (cli.main hands it the raw arguments); this entry
+    # only documents it in `a2bs --help`.
+    sub.add_parser("submit", help="run a stage on a Ray cluster: a2bs submit STAGE [args] --address URL [--pip] [--wait]",
+                   add_help=False)
+
+    p = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    p.add_argument("action", choices=("status", "logs", "stop"))
+    p.add_argument("job_id")
+    p.add_argument("--address", required=True)
+    handlers["jobs"] = cmd_jobs

@@ -1,0 +1,33 @@
+"""Session-scoped demo-corpus extraction on the real local Ray, shared by pipeline/training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a2bs.config import Config, load_config
+from a2bs.data.pipeline import run_build, run_extract
+from conftest import DEMO_CORPUS, demo_clips
+
+
+@pytest.fixture(scope="session")
+def demo_config() -> Config:
+    return load_config(None, ["ray.extract_actors=2"])
+
+
+@pytest.fixture(scope="session")
+def demo_features(tmp_path_factory, ray_cluster, demo_config):
+    """The whole demo corpus extracted once through the Ray Data actor pool."""
+    assert demo_clips(), "demo corpus missing"
+    out = tmp_path_factory.mktemp("demo") / "clips"
+    summary = run_extract([str(DEMO_CORPUS)], str(out), demo_config, use_ray=True, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, demo_features, demo_config):
+    clips_dir, _ = demo_features
+    out = tmp_path_factory.mktemp("demo") / "shards"
+    summary = run_build(str(clips_dir), str(out), demo_config, use_ray=True)
+    return out, summary

@@ -1,0 +1,134 @@
+"""Per-clip extraction with the real MediaPipe model, ffmpeg and librosa (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media_factory as mf
+from a2bs import cli
+from a2bs.config import Config, VideoConfig
+from a2bs.data.audio import extract_audio_features
+from a2bs.data.extract import record_arrays
+from a2bs.data.face import load_model_bytes
+from a2bs.data.pipeline import clip_uri, run_extract
+from a2bs.errors import ModelFileError
+from a2bs.io import read_parquet
+from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
+
+CFG = Config()
+
+
+def _record(clips_dir: Path, summary_rows: list[dict], source: Path) -> dict:
+    row = next(r for r in summary_rows if r["source"] == str(source))
+    assert row["status"] == "ok", row
+    return read_parquet(clip_uri(str(clips_dir), row["clip_id"])).to_pylist()[0]
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, demo_clip: Path):
+    work = tmp_path_factory.mktemp("extract")
+    inputs = work / "in"
+    inputs.mkdir()
+    clip30 = mf.make_baseline(inputs, demo_clip)
+    clip60 = mf.make_fps(inputs, demo_clip, 60)
+    no_face = mf.make_no_face(inputs, demo_clip)
+    out = work / "clips"
+    summary = run_extract([str(inputs)], str(out), CFG, write_json=True, use_ray=False, progress=False)
+    rows = json.loads((out / "_summary.json").read_text())["clips"]
+    return {"summary": summary, "rows": rows, "out": out, "30": clip30, "60": clip60, "no_face": no_face}
+
+
+def test_face_clip_and_60fps_reencode(extracted) -> None:
+    assert extracted["summary"].ok == 3 and extracted["summary"].failed == 0
+    r30 = _record(extracted["out"], extracted["rows"], extracted["30"])
+    r60 = _record(extracted["out"], extracted["rows"], extracted["60"])
+    assert (r30["frame_interval"], r60["frame_interval"]) == (1, 2)
+    assert r60["original_fps"] == pytest.approx(60.0, abs=0.1) and r60["target_fps"] == pytest.approx(30.0, abs=0.1)
+    for r in (r30, r60):
+        a = record_arrays(r)
+        idx = np.asarray(r["frame_index"])
+        assert a["targets"].shape == (len(idx), N_TARGETS) == (len(idx), 52 + 7)
+        assert a["has_face"].all()
+        np.testing.assert_allclose(a["frame_time_s"], idx / r["original_fps"], atol=1e-9)
+        assert (np.diff(idx) == r["frame_interval"]).all()
+        assert 0.0 <= a["targets"][:, :N_BLENDSHAPES].min() and a["targets"][:, :N_BLENDSHAPES].max() <= 1.0
+        assert np.abs(a["targets"][:, N_BLENDSHAPES:N_BLENDSHAPES + 3]).max() < 0.2  # metres from rest
+    # Same footage at twice the rate, every 2nd frame: the same number of selected frames.
+    assert abs(len(r60["frame_index"]) - len(r30["frame_index"])) <= 1
+    jaw = ARKIT_BLENDSHAPES.index("jawOpen")
+    j30, j60 = record_arrays(r30)["targets"][:, jaw], record_arrays(r60)["targets"][:, jaw]
+    n = min(len(j30), len(j60))
+    assert np.corrcoef(j30[:n], j60[:n])[0, 1] > 0.9
+
+
+def test_seed_json_shapes(extracted) -> None:
+    r30 = _record(extracted["out"], extracted["rows"], extracted["30"])
+    face = json.loads((extracted["out"] / "json" / f"{r30['clip_id']}.face.json").read_text())
+    assert set(face) == {"sessionInfo", "frameCount", "frames"}
+    assert set(face["sessionInfo"]) == {"sessionId", "targetFPS", "originalFPS", "frameInterval"}
+    assert face["frameCount"] == len(face["frames"]) == len(r30["frame_index"])
+    frame = face["frames"][3]
+    assert set(frame) == {"frame_index", "timestamp", "sessionId", "blendshapes", "headPosition", "headRotation",
+                          "has_face"}
+    assert list(frame["blendshapes"]) == list(ARKIT_BLENDSHAPES)
+    assert set(frame["headPosition"]) == {"x", "y", "z"} and list(frame["headRotation"]) == ["w", "x", "y", "z"]
+    assert frame["timestamp"] == pytest.approx(frame["frame_index"] / face["sessionInfo"]["originalFPS"])
+    audio = json.loads((extracted["out"] / "json" / f"{r30['clip_id']}.audio.json").read_text())
+    assert audio["sample_rate"] == 16000 and audio["mel_frame_rate"] == 100.0
+    n = audio["n_frames"]
+    assert len(audio["timestamps"]) == len(audio["mel_features"]) == len(audio["voice_activity"]) == n
+    assert len(audio["zero_crossing_rate"]) == n and len(audio["mel_features"][0]) == 80
+
+
+def test_no_face_clip_gives_placeholders_with_the_same_shape(extracted) -> None:
+    face = record_arrays(_record(extracted["out"], extracted["rows"], extracted["30"]))
+    blank = record_arrays(_record(extracted["out"], extracted["rows"], extracted["no_face"]))
+    assert blank["targets"].shape[1] == face["targets"].shape[1] == N_TARGETS
+    assert len(blank["has_face"]) > 0 and not blank["has_face"].any()
+    assert (blank["targets"][:, :N_BLENDSHAPES] == 0).all()
+    np.testing.assert_allclose(blank["targets"][:, N_BLENDSHAPES:], np.tile(POSE_REST, (len(blank["has_face"]), 1)))
+    assert blank["mel_db"].shape[1] == 80  # audio features are still there
+
+
+def test_audio_timeline_and_vad_on_a_demo_clip(demo_clip: Path) -> None:
+    feats = extract_audio_features(demo_clip, CFG.audio)
+    samples = mf.decode_audio(demo_clip, 16000)
+    assert feats.mel_db.shape == (1 + len(samples) // 160, 80)
+    assert feats.time_s[-1] == pytest.approx(feats.duration_s, abs=0.011)
+    # The demo clips start and end in silence and speak in between.
+    assert feats.vad[:10].max() < 0.1 and feats.vad[-5:].max() < 0.1
+    assert np.percentile(feats.vad, 75) > 0.9
+
+
+def test_bad_inputs_are_reported_and_the_batch_goes_on(tmp_path: Path, demo_clip: Path, capsys) -> None:
+    cases = ["zero_byte", "truncated", "text_as_mp4", "no_audio", "missing", "directory_named_mp4"]
+    built = mf.build_corpus(tmp_path / "in", demo_clip, cases + ["baseline"])
+    args = [str(p) for p in built.values()] + ["--out", str(tmp_path / "clips"), "--no-ray", "--quiet"]
+    assert cli.main(["extract", *args]) == 0
+    err = capsys.readouterr()
+    failed = [line for line in err.err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == len(cases)
+    for name in cases:
+        line = next(x for x in failed if x.startswith(f"failed: {built[name]}:"))
+        assert mf.CASES[name].hint_matches(line), line
+    assert "1 ok, 6 failed" in err.out
+    saved = json.loads((tmp_path / "clips" / "_failures.json").read_text())
+    assert {f["source"] for f in saved} == {str(built[n]) for n in cases}
+
+
+def test_vendored_model_hash_is_checked(tmp_path: Path, demo_clip: Path, capsys) -> None:
+    assert len(load_model_bytes(VideoConfig())) == 3_758_596
+    wrong = tmp_path / "face_landmarker.task"
+    wrong.write_bytes(b"not the model" * 100)
+    with pytest.raises(ModelFileError, match="does not match"):
+        load_model_bytes(VideoConfig(model_path=str(wrong)))
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model_bytes(VideoConfig(model_path=str(tmp_path / "nope.task")))
+    assert load_model_bytes(VideoConfig(model_path=str(wrong), model_sha256="")) == wrong.read_bytes()
+    assert cli.main(["extract", str(demo_clip), "--out", str(tmp_path / "o"), "--no-ray",
+                     f"video.model_path={wrong}"]) == 1
+    assert "does not match" in capsys.readouterr().err
