@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-sys.path.insert(0, str(TESTS))  # media_factory and friends
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # support, media_factory
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-DEMO_CORPUS = REPO / "a2bs" / "demo" / "corpus"
-
-
-def demo_clips() -> list[Path]:
-    return sorted(DEMO_CORPUS.rglob("*.mp4"))
+from support import DEMO_CORPUS, demo_clips, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +38,6 @@ def ray_cluster(s3_server):
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

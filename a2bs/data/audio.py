@@ -68,7 +68,7 @@ def power_to_db(power: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
 def log_mel_frames(frames: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """Log-mel (dB) of already-cut analysis frames, shape (A, n_fft) -> (A, n_mels) float32."""
-    spectrum = np.fft.rfft(frames * stft_window(cfg), n=cfg.n_fft, axis=-1)  # (A, n_fft//2+1)
+    spectrum = np.fft.rfft(frames.astype(np.float64) * stft_window(cfg), n=cfg.n_fft, axis=-1)  # (A, n_fft//2+1)
     power = spectrum.real**2 + spectrum.imag**2
     mel = power @ mel_filterbank(cfg).T  # (A, n_mels)
     return power_to_db(mel, cfg).astype(np.float32)
@@ -77,25 +77,36 @@ def log_mel_frames(frames: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 def frame_signal(samples: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """Centred analysis frames (zero padding of n_fft // 2 each side), shape (1 + N // hop, n_fft)."""
     pad = cfg.n_fft // 2
-    padded = np.pad(samples.astype(np.float64), (pad, pad))
+    padded = np.pad(samples, (pad, pad))  # float64 conversion happens per block, not here
     n_frames = 1 + len(samples) // cfg.hop_length
     return np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length][:n_frames]
 
 
+# Frames per block: bounds the float64/complex temporaries (~4 MB a block) however long the clip.
+BLOCK_FRAMES = 2048
+
+
 def log_mel(samples: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """80-band log-mel in dB for a mono signal at ``cfg.sample_rate``: (1 + N // hop, n_mels) float32."""
-    return log_mel_frames(frame_signal(samples, cfg), cfg)
+    frames = frame_signal(samples, cfg)  # a strided view: no copy
+    out = np.empty((frames.shape[0], cfg.n_mels), dtype=np.float32)
+    for i in range(0, frames.shape[0], BLOCK_FRAMES):
+        out[i : i + BLOCK_FRAMES] = log_mel_frames(frames[i : i + BLOCK_FRAMES], cfg)
+    return out
 
 
 def frame_rms_zcr(samples: np.ndarray, cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
     """RMS energy and zero-crossing rate over each ``win_length`` window on the same centred grid."""
     frames = frame_signal(samples, cfg)
     lo = (cfg.n_fft - cfg.win_length) // 2
-    win = frames[:, lo : lo + cfg.win_length]  # the 25 ms the window actually weights
-    rms = np.sqrt(np.mean(win**2, axis=1))
-    signs = np.signbit(win)
-    zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
-    return rms.astype(np.float32), zcr.astype(np.float32)
+    rms = np.empty(frames.shape[0], np.float32)
+    zcr = np.empty(frames.shape[0], np.float32)
+    for i in range(0, frames.shape[0], BLOCK_FRAMES):
+        win = frames[i : i + BLOCK_FRAMES, lo : lo + cfg.win_length]  # the 25 ms the window weights
+        rms[i : i + BLOCK_FRAMES] = np.sqrt(np.mean(win**2, axis=1))
+        signs = np.signbit(win)
+        zcr[i : i + BLOCK_FRAMES] = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
+    return rms, zcr
 
 
 def voice_activity(rms: np.ndarray, cfg: AudioConfig) -> np.ndarray:
@@ -141,12 +152,13 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     err = proc.stderr.decode("utf-8", "replace").strip()
-    if proc.returncode != 0:
+    samples = np.frombuffer(proc.stdout, dtype=np.float32)
+    if proc.returncode != 0 and samples.size == 0:
         if "matches no streams" in err or "Stream map" in err:
             raise InputError(path, "no audio track")
         last = err.splitlines()[-1] if err else f"ffmpeg exit {proc.returncode}"
         raise InputError(path, f"cannot decode audio ({last})")
-    samples = np.frombuffer(proc.stdout, dtype=np.float32)
+    # A truncated file decodes up to the cut and then fails: keep what was decoded.
     if samples.size == 0:
         raise InputError(path, "audio track is empty (zero length)")
     return samples.copy()

@@ -97,13 +97,16 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
             continue
         p = Path(item)
         if p.is_dir():
+            before = len(entries) + len(failures)
             for f in sorted(p.rglob("*")):
                 if f.suffix.lower() not in suffixes or f.name.startswith("."):
                     continue
-                if not _within(str(f), str(p)):
+                if f.exists() and not _within(str(f), str(p)):  # a dangling link is reported later
                     failures.append({"source": str(f), "reason": f"resolves outside the input folder {p}"})
                     continue
                 add(str(f), str(p), True)
+            if len(entries) + len(failures) == before:
+                failures.append({"source": item, "reason": "is a directory with no media files in it"})
         elif p.exists() or p.is_symlink():
             add(str(p), str(p.parent), False)
         else:

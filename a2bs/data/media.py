@@ -17,6 +17,7 @@ from a2bs.errors import InputError
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".opus"}
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
+MP4_TOP_LEVEL_ATOMS = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     p = check_readable(path)
     try:
         with open(p, "rb") as f:
-            f.read(1)
+            head = f.read(12)
     except OSError as exc:
         raise InputError(p, f"cannot be read ({exc.strerror or exc})") from None
     proc = subprocess.run(
@@ -74,7 +75,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     )
     err = proc.stderr.decode("utf-8", "replace")
     if "moov atom not found" in err:
-        raise InputError(p, "truncated or incomplete MP4 (moov atom not found)")
+        # ffmpeg picks the MP4 demuxer from the suffix: only a file that starts like an MP4 is a cut one.
+        if head[4:8] in MP4_TOP_LEVEL_ATOMS:
+            raise InputError(p, "truncated or incomplete MP4 (moov atom not found)")
+        raise InputError(p, "not a media file (no MP4/MOV structure in it)")
     if "Invalid data found when processing input" in err or "could not find codec parameters" in err.lower():
         raise InputError(p, "not a media file (ffmpeg cannot parse it)")
     if "Permission denied" in err:

@@ -23,6 +23,7 @@ from a2bs import io
 from a2bs.config import Config
 from a2bs.data.extract import record_arrays
 from a2bs.data.sequences import SyncedClip, make_windows, synchronise, validate
+from a2bs.errors import InputError
 from a2bs.schema import N_TARGETS, sequence_schema
 
 MANIFEST_NAME = "_manifest.json"
@@ -148,10 +149,21 @@ def table_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
     }
 
 
+def read_shard(uri: str) -> pa.Table:
+    """Read one shard; a damaged file raises InputError naming it (not a bare Arrow error)."""
+    try:
+        return io.read_parquet(uri)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise InputError(uri, "shard listed in the manifest is missing (rerun `a2bs build`)") from None
+        raise InputError(uri, f"corrupt or truncated Parquet shard ({' '.join(str(exc).split())[:160]}); "
+                              "rerun `a2bs build`") from None
+
+
 def load_split(shards_dir: str, split: str, n_mels: int = 80) -> dict[str, np.ndarray]:
     """All rows of a split in memory (fine for evaluation and small corpora; training streams)."""
     files = shard_files(shards_dir, split)
     if not files:
         raise FileNotFoundError(f"{shards_dir}: no '{split}' shards")
-    table = pa.concat_tables([io.read_parquet(f) for f in files])
+    table = pa.concat_tables([read_shard(f) for f in files])
     return table_arrays(table, n_mels)

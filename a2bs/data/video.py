@@ -19,6 +19,9 @@ import numpy as np
 from a2bs.errors import InputError
 
 
+VFR_PROBE_S = 2.0
+
+
 @dataclass(frozen=True)
 class VideoStream:
     """Decoding parameters of one clip."""
@@ -67,22 +70,36 @@ def iter_frames(
         max_side: downscale frames whose longer side exceeds this (0 = keep size).
 
     Returns:
-        The stream parameters and an iterator of ``(frame_index, time_s, rgb)`` where ``time_s``
-        is ``frame_index / original_fps`` (timestamps follow original frame indices).
+        The stream parameters and an iterator of ``(frame_index, time_s, rgb)``. ``time_s`` is
+        ``frame_index / original_fps`` (timestamps follow original frame indices) unless the clip
+        has a variable frame rate: when a container timestamp within the first
+        ``VFR_PROBE_S`` seconds is more than a quarter frame off its index time, the container
+        timestamps are used for the whole clip. (Deciding early and once keeps a single odd packet
+        near the end of a constant-rate clip from moving that frame.)
     """
     cap, stream = open_video(path, fps_limit)
 
     def frames() -> Iterator[tuple[int, float, np.ndarray]]:
         try:
             index = 0
+            variable_rate: bool | None = None  # undecided until a deviation or VFR_PROBE_S seconds
             while cap.grab():
+                time_s = index / stream.original_fps
+                if variable_rate is None:
+                    pts_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                    if abs(pts_s - time_s) > 0.25 / stream.original_fps:
+                        variable_rate = True
+                    elif time_s >= VFR_PROBE_S:
+                        variable_rate = False
+                if variable_rate:
+                    time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 if index % stream.frame_interval == 0:
                     ok, bgr = cap.retrieve()
                     if ok and bgr is not None:
                         if max_side and max(bgr.shape[:2]) > max_side:
                             scale = max_side / max(bgr.shape[:2])
                             bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-                        yield index, index / stream.original_fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                        yield index, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 index += 1
         finally:
             cap.release()

@@ -46,7 +46,7 @@ GAIN: dict[str, float] = {
     # Lips apart at the centre ("O"): kept small, MediaPipe reads any rounder opening as jawOpen.
     "funnel_open": 0.03, "pucker_open": 0.0,
     "pucker_shut": 1.0,  # a pucker closes the lips (the opening comes from the jaw only)
-    "press_thin": 0.05,
+    "press_thin": 0.15,  # m/b/p: lips pressed thin (reads as mouthPress/mouthRoll)
 }
 
 
@@ -167,7 +167,6 @@ class FaceRig:
         # Corners are shared by both lips: they move half with the jaw.
         self.corner = np.zeros(len(p), bool)
         self.corner[list(MOUTH_CORNERS)] = True
-        self.gap0 = self._gap(p[:, :2])
         self.gap0 = self._gap(p[:, :2])  # base opening between the inner lips (astronaut smiles)
         h, w = self.canvas.shape[:2]
         border = [(x, y) for x in np.linspace(0, w - 1, 7) for y in (0, h - 1)]
@@ -176,7 +175,6 @@ class FaceRig:
         ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         halo = self.center + 0.9 * self.face_w * np.stack([np.cos(ang), 1.25 * np.sin(ang)], 1)
         halo = [q for q in halo if 0 < q[0] < w - 1 and 0 < q[1] < h - 1]
-        self.n_fixed = len(border) + len(halo)
         self.mesh = np.vstack([p[:, :2], np.array(border + halo, np.float64)])
         self.tri = Delaunay(self.mesh).simplices.astype(np.int32)
         self.grid = np.mgrid[0:h, 0:w].astype(np.float32)  # (2, H, W): y, x
@@ -254,7 +252,8 @@ class FaceRig:
         dy += np.where(self.lower, -close, close)
         # Rounding then opens a small "O" at the centre and thickens the lips (protrusion);
         # pressing thins them (outer lip only, so the inner lips never cross).
-        dy += sgn * band * bump * W * (GAIN["funnel_open"] * fp.funnel + GAIN["pucker_open"] * fp.pucker)
+        rounding = GAIN["funnel_open"] * fp.funnel + GAIN["pucker_open"] * fp.pucker
+        dy += sgn * band * bump * W * rounding
         outer = _smoothstep(np.abs(t) / 0.15) * band * bump
         dy += -sgn * fp.press * GAIN["press_thin"] * W * outer
 
@@ -274,8 +273,7 @@ class FaceRig:
         dst = np.vstack([target, self.mesh[len(target):]])
         src_t = self.mesh[self.tri]  # (T, 3, 2)
         dst_t = dst[self.tri]
-        area = np.cross(dst_t[:, 1] - dst_t[:, 0], dst_t[:, 2] - dst_t[:, 0])
-        area0 = np.cross(src_t[:, 1] - src_t[:, 0], src_t[:, 2] - src_t[:, 0])
+        area, area0 = _signed_area(dst_t), _signed_area(src_t)
         folded = (np.sign(area) != np.sign(area0)) & (np.abs(area) > 0.5)
         thin = np.abs(area) <= 0.5
         a = np.concatenate([dst_t, np.ones((len(dst_t), 3, 1))], 2)  # (T, 3, 3)
@@ -320,9 +318,11 @@ class FaceRig:
         cavity = np.array([60, 22, 28.0]) * (0.4 + 0.6 * shade)
         teeth_c = np.array([238, 234, 224.0]) * (0.45 + 0.55 * shade)
         # Soft (1-2 px) edges so the teeth do not flicker as blocks between frames.
-        upper_t = np.clip((yu + 0.11 * W - yy) / 1.5, 0, 1) * np.clip((0.85 - np.abs(u)) / 0.15, 0, 1)
-        lower_t = (np.clip((yy - (yl - 0.05 * W)) / 1.5, 0, 1) * np.clip((0.7 - np.abs(u)) / 0.2, 0, 1)
-                   * np.clip(((yl - yu) - 0.25 * W) / (0.1 * W), 0, 1))
+        upper_t = (np.clip((yu + 0.11 * W - yy) / 1.5, 0, 1)
+                   * np.clip((0.85 - np.abs(u)) / 0.15, 0, 1))
+        lower_t = (np.clip((yy - (yl - 0.05 * W)) / 1.5, 0, 1)
+                   * np.clip((0.7 - np.abs(u)) / 0.2, 0, 1)
+                   * np.clip(((yl - yu) - 0.25 * W) / (0.1 * W), 0, 1))  # only when wide open
         wt = np.maximum(upper_t, lower_t)[..., None]
         col = teeth_c * wt + cavity * (1 - wt)
         roi = img[y0:y1, x0:x1].astype(np.float64)
@@ -390,6 +390,12 @@ class FaceRig:
         m[1, 2] += (n - h) / 2 + fp.ty * n
         return cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT)
+
+
+def _signed_area(tri: np.ndarray) -> np.ndarray:
+    """Twice the signed area of (T, 3, 2) triangles (sign = orientation)."""
+    a, b = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    return a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
 
 
 def _sorted(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

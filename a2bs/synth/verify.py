@@ -17,6 +17,7 @@ from a2bs.synth.face import make_landmarker, mp_image
 PAIRS: tuple[tuple[str, str, str, int], ...] = (
     ("jawOpen", "jawOpen", "jawOpen", 1),
     ("mouthClose (lip press)", "mouthClose", "mouthPress", 1),
+    ("mouthClose (lip press)/roll", "mouthClose", "mouthRollLower", 1),
     ("mouthFunnel", "mouthFunnel", "mouthFunnel", 1),
     ("mouthPucker", "mouthPucker", "mouthPucker", 1),
     ("mouthSmile", "mouthSmile", "mouthSmile", 1),
@@ -66,6 +67,7 @@ def extract_clip(video_path: Path) -> dict[str, np.ndarray]:
                 "jawOpen": bs["jawOpen"], "mouthFunnel": bs["mouthFunnel"],
                 "mouthPucker": bs["mouthPucker"], "mouthClose": bs["mouthClose"],
                 "mouthPress": (bs["mouthPressLeft"] + bs["mouthPressRight"]) / 2,
+                "mouthRollLower": bs["mouthRollLower"],
                 "mouthSmile": (bs["mouthSmileLeft"] + bs["mouthSmileRight"]) / 2,
                 "mouthStretch": (bs["mouthStretchLeft"] + bs["mouthStretchRight"]) / 2,
                 "eyeBlink": (bs["eyeBlinkLeft"] + bs["eyeBlinkRight"]) / 2,
@@ -84,12 +86,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = None) -> dict:
+def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = None,
+                  save: bool = True) -> dict:
     """Correlate driven vs extracted curves per clip and overall.
+
+    With `save`, the result is also written to ``<corpus_dir>/verification.json``.
 
     Returns:
         ``{"per_clip": {clip_id: {label: r}}, "overall": {label: r over all frames},
-        "mean_per_clip": {label: mean r}, "face_ratio": share of frames with a face,
+        "overall_centred": {label: r with each clip's mean removed}, "mean_per_clip",
+        "min_per_clip", "face_ratio": share of frames with a face,
         "table": markdown}``.
     """
     corpus_dir = Path(corpus_dir)
@@ -115,15 +121,29 @@ def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = N
         if progress:
             print(f"verify {rec['clip_id']}: jawOpen r={row['jawOpen']:.3f} "
                   f"blink r={row['eyeBlink']:.3f} roll r={row['head roll']:.3f}", flush=True)
-    overall = {k: _pearson(np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v]))
-               for k, v in pooled.items()}
+    def pooled_r(pairs: list[tuple[np.ndarray, np.ndarray]], centre: bool) -> float:
+        # Centring each clip removes per-face offsets (rest pose, photo's own smile or tilt).
+        def c(x: np.ndarray) -> np.ndarray:
+            return x - np.nanmean(x) if centre else x
+        return _pearson(np.concatenate([c(a) for a, _ in pairs]),
+                        np.concatenate([c(b) for _, b in pairs]))
+
+    overall = {k: pooled_r(v, False) for k, v in pooled.items()}
+    centred = {k: pooled_r(v, True) for k, v in pooled.items()}
     mean_pc = {k: float(np.nanmean([r[k] for r in per_clip.values()])) for k in overall}
     min_pc = {k: float(np.nanmin([r[k] for r in per_clip.values()])) for k in overall}
-    lines = ["| driven shape | r overall | mean r per clip | min r per clip |", "|---|---|---|---|"]
-    lines += [f"| {k} | {overall[k]:.3f} | {mean_pc[k]:.3f} | {min_pc[k]:.3f} |" for k in overall]
+    lines = ["| driven shape | MediaPipe reading | r pooled | r pooled, clip-centred "
+             "| mean r per clip | min r per clip |", "|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {ekey} | {overall[label]:.3f} | {centred[label]:.3f} "
+              f"| {mean_pc[label]:.3f} | {min_pc[label]:.3f} |" for label, _, ekey, _ in PAIRS]
     table = "\n".join(lines)
-    result = {"per_clip": per_clip, "overall": overall, "mean_per_clip": mean_pc,
+    result = {"per_clip": per_clip, "overall": overall, "overall_centred": centred,
+              "mean_per_clip": mean_pc,
               "min_per_clip": min_pc, "face_ratio": n_face / max(n_all, 1), "table": table}
+    if save:
+        tmp = corpus_dir / "verification.json.part"
+        tmp.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
+        tmp.replace(corpus_dir / "verification.json")
     if progress:
         print(table)
         print(f"frames with a face: {100 * result['face_ratio']:.1f}% over {len(clips)} clips")

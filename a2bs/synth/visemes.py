@@ -38,7 +38,7 @@ VISEMES: dict[str, dict[str, float]] = {
 # flite US English phones -> viseme (a tuple glides from the first to the second).
 PHONE_VISEME: dict[str, str | tuple[str, str]] = {
     "pau": "rest", "h#": "rest", "brth": "rest",
-    "m": "closed", "b": "closed", "p": "closed",
+    "m": "closed", "b": "closed", "p": "closed", "em": "closed",
     "f": "teeth", "v": "teeth",
     "ow": ("rounded", "rounded_tight"), "ao": "rounded", "oy": ("rounded", "wide"),
     "uw": "rounded_tight", "uh": "rounded_tight", "w": "rounded_tight",

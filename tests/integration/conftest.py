@@ -8,7 +8,7 @@ import pytest
 
 from a2bs.config import Config, load_config
 from a2bs.data.pipeline import run_build, run_extract
-from conftest import DEMO_CORPUS, demo_clips
+from support import DEMO_CORPUS, demo_clips
 
 
 @pytest.fixture(scope="session")

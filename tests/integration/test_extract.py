@@ -57,8 +57,9 @@ def test_face_clip_and_60fps_reencode(extracted) -> None:
         assert (np.diff(idx) == r["frame_interval"]).all()
         assert 0.0 <= a["targets"][:, :N_BLENDSHAPES].min() and a["targets"][:, :N_BLENDSHAPES].max() <= 1.0
         assert np.abs(a["targets"][:, N_BLENDSHAPES:N_BLENDSHAPES + 3]).max() < 0.2  # metres from rest
-    # Same footage at twice the rate, every 2nd frame: the same number of selected frames.
-    assert abs(len(r60["frame_index"]) - len(r30["frame_index"])) <= 1
+    # Same footage at twice the rate, every 2nd frame: about the same number of selected frames
+    # (the 30 fps copy is cut at packet boundaries, so it may carry a frame or two more).
+    assert abs(len(r60["frame_index"]) - len(r30["frame_index"])) <= 3
     jaw = ARKIT_BLENDSHAPES.index("jawOpen")
     j30, j60 = record_arrays(r30)["targets"][:, jaw], record_arrays(r60)["targets"][:, jaw]
     n = min(len(j30), len(j60))

@@ -17,7 +17,7 @@ from a2bs import io
 from a2bs.data.pipeline import clip_uri, run_build, run_extract
 from a2bs.data.sequences import expected_windows
 from a2bs.data.shards import load_split, shard_files
-from conftest import demo_clips
+from support import demo_clips
 
 pytestmark = pytest.mark.ray
 
@@ -66,7 +66,7 @@ def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shar
 
 
 def mf_root() -> Path:
-    from conftest import DEMO_CORPUS
+    from support import DEMO_CORPUS
 
     return DEMO_CORPUS
 

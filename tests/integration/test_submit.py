@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from a2bs import cli
-from conftest import REPO, demo_clips, free_port
+from support import REPO, demo_clips, free_port
 
 pytestmark = pytest.mark.ray
 

@@ -1,0 +1,254 @@
+"""Offline inference: audio (or a video's audio track) -> 100 Hz predictions -> curves at any fps.
+
+One file runs in this process; many files (a folder, a glob, an ``s3://`` prefix) run on Ray Data with
+one model per actor. A bad input never stops a batch: it is listed with its reason in the output
+folder's ``_failures.json`` and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from a2bs import io
+from a2bs.config import AudioConfig, Config, ConfigError, ModelConfig, config_from_dict, config_to_dict, save_config
+from a2bs.data.audio import features_from_samples, load_audio
+from a2bs.errors import InputError
+from a2bs.infer.curves import FORMAT_SUFFIXES, Curves
+from a2bs.infer.postprocess import postprocess_offline
+
+log = logging.getLogger("a2bs")
+
+
+@dataclass
+class LoadedModel:
+    """A model file's network, its config, its metadata and the audio front end it expects."""
+
+    net: nn.Module
+    model_cfg: ModelConfig
+    meta: dict[str, Any]
+    audio_cfg: AudioConfig
+    path: str
+
+
+def resolve_model_path(model: str, cfg: Config) -> str:
+    """``"default"`` (or empty) -> ``cfg.infer.model_path``; anything else as given."""
+    return cfg.infer.model_path if model in ("", "default") else model
+
+
+def audio_config_from_meta(meta: dict[str, Any], fallback: AudioConfig) -> AudioConfig:
+    """The audio front end a model was trained with, when its file records it (``meta["audio"]`` or
+    ``meta["config"]["audio"]``); else `fallback`."""
+    stored = meta.get("audio") or (meta.get("config") or {}).get("audio")
+    if isinstance(stored, dict):
+        return config_from_dict({"audio": stored}).audio
+    return fallback
+
+
+def load_model(model: str, cfg: Config) -> LoadedModel:
+    """Load a self-contained model file (local or ``s3://``); ``"default"`` = ``cfg.infer.model_path``."""
+    from a2bs.models.io import load_model_file
+
+    path = resolve_model_path(model, cfg)
+    net, model_cfg, meta = load_model_file(path)
+    audio_cfg = audio_config_from_meta(meta, cfg.audio)
+    if model_cfg.n_mels != audio_cfg.n_mels:
+        raise ConfigError(f"model {path} expects {model_cfg.n_mels} mel bands, audio.n_mels is {audio_cfg.n_mels}")
+    return LoadedModel(net.eval(), model_cfg, meta, audio_cfg, str(path))
+
+
+def to_mono_rate(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Mono float32 at `target_rate` from (n,) or (n, channels) samples at `sample_rate`."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if sample_rate != target_rate:
+        import librosa
+
+        x = librosa.resample(x, orig_sr=sample_rate, target_sr=target_rate)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@torch.no_grad()
+def predict_100hz(model: LoadedModel, samples: np.ndarray, cfg: Config,
+                  rest: np.ndarray | None = None) -> Curves:
+    """Post-processed predictions at the model's frame rate (100 Hz) for mono samples at 16 kHz."""
+    feats = features_from_samples(samples, model.audio_cfg)
+    mel = torch.from_numpy(feats.mel_db)[None]  # (1, T, n_mels)
+    raw = model.net(mel)[0].cpu().numpy()  # (T, 59)
+    values = postprocess_offline(raw, feats.vad, cfg.infer, feats.frame_rate_hz, rest=rest)
+    return Curves(values, feats.frame_rate_hz, duration_s=feats.duration_s)
+
+
+def predict_samples(model: LoadedModel, samples: np.ndarray, cfg: Config, fps: float | None = None,
+                    sample_rate: int | None = None, rest: np.ndarray | None = None) -> Curves:
+    """Curves at `fps` (default ``cfg.infer.fps``) for audio samples (mono or (n, channels))."""
+    rate = sample_rate or model.audio_cfg.sample_rate
+    mono = to_mono_rate(samples, rate, model.audio_cfg.sample_rate)
+    if mono.size == 0:
+        raise ValueError("no audio samples")
+    return predict_100hz(model, mono, cfg, rest).resample(fps or cfg.infer.fps)
+
+
+def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: float | None = None) -> Curves:
+    """Curves for an audio file or a video file's audio track (local path).
+
+    Raises:
+        InputError: the file is missing, empty, not media, or has no audio track.
+    """
+    from a2bs.data.media import probe
+
+    info = probe(path)
+    if not info.has_audio:
+        raise InputError(path, "no audio track")
+    curves = predict_samples(model, load_audio(path, model.audio_cfg.sample_rate), cfg, fps)
+    curves.meta["source"] = str(path)
+    return curves
+
+
+def output_name(uri: str, root: str, fmt: str) -> str:
+    """Output file name (relative to the output folder) for input `uri` found under `root`."""
+    rel = uri[len(root):].lstrip("/\\") if uri.startswith(root.rstrip("/\\")) and uri != root else ""
+    rel = rel or PurePosixPath(uri.replace("\\", "/")).name
+    stem = str(PurePosixPath(rel.replace("\\", "/")).with_suffix(""))
+    return stem + FORMAT_SUFFIXES[fmt]
+
+
+def infer_one(model: LoadedModel, uri: str, out_uri: str, cfg: Config, fmt: str, fps: float) -> dict[str, Any]:
+    """Infer one input and write its output; never raises for a bad input (status row instead)."""
+    row: dict[str, Any] = {"source": uri, "output": out_uri, "status": "failed", "reason": "",
+                           "duration_s": 0.0, "frames": 0, "infer_s": 0.0}
+    t0 = time.perf_counter()
+    try:
+        if not io.is_remote(uri):
+            from a2bs.data.media import check_readable
+
+            check_readable(uri)
+        with tempfile.TemporaryDirectory(prefix="a2bs-infer-") as tmp:
+            curves = predict_file(model, io.local_copy(uri, tmp), cfg, fps)
+        stem = PurePosixPath(out_uri).stem
+        curves.save(out_uri, fmt, eye_range_rad=eye_range(cfg), session_id=f"session_{stem}_infer")
+        row.update(status="ok", duration_s=float(curves.duration_s), frames=len(curves))
+    except InputError as exc:
+        row["reason"] = exc.reason
+    except Exception as exc:  # an unexpected decoder failure must not stop the batch
+        row["reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    row["infer_s"] = time.perf_counter() - t0
+    return row
+
+
+def eye_range(cfg: Config) -> float:
+    """Eye-angle range for Live Link output (0 = eye angles off)."""
+    return cfg.infer.eye_look_range_rad if cfg.infer.eye_angles_from_blendshapes else 0.0
+
+
+class InferActor:
+    """Ray Data actor: loads the model once and infers every input it is given."""
+
+    def __init__(self, model_path: str, cfg_dict: dict, fmt: str, fps: float) -> None:
+        torch.set_num_threads(1)  # one actor per CPU: intra-op threads would oversubscribe
+        self.cfg = config_from_dict(cfg_dict)
+        self.model = load_model(model_path, self.cfg)
+        self.fmt, self.fps = fmt, fps
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = [infer_one(self.model, str(u), str(o), self.cfg, self.fmt, self.fps)
+                for u, o in zip(batch["uri"], batch["out"])]
+        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+@dataclass
+class InferSummary:
+    """What an infer run did."""
+
+    ok: int = 0
+    failed: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+    def line(self) -> str:
+        rtf = self.wall_s / self.audio_s if self.audio_s else 0.0
+        return (f"infer: {self.ok} ok, {self.failed} failed; {self.audio_s:.1f} s of audio in {self.wall_s:.1f} s "
+                f"(real-time factor {rtf:.3f})")
+
+
+def _single_local_file(inputs: list[str]) -> bool:
+    return len(inputs) == 1 and not io.is_remote(inputs[0]) and not os.path.isdir(inputs[0]) \
+        and not any(ch in inputs[0] for ch in "*?[")
+
+
+def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str | None = None,
+              fps: float | None = None, use_ray: bool | None = None) -> InferSummary:
+    """Infer every input into `out_dir` (one output per input); failures go to ``_failures.json``.
+
+    Args:
+        model: model file path/URI or ``"default"``.
+        inputs: files, folders, globs or ``s3://`` prefixes.
+        out_dir: output folder (local or ``s3://``).
+        cfg: resolved config.
+        fmt: ``livelink-csv``, ``json``, ``npy`` or ``parquet`` (default ``cfg.infer.format``).
+        fps: output frame rate (default ``cfg.infer.fps``).
+        use_ray: None = Ray Data unless the input is one local file.
+    """
+    from a2bs.data.manifest import list_inputs
+
+    t0 = time.perf_counter()
+    fmt = fmt or cfg.infer.format
+    fps = float(fps or cfg.infer.fps)
+    if fmt not in FORMAT_SUFFIXES:
+        raise ConfigError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)})")
+    if fps <= 0:
+        raise ConfigError(f"fps must be positive, got {fps}")
+    model_path = resolve_model_path(model, cfg)
+    loaded = load_model(model_path, cfg)  # a bad model file is a configuration error: say so before any work
+    entries, failures = list_inputs(inputs)
+    io.makedirs(out_dir)
+    save_config(cfg, io.join(out_dir, "_config.yaml"))
+    items = [{"uri": e.uri, "out": io.join(out_dir, output_name(e.uri, e.root, fmt))} for e in entries]
+    if use_ray is None:
+        use_ray = not _single_local_file(inputs)
+    rows: list[dict] = []
+    if items and use_ray:
+        import ray
+
+        from a2bs.data.pipeline import init_ray
+
+        init_ray(cfg.ray)
+        n_cpu = int(ray.cluster_resources().get("CPU", 1))
+        n_actors = max(1, min(cfg.infer.actors or n_cpu, len(items)))
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            InferActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
+            fn_constructor_kwargs={"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps},
+            num_cpus=1, max_restarts=-1, max_task_retries=cfg.ray.max_task_retries,
+        )
+        rows = ds.take_all()
+    else:
+        rows = [infer_one(loaded, it["uri"], it["out"], cfg, fmt, fps) for it in items]
+    summary = InferSummary(failures=list(failures), failed=len(failures))
+    for r in sorted(rows, key=lambda r: r["source"]):
+        if r["status"] == "ok":
+            summary.ok += 1
+            summary.audio_s += r["duration_s"]
+            summary.outputs.append(r["output"])
+        else:
+            summary.failed += 1
+            summary.failures.append({"source": r["source"], "reason": r["reason"]})
+    summary.wall_s = time.perf_counter() - t0
+    io.atomic_write_text(io.join(out_dir, "_failures.json"), json.dumps(summary.failures, indent=1))
+    io.atomic_write_text(io.join(out_dir, "_summary.json"),
+                         json.dumps({**asdict(summary), "model": model_path, "format": fmt, "fps": fps,
+                                     "files": rows}, indent=1, default=float))
+    return summary

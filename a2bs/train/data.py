@@ -1,0 +1,207 @@
+"""Training data: shard files -> batches of (B, T, n_mels) audio and (B, T, 59) targets.
+
+Two sources feed the same training loop:
+
+- Ray Data (``ray_dataset`` + :class:`WindowCollate`): the shard files are read as a streaming
+  dataset; Ray Train splits the train set across workers (``streaming_split(equal=True)``) and each
+  worker reshapes Arrow batches into tensors in ``iter_torch_batches``' collate thread pool. No node
+  ever holds more than its share of blocks in flight.
+- :class:`LocalBatches`: the same shard files read in this process with pyarrow, a few files at a
+  time (Tune trials that run in one process, the plain-PyTorch baseline, tests).
+
+Validation keeps whole clips together: worker ``rank`` of ``world_size`` validates the clips with
+``clip_rank(clip_id, world_size) == rank``, so every clip's windows meet in one metric accumulator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from a2bs import io
+from a2bs.data.shards import MANIFEST_NAME, shard_files
+from a2bs.schema import N_TARGETS
+
+TRAIN_COLUMNS: tuple[str, ...] = ("audio", "targets", "vad", "mask")
+VAL_COLUMNS: tuple[str, ...] = ("clip_id", "start_s") + TRAIN_COLUMNS
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the trainer needs to know about a shards folder before it starts."""
+
+    shards_dir: str
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    train_rows: int
+    val_rows: int
+    n_mels: int
+    frame_rate_hz: float  # audio frames per second (start_s * frame_rate_hz = first frame index)
+
+
+def _rows(files: tuple[str, ...]) -> int:
+    total = 0
+    for f in files:
+        fs, path = io.filesystem(f)
+        with fs.open_input_file(path) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def shard_info(shards_dir: str, n_mels: int = 80, frame_rate_hz: float = 100.0) -> ShardInfo:
+    """Files, row counts and audio settings of a shards folder (audio settings from its manifest).
+
+    Raises:
+        FileNotFoundError: no train or no val shards.
+    """
+    train = tuple(shard_files(shards_dir, "train"))
+    val = tuple(shard_files(shards_dir, "val"))
+    if not train:
+        raise FileNotFoundError(f"{shards_dir}: no 'train' shards (run `a2bs build` first)")
+    if not val:
+        raise FileNotFoundError(f"{shards_dir}: no 'val' shards (set sequence.val_fraction > 0 when building)")
+    manifest_uri = io.join(shards_dir, MANIFEST_NAME)
+    if io.exists(manifest_uri):
+        audio = json.loads(io.read_text(manifest_uri)).get("config", {}).get("audio", {})
+        n_mels = int(audio.get("n_mels", n_mels))
+        if audio.get("sample_rate") and audio.get("hop_length"):
+            frame_rate_hz = float(audio["sample_rate"]) / float(audio["hop_length"])
+    return ShardInfo(shards_dir, train, val, _rows(train), _rows(val), n_mels, frame_rate_hz)
+
+
+def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:
+    """Optimizer steps per epoch of each worker under an equal split (remainder rows dropped)."""
+    return max(1, math.ceil((train_rows // max(world_size, 1)) / batch_size))
+
+
+def clip_rank(clip_id: str, world_size: int) -> int:
+    """The worker that validates `clip_id` (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(clip_id.encode("utf-8")) % max(world_size, 1)
+
+
+def _flat(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    # flatten() honours slice offsets (ListArray.values would return the whole parent buffer).
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False)
+
+
+def arrow_to_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
+    """Window rows -> audio (N, T, n_mels), targets (N, T, 59), vad/mask (N, T) float32 arrays
+    (+ clip_id (N,) and start_s (N,) when present)."""
+    n = table.num_rows
+    vad = _flat(table.column("vad")).astype(np.float32, copy=False)
+    t = vad.size // n if n else 0
+    out = {
+        "audio": _flat(table.column("audio")).astype(np.float32, copy=False).reshape(n, t, n_mels),
+        "targets": _flat(table.column("targets")).astype(np.float32, copy=False).reshape(n, t, N_TARGETS),
+        "vad": vad.reshape(n, t),
+        "mask": _flat(table.column("mask")).astype(np.float32, copy=False).reshape(n, t),
+    }
+    if "clip_id" in table.column_names:
+        out["clip_id"] = np.asarray(table.column("clip_id").to_pylist(), dtype=object)
+    if "start_s" in table.column_names:
+        out["start_s"] = table.column("start_s").to_numpy()
+    return out
+
+
+def to_tensors(arrays: dict[str, np.ndarray], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The float arrays of :func:`arrow_to_arrays` as tensors on `device` (ids are left out)."""
+    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).to(device or "cpu") for k in TRAIN_COLUMNS}
+
+
+try:  # Ray Data's typed collate interface: the batch arrives as a pyarrow.Table (no numpy detour).
+    from ray.data.collate_fn import ArrowBatchCollateFn as _CollateBase
+except ImportError:  # pragma: no cover - ray[data] is a dependency; keeps this module importable alone
+    _CollateBase = object  # type: ignore[assignment,misc]
+
+
+class WindowCollate(_CollateBase):  # type: ignore[misc,valid-type]
+    """``iter_torch_batches`` collate: Arrow batch of flat list columns -> dict of (B, T, C) tensors."""
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        return to_tensors(arrow_to_arrays(batch, self.n_mels))
+
+
+def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) -> Any:
+    """A streaming Ray dataset over shard files (local paths or s3:// URIs), in a random block order."""
+    import ray
+
+    files = list(files)
+    kwargs: dict[str, Any] = {}
+    if files and io.is_remote(files[0]):
+        # One S3 implementation for the whole project (endpoint and credentials from the environment).
+        fs, _ = io.filesystem(files[0])
+        kwargs["filesystem"] = fs
+        files = [io.filesystem(f)[1] for f in files]
+    return ray.data.read_parquet(files, columns=list(columns), **kwargs)
+
+
+class LocalBatches:
+    """Batches from shard files read in this process (no Ray): a shuffle pool of whole files.
+
+    Args:
+        files: shard files.
+        n_mels: mel bins of the shards.
+        batch_size: rows per batch (the last batch of an epoch may be smaller).
+        columns: columns to read.
+        shuffle_rows: shuffle within a pool of at least this many rows (0 = keep file order, no shuffle).
+        seed: base seed; epoch `e` uses ``seed + e``.
+    """
+
+    def __init__(self, files: tuple[str, ...] | list[str], n_mels: int, batch_size: int,
+                 columns: tuple[str, ...] = TRAIN_COLUMNS, shuffle_rows: int = 0, seed: int = 0) -> None:
+        self.files = list(files)
+        self.n_mels = n_mels
+        self.batch_size = batch_size
+        self.columns = list(columns)
+        self.shuffle_rows = shuffle_rows
+        self.seed = seed
+
+    def tables(self, epoch: int = 0) -> Iterator[pa.Table]:
+        """Pools of rows (whole files, shuffled when `shuffle_rows` > 0)."""
+        rng = np.random.default_rng(self.seed + epoch)
+        order = rng.permutation(len(self.files)) if self.shuffle_rows else np.arange(len(self.files))
+        pool: list[pa.Table] = []
+        rows = 0
+        for i in order:
+            pool.append(io.read_parquet(self.files[i], columns=self.columns))
+            rows += pool[-1].num_rows
+            if rows >= max(self.shuffle_rows, 1):
+                yield self._mix(pool, rng)
+                pool, rows = [], 0
+        if pool:
+            yield self._mix(pool, rng)
+
+    def _mix(self, pool: list[pa.Table], rng: np.random.Generator) -> pa.Table:
+        table = pa.concat_tables(pool)
+        return table.take(rng.permutation(table.num_rows)) if self.shuffle_rows else table
+
+    def arrays(self, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Numpy batches of `batch_size` rows; leftovers carry into the next pool."""
+        carry: pa.Table | None = None
+        for table in self.tables(epoch):
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            n_full = table.num_rows // self.batch_size * self.batch_size
+            for start in range(0, n_full, self.batch_size):
+                yield arrow_to_arrays(table.slice(start, self.batch_size), self.n_mels)
+            carry = table.slice(n_full) if n_full < table.num_rows else None
+        if carry is not None and carry.num_rows:
+            yield arrow_to_arrays(carry, self.n_mels)
+
+    def torch_batches(self, epoch: int = 0, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Tensor batches (audio, targets, vad, mask) on `device`."""
+        for arrays in self.arrays(epoch):
+            yield to_tensors(arrays, device)

@@ -1,0 +1,399 @@
+"""The per-worker training loop, shared by Ray Train workers, Tune trials and plain local runs.
+
+:func:`run_loop` knows nothing about where it runs: a :class:`WorkerContext` gives it its rank, its
+batches, a way to wrap the model for data parallelism, to restore the latest checkpoint and to
+report an epoch. :func:`train_loop_per_worker` builds that context inside a Ray Train worker.
+
+Per epoch: staged loss weights (``losses.stage_weights``), AdamW + OneCycleLR stepped per batch,
+gradient clipping, autocast + GradScaler on CUDA only; then validation over whole clips (each
+worker validates the clips :func:`a2bs.train.data.clip_rank` gives it), a checkpoint written by
+rank 0 and reported by every rank, and (rank 0) the history as CSV/JSON and TensorBoard scalars.
+
+``val_loss`` uses the weights of the *final* stage whatever the epoch, so it is comparable across
+epochs and the best checkpoint is not simply the last epoch before a new term is switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _pyio
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from a2bs import io
+from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
+from a2bs.models.registry import build_model
+from a2bs.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, state_digest, unwrap
+from a2bs.train.data import VAL_COLUMNS, WindowCollate, clip_rank, to_tensors
+from a2bs.train.losses import TERMS, compute_loss, stage_weights
+from a2bs.train.metrics import MetricAccumulator
+
+log = logging.getLogger("a2bs.train")
+
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+TENSORBOARD_DIR = "tensorboard"
+FAULT_MARKER = "_fault_injected"
+# Scalar validation metrics copied into the epoch report as ``val_<name>``.
+VAL_SCALARS = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
+               "jaw_corr", "lip_corr", "smile_corr")
+
+
+@dataclass
+class WorkerContext:
+    """What the loop needs from its runtime.
+
+    Attributes:
+        rank / world_size: this worker and the number of data-parallel workers.
+        device: where the model and batches live.
+        run_dir: the run folder (history, TensorBoard, fault marker).
+        steps_per_epoch: optimizer steps of this worker per epoch (equal on all workers).
+        frame_rate_hz: audio frames per second of the shards (start_s -> frame index).
+        train_batches: epoch -> tensor batches (audio, targets, vad, mask) on `device`.
+        val_arrays: () -> numpy batches of all validation rows (with clip_id and start_s).
+        wrap_model: model on `device` -> the model to train (DDP when world_size > 1).
+        restore: context manager yielding the latest checkpoint folder, or None.
+        report: (metrics, local checkpoint folder or None) -> None; called by every rank each epoch.
+        all_gather: object -> list of every rank's object (identity list on one worker).
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    run_dir: str
+    steps_per_epoch: int
+    frame_rate_hz: float
+    train_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]]
+    val_arrays: Callable[[], Iterable[dict[str, np.ndarray]]]
+    wrap_model: Callable[[nn.Module], nn.Module]
+    restore: Callable[[], ContextManager[str | None]]
+    report: Callable[[dict[str, Any], str | None], None]
+    all_gather: Callable[[Any], list[Any]] = lambda obj: [obj]
+
+
+def resolve_device(tc: TrainConfig) -> torch.device:
+    """``train.device``: "auto" is CUDA when ``use_gpu`` is set and a GPU is visible, else CPU."""
+    if tc.device == "cuda" or (tc.device == "auto" and tc.use_gpu and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cuda")
+    if tc.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, not {tc.device!r}")
+    return torch.device("cpu")
+
+
+def final_stage_epoch(cfg: Config) -> int:
+    """An epoch at which every loss term has started (used for the comparable ``val_loss``)."""
+    lc = cfg.loss
+    return max(lc.temporal_start_epoch, lc.silence_start_epoch, lc.pose_start_epoch, 0)
+
+
+def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine per-worker validation metrics, weighting by each worker's valid frames.
+
+    MAEs merge exactly; a correlation becomes the frame-weighted mean of the workers' values (each of
+    which follows the whole-clip definition on that worker's clips). With one worker it is the identity.
+    """
+    parts = [p for p in parts if p.get("n_frames")]
+    if len(parts) <= 1:
+        return parts[0] if parts else {"n_frames": 0, "n_clips": 0, **{k: math.nan for k in VAL_SCALARS},
+                                       "per_channel_mae": {}}
+    w = np.array([p["n_frames"] for p in parts], dtype=np.float64)
+    out: dict[str, Any] = {"n_frames": int(w.sum()), "n_clips": int(sum(p["n_clips"] for p in parts))}
+    for key in VAL_SCALARS:
+        vals = np.array([p.get(key, math.nan) for p in parts], dtype=np.float64)
+        ok = ~np.isnan(vals)
+        out[key] = float(np.average(vals[ok], weights=w[ok])) if ok.any() else math.nan
+    names = parts[0]["per_channel_mae"].keys()
+    out["per_channel_mae"] = {n: float(np.average([p["per_channel_mae"][n] for p in parts], weights=w)) for n in names}
+    return out
+
+
+def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
+    # Test hook: kill this worker process once per run folder, as a crashed node would.
+    if tc.fail_once_at_epoch != epoch or ctx.rank != min(tc.fail_once_rank, ctx.world_size - 1):
+        return
+    marker = io.join(ctx.run_dir, FAULT_MARKER)
+    if io.exists(marker):
+        return
+    io.atomic_write_text(marker, json.dumps({"epoch": epoch, "rank": ctx.rank, "time": time.time()}))
+    os._exit(1)
+
+
+def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any]:
+    """Validation loss and whole-clip metrics of this worker's clips, merged over all workers."""
+    model.eval()
+    acc = MetricAccumulator()
+    final_epoch = final_stage_epoch(cfg)
+    sums = np.zeros(len(TERMS) + 2)  # base, temporal, silence, pose, total, valid frames
+    with torch.no_grad():
+        for arrays in ctx.val_arrays():
+            keep = np.array([clip_rank(str(c), ctx.world_size) == ctx.rank for c in arrays["clip_id"]], dtype=bool)
+            if not keep.any():
+                continue
+            arrays = {k: v[keep] for k, v in arrays.items()}
+            batch = to_tensors(arrays, ctx.device)
+            pred = model(batch["audio"]).float()  # (B, T, 59)
+            terms = compute_loss(pred, batch["targets"], cfg.loss, final_epoch, batch["mask"], batch["vad"])
+            frames = float(batch["mask"].sum())
+            sums += np.array([float(terms[k]) for k in (*TERMS, "total")] + [1.0]) * frames
+            starts = np.rint(arrays["start_s"] * ctx.frame_rate_hz).astype(np.int64)
+            acc.update(pred, batch["targets"], batch["mask"], list(arrays["clip_id"]), starts)
+    metrics = acc.compute()
+    gathered = ctx.all_gather({"sums": sums.tolist(), "metrics": metrics})
+    total = np.sum([g["sums"] for g in gathered], axis=0)
+    merged = merge_metrics([g["metrics"] for g in gathered])
+    n = max(total[-1], 1e-12)
+    out = {f"val_{k}_loss": float(total[i] / n) for i, k in enumerate(TERMS)}
+    out["val_loss"] = float(total[len(TERMS)] / n)
+    out.update({f"val_{k}": merged[k] for k in VAL_SCALARS})
+    out["val_clips"] = merged["n_clips"]
+    out["val_frames"] = merged["n_frames"]
+    out["per_channel_mae"] = merged["per_channel_mae"]
+    return out
+
+
+class _History:
+    """Rank 0's record of the run: history.json/csv (rewritten whole each epoch) and TensorBoard."""
+
+    def __init__(self, run_dir: str, rows: list[dict[str, Any]]) -> None:
+        self.run_dir = run_dir
+        self.rows = rows
+        self.writer = None
+        if not io.is_remote(run_dir):
+            self.writer = _summary_writer(str(Path(run_dir, TENSORBOARD_DIR)))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        io.atomic_write_text(io.join(self.run_dir, HISTORY_JSON), json.dumps(self.rows, indent=1, default=float))
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        buf = _pyio.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
+        io.atomic_write_text(io.join(self.run_dir, HISTORY_CSV), buf.getvalue())
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    self.writer.add_scalar(k.replace("val_", "val/").replace("train_", "train/"), v, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _summary_writer(logdir: str) -> Any:
+    # torch's writer needs the `tensorboard` package; tensorboardX (a ray[tune] dependency) writes the
+    # same event files. With neither, the CSV/JSON history is the record.
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return None
+    return SummaryWriter(logdir)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> Any:
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1))
+
+
+def run_loop(cfg: Config, ctx: WorkerContext) -> None:
+    """Train `cfg` from scratch or from the latest checkpoint, reporting every epoch."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed + ctx.rank)  # ranks differ in dropout; DDP broadcasts rank 0's weights
+    np.random.seed(tc.seed + ctx.rank)
+    if tc.torch_threads:
+        torch.set_num_threads(tc.torch_threads)
+    with ctx.restore() as ckpt_dir:
+        state = load_checkpoint(ckpt_dir) if ckpt_dir else None
+    model_cfg = state.model_cfg if state else cfg.model  # a checkpoint rebuilds its own model
+    model = build_model(model_cfg).to(ctx.device)
+    if state:
+        model.load_state_dict(state.model_state)
+    model = ctx.wrap_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    total_steps = tc.epochs * ctx.steps_per_epoch
+    scheduler = _scheduler(optimizer, tc, total_steps)
+    amp = tc.mixed_precision and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
+    history: list[dict[str, Any]] = list(state.history) if state else []
+    starts = state.starts + 1 if state else 0
+    start_epoch = state.epoch + 1 if state else 0
+    loaded_digest = ""
+    if state:
+        optimizer.load_state_dict(state.optimizer)
+        if int(state.scheduler.get("total_steps", total_steps)) == total_steps:
+            scheduler.load_state_dict(state.scheduler)
+        else:  # epochs or batch geometry changed on resume: continue the new schedule at the same step
+            done = int(state.scheduler.get("last_epoch", 0))
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1),
+                                                            last_epoch=min(done, total_steps - 1) - 1)
+        scaler.load_state_dict(state.scaler)
+        loaded_digest = state_digest(optimizer.state_dict())
+    end_epoch = tc.epochs if tc.max_epochs_per_run <= 0 else min(tc.epochs, start_epoch + tc.max_epochs_per_run)
+    recorder = _History(ctx.run_dir, history) if ctx.rank == 0 else None
+    cfg_dict = config_to_dict(cfg)
+    if ctx.rank == 0:
+        how = f"resumed after epoch {state.epoch}" if state else "from scratch"
+        log.info(f"train: epochs {start_epoch}..{end_epoch - 1} of {tc.epochs} ({how}), {ctx.world_size} worker(s), "
+                 f"{ctx.steps_per_epoch} steps/epoch/worker on {ctx.device}")
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            _maybe_fail(tc, ctx, epoch)
+            t0 = time.perf_counter()
+            train_stats = _train_epoch(model, optimizer, scheduler, scaler, cfg, ctx, epoch, amp, total_steps)
+            t1 = time.perf_counter()
+            val = validate(model, cfg, ctx)
+            t2 = time.perf_counter()
+            per_channel = val.pop("per_channel_mae")
+            digests = ctx.all_gather(state_digest(unwrap(model).state_dict()))
+            metrics: dict[str, Any] = {
+                "epoch": epoch, **train_stats, **val,
+                "lr": scheduler.get_last_lr()[0], "train_s": t1 - t0, "val_s": t2 - t1, "epoch_s": t2 - t0,
+                "world_size": ctx.world_size, "params_in_sync": float(len(set(digests)) == 1),
+                "start": starts, "resumed_from_epoch": (state.epoch if state and epoch == start_epoch else -1),
+            }
+            row = {**metrics, "param_digests": digests,
+                   "loaded_optimizer_digest": loaded_digest if epoch == start_epoch else ""}
+            with tempfile.TemporaryDirectory(prefix="a2bs-ckpt-") as tmp:
+                ckpt = None
+                if ctx.rank == 0:
+                    row["optimizer_digest"] = metrics["optimizer_digest"] = state_digest(optimizer.state_dict())
+                    save_checkpoint(tmp, model, model_cfg, optimizer, scheduler, scaler, epoch,
+                                    {**metrics, "per_channel_mae": per_channel}, history + [row], cfg_dict, starts)
+                    ckpt = tmp
+                ctx.report(metrics, ckpt)
+            if recorder is not None:
+                recorder.add(row)
+                log.info(_epoch_line(metrics))
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _epoch_line(m: dict[str, Any]) -> str:
+    return (f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
+            f"mae {m['val_mae']:.4f} mouth_mae {m['val_mouth_mae']:.4f} jaw_corr {m['val_jaw_corr']:.3f} "
+            f"lip_corr {m['val_lip_corr']:.3f} ({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, cfg: Config,
+                 ctx: WorkerContext, epoch: int, amp: bool, total_steps: int) -> dict[str, float]:
+    tc = cfg.train
+    model.train()
+    weights = stage_weights(cfg.loss, epoch)
+    sums = {"total": 0.0, **{k: 0.0 for k in TERMS}}
+    n_batches = rows = 0
+    grad_norm = 0.0
+    wait_s = 0.0
+    t_start = time.perf_counter()
+    t_wait = t_start
+    for batch in ctx.train_batches(epoch):
+        wait_s += time.perf_counter() - t_wait
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            pred = model(batch["audio"])  # (B, T, 59)
+        terms = compute_loss(pred.float(), batch["targets"], cfg.loss, epoch, batch["mask"], batch["vad"])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms["total"]).backward()
+        scaler.unscale_(optimizer)
+        grad_norm += float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm))
+        scaler.step(optimizer)
+        scaler.update()
+        # OneCycleLR raises past its last step; a short extra batch (uneven split) must not crash the run.
+        if scheduler.last_epoch + 1 < total_steps:
+            scheduler.step()
+        for k in sums:
+            sums[k] += float(terms[k])
+        n_batches += 1
+        rows += int(batch["audio"].shape[0])
+        t_wait = time.perf_counter()
+    train_s = time.perf_counter() - t_start
+    nb = max(n_batches, 1)
+    out = {"train_loss": sums["total"] / nb, **{f"train_{k}_loss": sums[k] / nb for k in TERMS},
+           "grad_norm": grad_norm / nb, "train_batches": n_batches, "train_rows": rows * ctx.world_size,
+           "train_samples_per_s": rows * ctx.world_size / max(train_s, 1e-9), "data_wait_s": wait_s}
+    out.update({f"weight_{k}": v for k, v in weights.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train worker entry point
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker``: build the worker's context and run :func:`run_loop`.
+
+    `loop_config` holds ``cfg`` (config dict), ``run_dir``, ``steps_per_epoch``, ``n_mels`` and
+    ``frame_rate_hz`` (see :func:`a2bs.train.trainer.make_trainer`).
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(loop_config["cfg"])
+    tc = cfg.train
+    rctx = ray.train.get_context()
+    rank, world = rctx.get_world_rank(), rctx.get_world_size()
+    device = ray.train.torch.get_device() if resolve_device(tc).type == "cuda" else torch.device("cpu")
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    n_mels = int(loop_config["n_mels"])
+    train_it = ray.train.get_dataset_shard("train")
+    val_it = ray.train.get_dataset_shard("val")
+    collate = WindowCollate(n_mels)
+
+    def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(train_it.iter_torch_batches(
+            batch_size=tc.batch_size, collate_fn=collate, device=device, prefetch_batches=2,
+            local_shuffle_buffer_size=max(tc.shuffle_buffer_rows, tc.batch_size) if tc.shuffle_buffer_rows else None,
+            local_shuffle_seed=tc.seed * 100_003 + epoch * 101 + rank))
+
+    def val_arrays() -> Iterator[dict[str, np.ndarray]]:
+        from a2bs.train.data import arrow_to_arrays
+
+        for table in val_it.iter_batches(batch_size=max(tc.batch_size, 256), batch_format="pyarrow"):
+            yield arrow_to_arrays(table, n_mels)
+
+    @contextlib.contextmanager
+    def restore() -> Iterator[str | None]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+        else:
+            with ckpt.as_directory() as d:
+                yield d
+
+    def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        epoch = int(metrics["epoch"])
+        checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
+
+    def all_gather(obj: Any) -> list[Any]:
+        if world == 1:
+            return [obj]
+        out: list[Any] = [None] * world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    ctx = WorkerContext(
+        rank=rank, world_size=world, device=device, run_dir=loop_config["run_dir"],
+        steps_per_epoch=int(loop_config["steps_per_epoch"]), frame_rate_hz=float(loop_config["frame_rate_hz"]),
+        train_batches=train_batches, val_arrays=val_arrays,
+        wrap_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+        restore=restore, report=report, all_gather=all_gather,
+    )
+    run_loop(cfg, ctx)

@@ -1,0 +1,299 @@
+"""`a2bs train`: a Ray Train TorchTrainer around the per-worker loop, then export of the best model.
+
+Run folder (local path or s3:// URI)::
+
+    RUN_DIR/config.yaml          resolved config (written before training starts)
+    RUN_DIR/ray_train/           Ray Train storage: epoch_NNNN/ checkpoints + Ray's run snapshot
+    RUN_DIR/history.json|csv     one row per epoch (rank 0), TensorBoard events in RUN_DIR/tensorboard
+    RUN_DIR/model.safetensors    best checkpoint's model (train.best_metric / best_mode), self-contained
+    RUN_DIR/metrics.json         best and last epoch metrics, pass/fail against the seed's targets
+
+Fault tolerance: ``FailureConfig(max_failures)`` restarts a failed worker group from the latest
+checkpoint. Ray Train restores a run from the snapshot in ``RUN_DIR/ray_train`` when the same
+storage path and name are used again, which is what ``--resume`` does; without ``--resume`` an
+existing run folder is refused rather than silently continued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+
+from a2bs import io
+from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from a2bs.train.checkpoint import MODEL_FILE, checkpoint_dir_name, copy_checkpoint, read_meta
+from a2bs.train.data import TRAIN_COLUMNS, VAL_COLUMNS, LocalBatches, ShardInfo, ray_dataset, shard_info, steps_per_epoch
+from a2bs.train.loop import HISTORY_JSON, WorkerContext, resolve_device, run_loop, train_loop_per_worker
+from a2bs.train.metrics import target_table
+
+log = logging.getLogger("a2bs.train")
+
+RAY_RUN_NAME = "ray_train"
+LOCAL_CHECKPOINTS = "checkpoints"
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.json"
+MODEL_NAME = "model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: str
+    model_path: str
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    last_epoch: int
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    world_size: int = 1
+
+    @property
+    def targets(self) -> list[dict[str, Any]]:
+        """Pass/fail rows of the best epoch against the seed's targets."""
+        return target_table({k.removeprefix("val_"): v for k, v in self.best_metrics.items()})
+
+    def line(self) -> str:
+        """One-line summary."""
+        m = self.best_metrics
+        passed = sum(r["passed"] for r in self.targets)
+        done = "finished" if self.last_epoch + 1 >= self.epochs else "stopped"
+        return (f"train: {done} at epoch {self.last_epoch + 1}/{self.epochs} on {self.world_size} worker(s); "
+                f"best epoch {self.best_epoch}: val_loss {m.get('val_loss', math.nan):.4f} "
+                f"mae {m.get('val_mae', math.nan):.4f} mouth_mae {m.get('val_mouth_mae', math.nan):.4f} "
+                f"jaw_corr {m.get('val_jaw_corr', math.nan):.3f} lip_corr {m.get('val_lip_corr', math.nan):.3f} "
+                f"({passed}/{len(self.targets)} seed targets) -> {self.model_path} in {self.wall_s:.1f} s")
+
+
+def run_exists(run_dir: str) -> bool:
+    """True if `run_dir` already holds a started run (its resolved config is written first)."""
+    return io.exists(io.join(run_dir, CONFIG_NAME))
+
+
+def resume_config(run_dir: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The stored config of a run, with an optional YAML file and key=value overrides on top."""
+    uri = io.join(run_dir, CONFIG_NAME)
+    if not io.exists(uri):
+        raise ConfigError(f"{run_dir}: no run to resume ({CONFIG_NAME} not found)")
+    base = config_from_dict(yaml.safe_load(io.read_text(uri)) or {})
+    return load_config(config_path, overrides, base=base)
+
+
+def _abs(uri: str) -> str:
+    # Ray workers may run in another working directory: hand them absolute paths.
+    return uri if io.is_remote(uri) else os.path.abspath(uri)
+
+
+def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence[Any] = (),
+                 storage_path: str | None = None, name: str = RAY_RUN_NAME) -> Any:
+    """The TorchTrainer for `cfg` on the shards described by `info`.
+
+    Args:
+        info: shard files and sizes (:func:`a2bs.train.data.shard_info`).
+        run_dir: folder for history, TensorBoard and the fault-injection marker.
+        cfg: resolved config.
+        callbacks: Ray Train ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback``).
+        storage_path: Ray Train storage (default `run_dir`).
+        name: Ray Train run name inside `storage_path`.
+    """
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    use_gpu = tc.use_gpu and tc.device != "cpu"
+    loop_config = {
+        "cfg": config_to_dict(cfg),
+        "run_dir": run_dir,
+        "steps_per_epoch": steps_per_epoch(info.train_rows, tc.num_workers, tc.batch_size),
+        "n_mels": info.n_mels,
+        "frame_rate_hz": info.frame_rate_hz,
+    }
+    datasets = {
+        "train": ray_dataset(info.train_files, TRAIN_COLUMNS).randomize_block_order(seed=tc.seed),
+        "val": ray_dataset(info.val_files, VAL_COLUMNS),
+    }
+    storage = storage_path or run_dir
+    kwargs: dict[str, Any] = {}
+    if io.is_remote(storage):
+        fs, path = io.filesystem(storage)
+        kwargs = {"storage_filesystem": fs, "storage_path": path}
+    else:
+        kwargs = {"storage_path": storage}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        datasets=datasets,
+        # Only the train set is split; every worker sees all validation rows and keeps its own clips.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(tc.checkpoints_to_keep, 1),
+                                               checkpoint_score_attribute=tc.best_metric,
+                                               checkpoint_score_order=tc.best_mode),
+            callbacks=list(callbacks),
+            **kwargs,
+        ),
+    )
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    if math.isnan(a):
+        return False
+    return math.isnan(b) or (a < b if mode == "min" else a > b)
+
+
+def _best(candidates: list[tuple[str, dict[str, Any]]], metric: str, mode: str) -> tuple[str, dict[str, Any]]:
+    best = candidates[0]
+    for c in candidates[1:]:
+        if _better(float(c[1].get(metric, math.nan)), float(best[1].get(metric, math.nan)), mode):
+            best = c
+    return best
+
+
+def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], latest_dir: str, cfg: Config,
+                wall_s: float) -> TrainResult:
+    """Copy the best checkpoint's model to RUN_DIR/model.safetensors and write RUN_DIR/metrics.json.
+
+    Args:
+        candidates: (checkpoint folder URI, its reported metrics) of every retained checkpoint.
+        latest_dir: the latest checkpoint folder (its history is the run's history).
+    """
+    tc = cfg.train
+    best_dir, _ = _best(candidates, tc.best_metric, tc.best_mode)
+    best_meta = read_meta(best_dir)
+    latest_meta = read_meta(latest_dir)
+    model_path = io.join(run_dir, MODEL_NAME)
+    io.atomic_write_bytes(model_path, io.read_bytes(io.join(best_dir, MODEL_FILE)))
+    history = latest_meta.get("history", [])
+    result = TrainResult(run_dir=run_dir, model_path=model_path, best_epoch=int(best_meta["epoch"]),
+                         best_metrics=best_meta["metrics"], last_epoch=int(latest_meta["epoch"]),
+                         epochs=tc.epochs, history=history, wall_s=wall_s,
+                         world_size=int(latest_meta["metrics"].get("world_size", tc.num_workers)))
+    report = {
+        "best_metric": tc.best_metric, "best_mode": tc.best_mode, "best_epoch": result.best_epoch,
+        "best": result.best_metrics, "last_epoch": result.last_epoch, "last": latest_meta["metrics"],
+        "targets": result.targets, "epochs": tc.epochs, "wall_s": wall_s, "model_path": model_path,
+    }
+    io.atomic_write_text(io.join(run_dir, METRICS_NAME), json.dumps(report, indent=1, default=float))
+    return result
+
+
+def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_ray: bool = True) -> TrainResult:
+    """Train on SHARDS_DIR into RUN_DIR and export the best model.
+
+    Args:
+        shards_dir: folder of sequence shards (``a2bs build`` output), local or s3://.
+        run_dir: run folder, local or s3:// (Ray Train storage, history, exported model).
+        cfg: resolved config (for ``resume``, usually :func:`resume_config` of the run).
+        resume: continue the run in `run_dir` from its latest checkpoint.
+        use_ray: False runs the same loop in this process (one worker, no Ray), e.g. for debugging.
+
+    Raises:
+        ConfigError: `run_dir` holds a run and `resume` is False, or nothing to resume, or the shards
+            do not match the model's input size.
+    """
+    t0 = time.perf_counter()
+    run_dir = _abs(run_dir)
+    shards_dir = _abs(shards_dir)
+    if resume and not run_exists(run_dir):
+        raise ConfigError(f"{run_dir}: no run to resume")
+    if not resume and run_exists(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose a new --out")
+    info = shard_info(shards_dir, cfg.audio.n_mels, cfg.audio.sample_rate / cfg.audio.hop_length)
+    if info.n_mels != cfg.model.n_mels:
+        raise ConfigError(f"model.n_mels={cfg.model.n_mels} but the shards hold {info.n_mels} mel bins")
+    if cfg.train.best_mode not in ("min", "max"):
+        raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
+    io.makedirs(run_dir)
+    save_config(cfg, io.join(run_dir, CONFIG_NAME))
+    if use_ray:
+        candidates, latest = _fit_ray(info, run_dir, cfg)
+    else:
+        candidates, latest = _fit_local(info, run_dir, cfg)
+    return export_best(run_dir, candidates, latest, cfg, time.perf_counter() - t0)
+
+
+def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
+    from a2bs.data.pipeline import init_ray
+
+    init_ray(cfg.ray)
+    result = make_trainer(info, run_dir, cfg).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{run_dir}: training reported no checkpoint")
+
+    def uri(ckpt: Any) -> str:
+        return f"s3://{ckpt.path}" if io.is_remote(run_dir) and run_dir.startswith("s3://") else ckpt.path
+
+    candidates = [(uri(c), m) for c, m in (result.best_checkpoints or [])] or [(uri(result.checkpoint), result.metrics)]
+    return candidates, uri(result.checkpoint)
+
+
+def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = None) -> WorkerContext:
+    """A one-worker context that reads shards in this process and keeps checkpoints in
+    RUN_DIR/checkpoints (or hands them to `report_fn(metrics, ckpt_dir)`, e.g. Tune's report)."""
+    tc = cfg.train
+    device = resolve_device(tc)
+    train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
+                             seed=tc.seed)
+    val_src = LocalBatches(info.val_files, info.n_mels, max(tc.batch_size, 256), columns=VAL_COLUMNS)
+    ckpt_root = io.join(run_dir, LOCAL_CHECKPOINTS)
+
+    @contextlib.contextmanager
+    def restore() -> Iterator[str | None]:
+        latest = _latest_local(ckpt_root)
+        if latest is None:
+            yield None
+        elif not io.is_remote(latest):
+            yield latest
+        else:
+            with tempfile.TemporaryDirectory(prefix="a2bs-restore-") as tmp:
+                for name in ("model.safetensors", "train_state.pt", "state.json"):
+                    Path(tmp, name).write_bytes(io.read_bytes(io.join(latest, name)))
+                yield tmp
+
+    def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        if ckpt_dir:
+            copy_checkpoint(ckpt_dir, io.join(ckpt_root, checkpoint_dir_name(int(metrics["epoch"]))))
+
+    return WorkerContext(
+        rank=0, world_size=1, device=device, run_dir=run_dir,
+        steps_per_epoch=steps_per_epoch(info.train_rows, 1, tc.batch_size), frame_rate_hz=info.frame_rate_hz,
+        train_batches=lambda epoch: train_src.torch_batches(epoch, device),
+        val_arrays=lambda: val_src.arrays(),
+        wrap_model=lambda m: m, restore=restore, report=report_fn or report,
+    )
+
+
+def _latest_local(ckpt_root: str) -> str | None:
+    dirs = sorted({f.rsplit("/", 2)[-2] for f in io.list_files(ckpt_root, suffix="state.json")})
+    return io.join(ckpt_root, dirs[-1]) if dirs else None
+
+
+def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
+    ckpt_root = io.join(run_dir, LOCAL_CHECKPOINTS)
+    run_loop(cfg, local_context(info, run_dir, cfg))
+    dirs = sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in io.list_files(ckpt_root, suffix="state.json")})
+    if not dirs:
+        raise RuntimeError(f"{run_dir}: training wrote no checkpoint")
+    candidates = [(io.join(ckpt_root, d), read_meta(io.join(ckpt_root, d))["metrics"]) for d in dirs]
+    return candidates, io.join(ckpt_root, dirs[-1])
+
+
+def read_history(run_dir: str) -> list[dict[str, Any]]:
+    """The per-epoch history rank 0 wrote into `run_dir`."""
+    return json.loads(io.read_text(io.join(run_dir, HISTORY_JSON)))

@@ -1,0 +1,180 @@
+"""Broken media, killed workers and drivers, atomic writes, path and config safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import media_factory as mf
+from a2bs import io
+from a2bs.config import ConfigError, load_config, save_config
+from a2bs.data.manifest import list_inputs
+from a2bs.data.pipeline import run_build, run_extract
+from a2bs.data.shards import load_split
+from a2bs.errors import InputError
+from support import REPO, demo_clips
+
+MEDIA_CASES = [n for n, c in mf.CASES.items() if c.kind == "media" and n != "missing"]
+
+
+@pytest.fixture(scope="module")
+def broken_corpus(tmp_path_factory, demo_clip: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("broken")
+    return mf.build_corpus(root / "in" / "spk", demo_clip, MEDIA_CASES + ["missing"])
+
+
+def _check_outcomes(built: dict[str, Path], out: Path, summary) -> None:
+    rows = {r["source"]: r for r in json.loads((out / "_summary.json").read_text())["clips"]}
+    failures = {f["source"]: f["reason"] for f in summary.failures}
+    for name, path in built.items():
+        case = mf.CASES[name]
+        if case.expect == "error":
+            assert str(path) in failures, f"{name} should fail"
+            assert case.hint_matches(failures[str(path)]), f"{name}: {failures[str(path)]}"
+            continue
+        row = rows[str(path)]
+        assert row["status"] == "ok", f"{name}: {row['reason']}"
+        if case.expect == "ok_audio_only":
+            assert row["frames"] == 0
+        elif case.expect == "ok_no_face":
+            assert row["frames"] > 0 and row["face_frames"] == 0
+        else:
+            assert row["face_frames"] >= 0.9 * row["frames"] > 0, name
+
+
+@pytest.mark.parametrize("use_ray", [False, True], ids=["in-process", "ray"])
+def test_broken_media_corpus(broken_corpus, tmp_path: Path, use_ray: bool, request) -> None:
+    if use_ray:
+        request.getfixturevalue("ray_cluster")
+    out = tmp_path / "clips"
+    inputs = [str(broken_corpus["missing"].parent), str(broken_corpus["missing"])]
+    summary = run_extract(inputs, str(out), load_config(None, ["ray.extract_actors=2"]), use_ray=use_ray,
+                          progress=False)
+    _check_outcomes(broken_corpus, out, summary)
+    build = run_build(str(out), str(tmp_path / "shards"), load_config(None, ["sequence.split_by=clip"]),
+                      use_ray=use_ray)
+    assert sum(build.rows.values()) > 0
+
+
+def test_corrupt_shard_is_named_on_the_training_side(tmp_path: Path) -> None:
+    bad = mf.CASES["corrupt_parquet"].build(tmp_path / "shards" / "train", None)
+    bad.rename(tmp_path / "shards" / "train" / "part-00000.parquet")
+    with pytest.raises(InputError, match="part-00000.parquet: corrupt or truncated Parquet shard"):
+        load_split(str(tmp_path / "shards"), "train")
+
+
+def _extract_actor_pids() -> list[int]:
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "ClipExtractor" in cmd and p.pid != os.getpid():
+            pids.append(p.pid)
+    return pids
+
+
+@pytest.mark.ray
+def test_killed_extraction_worker_loses_nothing(tmp_path: Path, ray_cluster) -> None:
+    src = tmp_path / "in" / "spk"
+    src.mkdir(parents=True)
+    clips = demo_clips()[:6]
+    for c in clips:
+        shutil.copy(c, src / f"{c.parent.name}_{c.name}")
+    out = tmp_path / "clips"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            done = list((out / "clips").glob("*.parquet")) if (out / "clips").exists() else []
+            pids = _extract_actor_pids()
+            if done and pids:  # one clip finished, others in flight: kill a worker mid-clip
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    summary = run_extract([str(src.parent)], str(out), load_config(None, ["ray.extract_actors=2"]), progress=False)
+    t.join()
+    assert killed, "no extraction worker was killed"
+    assert (summary.ok, summary.failed) == (len(clips), 0)
+    files = sorted((out / "clips").glob("*.parquet"))
+    assert len(files) == len(clips)  # each clip exactly once
+    assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "spk"
+    src.mkdir(parents=True)
+    clips = demo_clips()[:5]
+    for c in clips:
+        shutil.copy(c, src / f"{c.parent.name}_{c.name}")
+    out = tmp_path / "clips"
+    cmd = [sys.executable, "-m", "a2bs.cli", "extract", str(src.parent), "--out", str(out), "--no-ray", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "clips").glob("*.parquet")) if (out / "clips").exists() else []) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    done = len(list((out / "clips").glob("*.parquet")))
+    assert 2 <= done < len(clips)
+    rerun = run_extract([str(src.parent)], str(out), load_config(), use_ray=False, progress=False)
+    assert (rerun.skipped, rerun.ok, rerun.failed) == (done, len(clips) - done, 0)
+    assert len(list((out / "clips").glob("*.parquet"))) == len(clips)
+
+
+def test_killed_writer_leaves_no_file_a_reader_takes_for_valid(tmp_path: Path) -> None:
+    target = tmp_path / "shards" / "train" / "part-00000.parquet"
+    code = (
+        "import numpy as np, pyarrow as pa, sys\n"
+        "from a2bs.io import write_parquet_atomic\n"
+        "t = pa.table({'x': np.random.default_rng(0).random(60_000_000)})\n"
+        "write_parquet_atomic(t, sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if target.parent.exists() and any(p.name.endswith(".tmp") for p in target.parent.iterdir()):
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert not target.exists()
+    assert io.list_files(str(tmp_path / "shards")) == []  # the hidden temp file is not a shard
+
+
+def test_paths_cannot_escape_their_root_and_configs_stay_clean(tmp_path: Path) -> None:
+    root = tmp_path / "footage"
+    root.mkdir()
+    outside = tmp_path / "secret.mp4"
+    shutil.copy(demo_clips()[0], outside)
+    (root / "link.mp4").symlink_to(outside)
+    entries, failures = list_inputs([str(root)])
+    assert entries == [] and "resolves outside the input folder" in failures[0]["reason"]
+
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("audio: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+    old = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "s3cr3t-value-for-test"
+    try:
+        save_config(load_config(), tmp_path / "c.yaml")
+        assert "s3cr3t" not in (tmp_path / "c.yaml").read_text()
+    finally:
+        if old is None:
+            os.environ.pop("AWS_SECRET_ACCESS_KEY")
+        else:
+            os.environ["AWS_SECRET_ACCESS_KEY"] = old
