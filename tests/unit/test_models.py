@@ -231,6 +231,15 @@ def small_batch() -> dict[str, torch.Tensor]:
     return synthetic_batch()
 
 
+@pytest.fixture
+def one_thread():
+    # One intra-op thread: tiny ops gain nothing from two, and OpenMP spinning suffers badly on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -240,13 +249,13 @@ def small_batch() -> dict[str, torch.Tensor]:
     ],
     ids=lambda c: c.name,
 )
-def test_overfits_a_small_batch(cfg: ModelConfig, small_batch: dict[str, torch.Tensor]) -> None:
+def test_overfits_a_small_batch(cfg: ModelConfig, small_batch: dict[str, torch.Tensor], one_thread: None) -> None:
     torch.manual_seed(0)
     model = build_model(cfg).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_cfg = LossConfig()
     losses = []
-    for _ in range(250):
+    for _ in range(120):
         terms = compute_loss(model(small_batch["mel"]), small_batch["target"], loss_cfg, epoch=10,
                              mask=small_batch["mask"], vad=small_batch["vad"])
         opt.zero_grad()
@@ -254,5 +263,5 @@ def test_overfits_a_small_batch(cfg: ModelConfig, small_batch: dict[str, torch.T
         opt.step()
         losses.append(terms["total"].item())
     assert np.isfinite(losses).all()
-    print(cfg.name, losses[0], np.mean(losses[-10:]))
-    assert np.mean(losses[-10:]) < 0.2 * losses[0], (losses[0], losses[-10:])
+    # Observed: about 0.42 -> 0.008 (ratio ~0.02) for each model.
+    assert np.mean(losses[-10:]) < 0.1 * losses[0], (losses[0], losses[-10:])

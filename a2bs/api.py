@@ -1,0 +1,94 @@
+"""Python API: load a model file, predict curves from audio, stream live.
+
+    import a2bs
+
+    model = a2bs.load_model("model.safetensors")          # or "default" (InferConfig.model_path)
+    curves = model.predict("speech.wav", fps=60)          # or numpy samples + sample_rate
+    curves.to_livelink_csv("take.csv"); curves.to_npz("take.npz"); data = curves.to_json()
+
+    session = model.stream(fps=60)                         # causal models only
+    for block in microphone_blocks:                        # any mono float blocks at model.sample_rate
+        frames = session.push(block)                       # Curves with the new frames
+    frames = session.close()                               # the last frames
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from a2bs.config import Config, load_config
+from a2bs.infer.curves import Curves, load_npz
+from a2bs.infer.live import StreamingSession
+from a2bs.infer.offline import LoadedModel, predict_file, predict_samples
+from a2bs.infer.offline import load_model as _load
+from a2bs.infer.preview import plot_curves
+
+__all__ = ["Curves", "Model", "StreamingSession", "load_model", "load_npz", "plot_curves"]
+
+
+class Model:
+    """A loaded a2bs model with its inference settings.
+
+    Attributes:
+        config: the resolved config (``infer`` section: fps and post-processing).
+        sample_rate: the audio rate the model expects (numpy input at another rate is resampled).
+    """
+
+    def __init__(self, loaded: LoadedModel, config: Config) -> None:
+        self._loaded = loaded
+        self.config = config
+
+    @property
+    def sample_rate(self) -> int:
+        return self._loaded.audio_cfg.sample_rate
+
+    @property
+    def model_config(self) -> Any:
+        """The stored :class:`a2bs.config.ModelConfig`."""
+        return self._loaded.model_cfg
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Free metadata stored in the model file."""
+        return self._loaded.meta
+
+    @property
+    def causal(self) -> bool:
+        """True if the model can stream."""
+        return bool(self._loaded.model_cfg.causal)
+
+    def predict(self, audio: np.ndarray | str | os.PathLike, sample_rate: int | None = None,
+                fps: float | None = None) -> Curves:
+        """Curves for `audio`: a file path (audio or video) or samples ((n,) or (n, channels)).
+
+        Args:
+            audio: path, or float samples in [-1, 1].
+            sample_rate: rate of numpy `audio` (default: the model's rate).
+            fps: output frame rate (default ``config.infer.fps``).
+        """
+        if isinstance(audio, (str, os.PathLike)):
+            return predict_file(self._loaded, audio, self.config, fps)
+        return predict_samples(self._loaded, np.asarray(audio), self.config, fps, sample_rate)
+
+    def stream(self, fps: float | None = None, rest: np.ndarray | None = None) -> StreamingSession:
+        """A new :class:`StreamingSession` (push mono samples at :attr:`sample_rate`)."""
+        return StreamingSession(self._loaded, self.config, fps, rest)
+
+
+def load_model(path: str | os.PathLike = "default", config: Config | str | os.PathLike | None = None,
+               **overrides: Any) -> Model:
+    """Load a self-contained model file (``"default"`` = ``InferConfig.model_path``).
+
+    Args:
+        path: model file (local or ``s3://``) or ``"default"``.
+        config: a Config, or a YAML file of overrides.
+        overrides: dotted ``key=value`` overrides, e.g. ``**{"infer.smoothing": True}``.
+    """
+    items = [f"{k}={v}" for k, v in overrides.items()]
+    cfg = config if isinstance(config, Config) else load_config(config, items)
+    if isinstance(config, Config) and items:
+        cfg = load_config(None, items, base=config)
+    return Model(_load(str(path), cfg), cfg)

@@ -1,0 +1,119 @@
+"""`a2bs infer`, `a2bs stream` and `a2bs preview`: thin wrappers around a2bs.infer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from a2bs.config import ConfigError, load_config
+
+FORMATS = ("livelink-csv", "json", "npy", "parquet")
+
+
+def _cfg_and_inputs(args: argparse.Namespace, items: list[str]):
+    from a2bs.cli import _split_overrides
+
+    inputs, overrides = _split_overrides(items)
+    return load_config(args.config, overrides), inputs
+
+
+def cmd_infer(args: argparse.Namespace, rest: list[str]) -> int:
+    """Offline inference over files, folders, globs or s3:// prefixes."""
+    from a2bs.infer.offline import run_infer
+
+    cfg, inputs = _cfg_and_inputs(args, args.inputs + rest)
+    if not inputs:
+        raise ConfigError("infer: give a model (or 'default') and at least one input file, folder or s3:// prefix")
+    use_ray = False if args.no_ray else None
+    summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray)
+    for f in summary.failures:
+        print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
+    print(summary.line())
+    return 0 if summary.ok and not summary.failed else 1
+
+
+def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
+    """Real-time streaming from a file (played at real-time pace) or the microphone to live sinks."""
+    import torch
+
+    from a2bs.data.audio import load_audio
+    from a2bs.infer.live import (JsonLinesSink, StreamingSession, file_blocks, livelink_sink_for,
+                                 microphone_blocks, run_stream)
+    from a2bs.infer.offline import load_model
+
+    cfg, extra = _cfg_and_inputs(args, rest)
+    if extra:
+        raise ConfigError(f"stream: unexpected arguments {' '.join(extra)}")
+    torch.set_num_threads(1)  # one frame at a time: intra-op threads only add overhead and jitter
+    model = load_model(args.model, cfg)
+    fps = float(args.fps or cfg.infer.fps)
+    session = StreamingSession(model, cfg, fps)  # raises StreamingError for a non-causal model
+    sinks: list = []
+    if args.livelink:
+        sinks.append(livelink_sink_for(args.livelink, cfg, fps))
+    if args.jsonl:
+        sinks.append(JsonLinesSink(sys.stdout))
+    sr, chunk_ms = model.audio_cfg.sample_rate, cfg.infer.stream_chunk_ms
+    if args.audio == "mic":
+        blocks = microphone_blocks(sr, chunk_ms, args.seconds)
+        report = run_stream(session, blocks, sinks, realtime=True, paced_source=False)
+    else:
+        from a2bs.data.media import probe
+
+        probe(args.audio)  # one clear reason for a bad file before any streaming
+        blocks = file_blocks(load_audio(args.audio, sr), sr, chunk_ms)
+        report = run_stream(session, blocks, sinks, realtime=args.realtime)
+    # With --jsonl, stdout carries the frames only; the summary goes to stderr.
+    print(report.line(), file=sys.stderr if args.jsonl else sys.stdout)
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace, rest: list[str]) -> int:
+    """Render a preview MP4 (and optionally a PNG plot of the curves)."""
+    from a2bs.infer.offline import load_model
+    from a2bs.infer.preview import plot_curves, preview_file
+
+    cfg, extra = _cfg_and_inputs(args, rest)
+    if extra:
+        raise ConfigError(f"preview: unexpected arguments {' '.join(extra)}")
+    model = load_model(args.model, cfg)
+    path, curves = preview_file(model, args.input, args.out, cfg, args.fps)
+    if args.plot:
+        plot_curves(curves, args.plot)
+    print(f"preview: {len(curves)} frames at {curves.fps:g} fps ({curves.duration_s:.2f} s) -> {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add_common: Callable) -> None:
+    """Add the infer, stream and preview subcommands."""
+    p = sub.add_parser("infer", help="audio/video -> Live Link Face CSV, face JSON, NumPy or Parquet curves")
+    p.add_argument("model", help="model file (.safetensors, local or s3://) or 'default' (infer.model_path)")
+    p.add_argument("inputs", nargs="*", help="files, folders, globs or s3:// prefixes (and key=value overrides)")
+    p.add_argument("--out", required=True, help="output folder (local or s3://)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="output format (default infer.format)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default infer.fps)")
+    p.add_argument("--no-ray", action="store_true", help="run in this process even for many files")
+    add_common(p)
+    handlers["infer"] = cmd_infer
+
+    p = sub.add_parser("stream", help="real-time streaming to Live Link (UDP) and/or JSON lines")
+    p.add_argument("model", help="causal model file or 'default'")
+    p.add_argument("audio", help="audio/video file played at real-time pace, or 'mic' (needs sounddevice)")
+    p.add_argument("--livelink", metavar="HOST:PORT", help="send Live Link Face UDP packets (Unreal: port 11111)")
+    p.add_argument("--jsonl", action="store_true", help="write one JSON object per frame to stdout")
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
+                   help="pace a file at real time (default) or run as fast as possible")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default infer.fps)")
+    p.add_argument("--seconds", type=float, default=None, help="microphone: stop after this many seconds")
+    add_common(p)
+    handlers["stream"] = cmd_stream
+
+    p = sub.add_parser("preview", help="render an MP4 of a 2-D face driven by the curves, with the audio")
+    p.add_argument("model", help="model file or 'default'")
+    p.add_argument("input", help="audio or video file")
+    p.add_argument("--out", required=True, help="MP4 to write")
+    p.add_argument("--fps", type=float, default=None, help="video frame rate (default infer.fps)")
+    p.add_argument("--plot", help="also write a PNG plot of key curves")
+    add_common(p)
+    handlers["preview"] = cmd_preview
