@@ -324,9 +324,13 @@ def make_rotated(out_dir: Path, source: Path) -> Path:
 
 
 def make_one_frame(out_dir: Path, source: Path) -> Path:
-    """A single video frame with 0.2 s of audio (at 1/30 s an AAC encoder may emit no audio packet)."""
+    """A single video frame with 0.2 s of audio.
+
+    The frame is picked with a trim filter, not ``-frames:v 1``: ffmpeg 9 ends the whole output at
+    that limit, which leaves no audio packet at all.
+    """
     out = _fresh(out_dir / "one_frame.mp4")
-    run_ffmpeg("-i", source, "-t", "0.2", "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", "1",
+    run_ffmpeg("-i", source, "-t", "0.2", "-map", "0:v:0", "-map", "0:a:0?", "-vf", "trim=end_frame=1",
                *_X264, *_AAC, *_BITEXACT, out)
     return out
 

@@ -46,7 +46,7 @@ def check_readable(path: str | os.PathLike) -> Path:
     """Raise InputError with a plain reason unless `path` is a non-empty readable regular file."""
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "not found" if not p.is_symlink() else "broken symbolic link")
+        raise InputError(p, "not found" if not p.is_symlink() else "not found (broken symbolic link)")
     if p.is_dir():
         raise InputError(p, "is a directory, not a media file")
     if not p.is_file():

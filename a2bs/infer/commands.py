@@ -47,7 +47,7 @@ def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError(f"stream: unexpected arguments {' '.join(extra)}")
     torch.set_num_threads(1)  # one frame at a time: intra-op threads only add overhead and jitter
     model = load_model(args.model, cfg)
-    fps = float(args.fps or cfg.infer.fps)
+    fps = float(cfg.infer.fps if args.fps is None else args.fps)
     session = StreamingSession(model, cfg, fps)  # raises StreamingError for a non-causal model
     sinks: list = []
     if args.livelink:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Protocol, TextIO
 import numpy as np
 
 from a2bs.config import AudioConfig, Config, ConfigError
-from a2bs.data.audio import voice_activity
+from a2bs.data.audio import mel_filterbank, stft_window, voice_activity
 from a2bs.infer.curves import Curves, StreamResampler
 from a2bs.infer.livelink import encode_packet, livelink_values, new_device_id
 from a2bs.infer.offline import LoadedModel, eye_range
@@ -91,12 +91,26 @@ class StreamingSession:
     def __init__(self, model: LoadedModel, cfg: Config, fps: float | None = None,
                  rest: np.ndarray | None = None) -> None:
         self.model, self.cfg = model, cfg
-        self.fps = float(fps or cfg.infer.fps)
+        self.fps = float(cfg.infer.fps if fps is None else fps)
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be positive, got {self.fps}")
         self.sample_rate = model.audio_cfg.sample_rate
         self.rate_hz = model.audio_cfg.sample_rate / model.audio_cfg.hop_length
         self._audio = AudioStream(model.net, model.audio_cfg)
         self._rest = rest
+        self._warm_up()
         self.reset()
+
+    def _warm_up(self) -> None:
+        # The first call would otherwise import librosa (window, filterbank) and initialise torch
+        # kernels mid-stream: seconds of stall on a live stream. The model step is pure (fresh state).
+        import torch
+
+        stft_window(self.model.audio_cfg)
+        mel_filterbank(self.model.audio_cfg)
+        net = self.model.net
+        with torch.no_grad():
+            net.step(torch.zeros(1, 1, self.model.audio_cfg.n_mels), net.init_state(1))
 
     def reset(self) -> None:
         """Start a new stream."""

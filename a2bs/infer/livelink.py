@@ -171,7 +171,7 @@ def read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def fps_fraction(fps: float) -> tuple[int, int]:
-    """(numerator, denominator) of a frame rate (29.97 -> 30000/1001)."""
+    """(numerator, denominator) of a frame rate (60 -> 60/1, 30000/1001 -> 30000/1001)."""
     frac = Fraction(fps).limit_denominator(1001)
     return frac.numerator, frac.denominator
 

@@ -97,7 +97,7 @@ def predict_samples(model: LoadedModel, samples: np.ndarray, cfg: Config, fps: f
     mono = to_mono_rate(samples, rate, model.audio_cfg.sample_rate)
     if mono.size == 0:
         raise ValueError("no audio samples")
-    return predict_100hz(model, mono, cfg, rest).resample(fps or cfg.infer.fps)
+    return predict_100hz(model, mono, cfg, rest).resample(cfg.infer.fps if fps is None else fps)
 
 
 def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: float | None = None) -> Curves:
@@ -206,7 +206,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
 
     t0 = time.perf_counter()
     fmt = fmt or cfg.infer.format
-    fps = float(fps or cfg.infer.fps)
+    fps = float(cfg.infer.fps if fps is None else fps)
     if fmt not in FORMAT_SUFFIXES:
         raise ConfigError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)})")
     if fps <= 0:
@@ -232,7 +232,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         ds = ds.map_batches(
             InferActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
             fn_constructor_kwargs={"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps},
-            num_cpus=1, max_restarts=-1, max_task_retries=cfg.ray.max_task_retries,
+            num_cpus=1,  # Ray Data restarts a lost actor and retries its input by default
         )
         rows = ds.take_all()
     else:

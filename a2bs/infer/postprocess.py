@@ -87,7 +87,7 @@ def renormalise_quaternions(targets: np.ndarray) -> np.ndarray:
 
 
 def apply_gain_and_clip(targets: np.ndarray, rest: np.ndarray | None, cfg: InferConfig) -> np.ndarray:
-    """Subtract the rest face (if any), apply articulation gains, clip blendshapes to [0, 1]."""
+    """Subtract the rest face ((52,) or per frame (n, 52); None = none), apply gains, clip shapes to [0, 1]."""
     y = np.array(targets, dtype=np.float64)
     shapes = y[:, :N_BLENDSHAPES]
     if rest is not None:
@@ -136,16 +136,25 @@ class PostProcessor:
             return None
         return self._silence_sum / self._silence_n
 
+    def _running_rest(self, shapes: np.ndarray, vad: np.ndarray) -> np.ndarray:
+        # Per frame: the mean of the silent frames up to and including it (0 until there are enough),
+        # so a frame's calibration never depends on how the stream was cut into chunks.
+        silent = (vad < self.cfg.neutral_vad_threshold).astype(np.float64)
+        counts = self._silence_n + np.cumsum(silent)  # (n,)
+        sums = self._silence_sum + np.cumsum(shapes * silent[:, None], axis=0)  # (n, 52)
+        self._silence_n, self._silence_sum = int(counts[-1]), sums[-1].copy()
+        ready = counts >= max(1, self.cfg.neutral_min_frames)
+        return np.where(ready[:, None], sums / np.maximum(counts, 1)[:, None], 0.0)
+
     def __call__(self, targets: np.ndarray, vad: np.ndarray | None = None) -> np.ndarray:
         """Process the next (n, 59) frames (with their (n,) voice activity when calibrating)."""
         y = np.asarray(targets, dtype=np.float64)
         if y.shape[0] == 0:
             return y.astype(np.float32)
+        rest = self.rest
         if self.cfg.neutral_calibration and self.fixed_rest is None and vad is not None:
-            silent = np.asarray(vad) < self.cfg.neutral_vad_threshold
-            self._silence_sum += y[silent, :N_BLENDSHAPES].sum(axis=0)
-            self._silence_n += int(silent.sum())
-        y = apply_gain_and_clip(y, self.rest, self.cfg)
+            rest = self._running_rest(y[:, :N_BLENDSHAPES], np.asarray(vad))
+        y = apply_gain_and_clip(y, rest, self.cfg)
         if self.smoother is not None:
             y = renormalise_quaternions(self.smoother(y))
         return y.astype(np.float32)

@@ -50,8 +50,9 @@ def draw_face(values: np.ndarray, size: int) -> np.ndarray:
     yaw, pitch, roll = head_angles(values[N_BLENDSHAPES + 3 : N_BLENDSHAPES + 7])
     tx, ty = float(values[N_BLENDSHAPES]), float(values[N_BLENDSHAPES + 1])
     u = size / 100.0  # drawing unit
-    cx = size / 2 + tx * 400 * u + yaw * 25 * u  # metres of offset, radians of turn -> pixels
-    cy = size / 2 - ty * 400 * u - pitch * 25 * u
+    # Metres of offset and radians of turn -> drawing units, bounded so the face stays in the panel.
+    cx = size / 2 + float(np.clip(tx * 200 + yaw * 25, -12, 12)) * u
+    cy = size / 2 - float(np.clip(ty * 200 + pitch * 25, -8, 8)) * u
     centre = (cx, cy)
     # Roll: image y points down, so a counter-clockwise head tilt is a negative image angle.
     ang = -float(roll)

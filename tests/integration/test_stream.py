@@ -1,0 +1,134 @@
+"""`a2bs stream`: Live Link UDP to a real socket, JSON lines at real-time pace, streaming == offline."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import a2bs
+from a2bs.cli import main
+from a2bs.infer.curves import Curves, load_npz
+from a2bs.infer.live import CallbackSink, file_blocks, run_stream
+from a2bs.infer.livelink import WIRE_CURVES, decode_packet, read_csv
+from a2bs.schema import TARGET_NAMES
+from infer_support import causal_model, noncausal_model, speech_wav  # noqa: F401  (fixtures)
+
+DURATION_S = 2.013
+
+
+class UdpReceiver:
+    """A real UDP socket on 127.0.0.1 collecting datagrams in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.packets: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.packets.append(self.sock.recv(4096))
+            except socket.timeout:
+                continue
+
+    def close(self, settle_s: float = 0.5) -> list[bytes]:
+        time.sleep(settle_s)
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        return self.packets
+
+
+def test_livelink_udp_packets(causal_model, speech_wav, tmp_path, capsys):
+    rx = UdpReceiver()
+    code = main(["stream", str(causal_model), str(speech_wav), "--livelink", f"127.0.0.1:{rx.port}",
+                 "--no-realtime", "--fps", "60", "infer.livelink_subject=TestFace"])
+    packets = rx.close()
+    assert code == 0
+    assert "stream: 121 frames" in capsys.readouterr().out
+    assert len(packets) == math.ceil(DURATION_S * 60) == 121  # as many frames as the audio implies
+    decoded = [decode_packet(p) for p in packets]
+    assert {p.subject for p in decoded} == {"TestFace"}
+    assert len({p.device_id for p in decoded}) == 1
+    assert [p.frame_number for p in decoded] == list(range(121))
+    assert all((p.fps_numerator, p.fps_denominator, p.version) == (60, 1, 6) for p in decoded)
+    assert decoded[60].time_s == pytest.approx(1.0)
+    # Same curves as `a2bs infer` writes to its Live Link CSV (6 decimals there).
+    assert main(["infer", str(causal_model), str(speech_wav), "--out", str(tmp_path), "--fps", "60"]) == 0
+    _, _, csv_values = read_csv(str(tmp_path / "speech.csv"))
+    udp_values = np.stack([p.values for p in decoded])
+    np.testing.assert_allclose(udp_values, csv_values, atol=2e-6)
+    # Raw layout: value i of the payload is Unreal's enum entry i (JawLeft before JawRight).
+    raw = np.frombuffer(packets[5][-61 * 4 :], dtype=">f4")
+    assert raw[WIRE_CURVES.index("JawLeft")] == pytest.approx(csv_values[5, 16], abs=2e-6)  # CSV: JawRight, JawLeft
+
+
+def test_realtime_jsonl_equals_offline(causal_model, speech_wav, tmp_path, capsys):
+    assert main(["infer", str(causal_model), str(speech_wav), "--out", str(tmp_path), "--fps", "60",
+                 "--format", "npy"]) == 0
+    offline = load_npz(tmp_path / "speech.npz")
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert main(["stream", str(causal_model), str(speech_wav), "--jsonl", "--fps", "60"]) == 0
+    wall_s = time.perf_counter() - t0
+    out = capsys.readouterr()
+    assert wall_s >= DURATION_S - 0.05  # paced at real time
+    frames = [json.loads(line) for line in out.out.splitlines()]
+    assert [f["frame"] for f in frames] == list(range(len(offline)))
+    streamed = np.array([[f["curves"][n] for n in TARGET_NAMES] for f in frames])
+    np.testing.assert_allclose(streamed, offline.values, atol=1e-5)  # streaming == offline
+    latency = np.array([f["latency_ms"] for f in frames])
+    # A frame needs audio up to 16 ms (n_fft / 2) past its own time, so none can leave sooner.
+    assert latency.min() >= 16.0
+    assert "latency mean" in out.err and "real time" in out.err and "CPU" in out.err
+
+
+def test_session_api_and_callback_sink(causal_model, speech_wav):
+    model = a2bs.load_model(causal_model)
+    offline = model.predict(speech_wav, fps=50)
+    from a2bs.data.audio import load_audio
+
+    samples = load_audio(speech_wav, model.sample_rate)
+    got: list[Curves] = []
+    report = run_stream(model.stream(fps=50), file_blocks(samples, model.sample_rate, 37.0),
+                        [CallbackSink(got.append)], realtime=False)
+    assert report.frames == len(offline) and not report.latency_ms and report.audio_s == pytest.approx(DURATION_S)
+    assert report.kept_up == (report.compute_s < report.audio_s)
+    np.testing.assert_allclose(Curves.concat(got).values, offline.values, atol=1e-5)
+    assert [c.start_frame for c in got] == sorted(c.start_frame for c in got)
+    # Direct push/close with odd block sizes.
+    session = model.stream(fps=50)
+    parts = [session.push(samples[i : i + 333]) for i in range(0, len(samples), 333)] + [session.close()]
+    np.testing.assert_allclose(np.concatenate([p.values for p in parts]), offline.values, atol=1e-5)
+    with pytest.raises(ValueError):
+        session.push(samples[:10])
+
+
+def test_noncausal_model_cannot_stream(noncausal_model, speech_wav, capsys):
+    assert main(["stream", str(noncausal_model), str(speech_wav), "--no-realtime"]) == 1
+    err = capsys.readouterr().err
+    assert "not causal" in err and "cannot stream" in err
+
+
+def test_microphone_needs_sounddevice(causal_model, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
+    assert main(["stream", str(causal_model), "mic", "--seconds", "1"]) == 2
+    assert "sounddevice" in capsys.readouterr().err
+
+
+def test_bad_livelink_address(causal_model, speech_wav, capsys):
+    assert main(["stream", str(causal_model), str(speech_wav), "--livelink", "127.0.0.1:port"]) == 2
+    assert "port must be a number" in capsys.readouterr().err
