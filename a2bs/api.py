@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
 
+from a2bs import io
 from a2bs.config import Config, load_config
 from a2bs.infer.curves import Curves, load_npz
 from a2bs.infer.live import StreamingSession
@@ -65,11 +67,14 @@ class Model:
         """Curves for `audio`: a file path (audio or video) or samples ((n,) or (n, channels)).
 
         Args:
-            audio: path, or float samples in [-1, 1].
+            audio: path (local or ``s3://``), or float samples in [-1, 1].
             sample_rate: rate of numpy `audio` (default: the model's rate).
             fps: output frame rate (default ``config.infer.fps``).
         """
         if isinstance(audio, (str, os.PathLike)):
+            if io.is_remote(audio):
+                with tempfile.TemporaryDirectory(prefix="a2bs-") as tmp:
+                    return predict_file(self._loaded, io.local_copy(audio, tmp), self.config, fps)
             return predict_file(self._loaded, audio, self.config, fps)
         return predict_samples(self._loaded, np.asarray(audio), self.config, fps, sample_rate)
 

@@ -191,6 +191,7 @@ class InferConfig:
     livelink_port: int = 11111  # Live Link Face's default UDP port (when --livelink gives only a host)
     stream_chunk_ms: float = 10.0  # audio block size of `a2bs stream` (one 10 ms hop)
     actors: int = 0  # batch inference actors on Ray (0 = one per CPU)
+    max_chunk_frames: int = 30000  # longer inputs run in exact chunks (5 min at 100 Hz) to bound memory
     preview_height: int = 360  # pixel height of each preview panel
 
 

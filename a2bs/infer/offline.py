@@ -8,7 +8,6 @@ folder's ``_failures.json`` and the rest goes on.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -26,8 +25,6 @@ from a2bs.data.audio import features_from_samples, load_audio
 from a2bs.errors import InputError
 from a2bs.infer.curves import FORMAT_SUFFIXES, Curves
 from a2bs.infer.postprocess import postprocess_offline
-
-log = logging.getLogger("a2bs")
 
 
 @dataclass
@@ -80,12 +77,38 @@ def to_mono_rate(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.
 
 
 @torch.no_grad()
+def forward_long(net: nn.Module, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """``net(mel)`` for (1, T, n_mels) in pieces of `chunk_frames`, with the same result as one pass.
+
+    Causal models carry their streaming state from piece to piece; convolution-only models read each
+    piece with a margin of their receptive field on both sides; anything else runs whole.
+    """
+    from a2bs.infer.streaming import StreamingModel, supports_streaming
+
+    n = mel.shape[1]
+    if chunk_frames <= 0 or n <= chunk_frames:
+        return net(mel)
+    if supports_streaming(net):
+        stream = StreamingModel(net)
+        return torch.cat([stream.step(mel[:, i : i + chunk_frames]) for i in range(0, n, chunk_frames)], dim=1)
+    if hasattr(net, "receptive_field") and not hasattr(net, "layers"):  # convolutions only (no attention)
+        past, future = net.receptive_field()
+        outs = []
+        for a in range(0, n, chunk_frames):
+            b = min(n, a + chunk_frames)
+            lo, hi = max(0, a - past), min(n, b + future)
+            outs.append(net(mel[:, lo:hi])[:, a - lo : b - lo])  # (1, b - a, 59)
+        return torch.cat(outs, dim=1)
+    return net(mel)
+
+
+@torch.no_grad()
 def predict_100hz(model: LoadedModel, samples: np.ndarray, cfg: Config,
                   rest: np.ndarray | None = None) -> Curves:
     """Post-processed predictions at the model's frame rate (100 Hz) for mono samples at 16 kHz."""
     feats = features_from_samples(samples, model.audio_cfg)
     mel = torch.from_numpy(feats.mel_db)[None]  # (1, T, n_mels)
-    raw = model.net(mel)[0].cpu().numpy()  # (T, 59)
+    raw = forward_long(model.net, mel, cfg.infer.max_chunk_frames)[0].cpu().numpy()  # (T, 59)
     values = postprocess_offline(raw, feats.vad, cfg.infer, feats.frame_rate_hz, rest=rest)
     return Curves(values, feats.frame_rate_hz, duration_s=feats.duration_s)
 

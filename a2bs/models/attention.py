@@ -76,6 +76,26 @@ class SelfAttention(nn.Module):
         b, _, tq, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, tq, self.heads * self.head_dim))  # (B, Tq, C)
 
+    def attend_windowed(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, window_frames: int,
+        causal: bool,
+    ) -> torch.Tensor:
+        """Windowed attention over a whole sequence, (B, H, T, Dh) each -> (B, T, C).
+
+        Long sequences go in query blocks of `window_frames`, each against only the keys its window
+        can reach: memory O(T * window) instead of O(T^2), same result. Export keeps one dense graph.
+        """
+        t = q.shape[2]
+        if torch.onnx.is_in_onnx_export() or t <= 2 * window_frames:
+            return self.attend(q, k, v, attention_allowed(positions, positions, window_frames, causal))
+        outs = []
+        for s in range(0, t, window_frames):
+            e = min(t, s + window_frames)
+            ks, ke = max(0, s - window_frames + 1), (e if causal else min(t, e + window_frames - 1))
+            allowed = attention_allowed(positions[s:e], positions[ks:ke], window_frames, causal)
+            outs.append(self.attend(q[:, :, s:e], k[:, :, ks:ke], v[:, :, ks:ke], allowed))  # (B, e - s, C)
+        return torch.cat(outs, dim=1)  # (B, T, C)
+
 
 class AttentionLayer(nn.Module):
     """Pre-LN transformer layer: x + MHSA(LN(x)), then x + FFN(LN(x)) with a 2x GELU FFN."""
@@ -93,9 +113,9 @@ class AttentionLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop(self.ffn_out(self.drop(F.gelu(self.ffn_in(self.norm2(x))))))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, window_frames: int, causal: bool) -> torch.Tensor:
         q, k, v = self.attn.project(self.norm1(x), positions)
-        x = x + self.drop(self.attn.attend(q, k, v, allowed))  # (B, T, C)
+        x = x + self.drop(self.attn.attend_windowed(q, k, v, positions, window_frames, causal))  # (B, T, C)
         return self._ffn(x)
 
     def step(
@@ -156,10 +176,9 @@ class TCNAttention(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         h = self.backbone(mel).transpose(1, 2)  # (B, T, C)
         positions = torch.arange(h.shape[1], device=h.device)  # (T,)
-        allowed = attention_allowed(positions, positions, self.cfg.attn_max_len, self.cfg.attn_causal)
         a = h
         for layer in self.layers:
-            a = layer(a, positions, allowed)
+            a = layer(a, positions, self.cfg.attn_max_len, self.cfg.attn_causal)
         return self._fuse(h, a)
 
     def init_state(self, batch: int = 1, device: torch.device | None = None, dtype: torch.dtype | None = None) -> list:

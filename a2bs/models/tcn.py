@@ -40,14 +40,15 @@ class ChannelLayerNorm(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
+        self.channels = channels  # a plain int: the exporter traces x.shape[1] as a graph value
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(dim=1, keepdim=True)  # (B, 1, T)
-        var = (x - mu).pow(2).mean(dim=1, keepdim=True)  # (B, 1, T)
-        return (x - mu) * torch.rsqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
+        # One fused layer_norm on the (B, T, C) view; contiguous() so the next convolution reads fast.
+        y = F.layer_norm(x.transpose(1, 2), (self.channels,), self.weight, self.bias, self.eps)  # (B, T, C)
+        return y.transpose(1, 2).contiguous()  # (B, C, T)
 
 
 class TemporalConv(nn.Module):
@@ -88,7 +89,18 @@ class TemporalConv(nn.Module):
         """Causal chunk step: `context` holds the previous ``context_frames`` inputs, (B, C, L)."""
         xc = torch.cat([context, x], dim=-1)  # (B, C, L + n)
         # Slice by explicit start: xc[..., -0:] would keep everything when context_frames == 0.
-        return self._valid(xc), xc[..., xc.shape[-1] - self.context_frames :]
+        new_context = xc[..., xc.shape[-1] - self.context_frames :]
+        if self.depthwise is None:
+            return self.conv(xc), new_context
+        # Depthwise taps as k shifted multiply-adds: for the few frames of a step this is several times
+        # faster than a dilated grouped convolution call (same sum, different order: ~1e-7 apart).
+        n = x.shape[-1]
+        w = self.depthwise.weight[:, 0]  # (C, k)
+        d = self.depthwise.dilation[0]
+        y = xc[..., :n] * w[:, :1]  # (B, C, n)
+        for j in range(1, w.shape[1]):
+            y = y + xc[..., j * d : j * d + n] * w[:, j : j + 1]
+        return self.pointwise(y), new_context
 
 
 class TCNBlock(nn.Module):

@@ -9,16 +9,12 @@ monotone so the mesh does not fold, which keeps the image one a landmarker can r
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "face_landmarker.task"
-MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 FACES: tuple[str, ...] = ("astronaut", "hopper")
 
 # MediaPipe face-mesh landmark indices (canonical topology).
@@ -74,14 +70,6 @@ class FrameParams:
         return tuple(f.name for f in fields(cls))
 
 
-def model_path() -> Path:
-    """The vendored FaceLandmarker bundle, hash-checked (a wrong file gives wrong labels)."""
-    digest = hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
-    if digest != MODEL_SHA256:
-        raise RuntimeError(f"{MODEL_PATH}: sha256 {digest} does not match the vendored model")
-    return MODEL_PATH
-
-
 def make_landmarker(video: bool):
     """A FaceLandmarker with blendshapes and transformation matrices (one face)."""
     from mediapipe.tasks.python.core.base_options import BaseOptions
@@ -90,9 +78,12 @@ def make_landmarker(video: bool):
         VisionTaskRunningMode,
     )
 
+    from a2bs.config import VideoConfig
+    from a2bs.data.face import load_model_bytes  # the one hash-checked loader of the vendored model
+
     mode = VisionTaskRunningMode.VIDEO if video else VisionTaskRunningMode.IMAGE
     opts = FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(model_path())), running_mode=mode,
+        base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())), running_mode=mode,
         output_face_blendshapes=True, output_facial_transformation_matrixes=True, num_faces=1,
     )
     return FaceLandmarker.create_from_options(opts)

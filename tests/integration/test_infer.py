@@ -21,7 +21,7 @@ from a2bs.schema import TARGET_NAMES
 from infer_support import (  # noqa: F401  (fixtures)
     SAMPLE_RATE, causal_model, make_model, noncausal_model, speech_like, speech_wav, write_wav,
 )
-from media_factory import make_no_audio, make_standin_source, make_text_as_mp4, make_zero_byte, run_ffmpeg
+from media_factory import make_no_audio, make_standin_source, make_text_as_mp4, make_zero_byte
 
 DURATION_S = 2.013  # speech_wav
 
@@ -156,3 +156,12 @@ def test_batch_from_s3_prefix(ray_cluster, s3_server, causal_model, tmp_path):
     assert len(curves) == 24
     failures = json.loads(io.read_text("s3://infer-in/curves/_failures.json"))
     assert [f["source"] for f in failures] == ["s3://infer-in/takes/broken.wav"]
+
+
+@pytest.mark.parametrize("which", ["causal", "centred"])
+def test_long_inputs_run_in_exact_chunks(which, causal_model, noncausal_model, speech_wav):
+    path = causal_model if which == "causal" else noncausal_model
+    whole = a2bs.load_model(path).predict(speech_wav, fps=100)
+    chunked = a2bs.load_model(path, **{"infer.max_chunk_frames": 37}).predict(speech_wav, fps=100)
+    assert whole.values.std(axis=0).mean() > 0.01
+    np.testing.assert_allclose(chunked.values, whole.values, atol=2e-5)

@@ -91,8 +91,10 @@ def test_realtime_jsonl_equals_offline(causal_model, speech_wav, tmp_path, capsy
     streamed = np.array([[f["curves"][n] for n in TARGET_NAMES] for f in frames])
     np.testing.assert_allclose(streamed, offline.values, atol=1e-5)  # streaming == offline
     latency = np.array([f["latency_ms"] for f in frames])
-    # A frame needs audio up to 16 ms (n_fft / 2) past its own time, so none can leave sooner.
-    assert latency.min() >= 16.0
+    times = np.array([f["time_s"] for f in frames])
+    # A frame needs audio up to 16 ms (n_fft / 2) past its own time, so none can leave sooner
+    # (except the last few, which the end-of-stream flush completes with zero padding).
+    assert latency[times < DURATION_S - 0.03].min() >= 16.0 and latency.min() > 0.0
     assert "latency mean" in out.err and "real time" in out.err and "CPU" in out.err
 
 

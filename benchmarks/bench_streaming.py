@@ -1,0 +1,195 @@
+"""Streaming and offline inference speed on one CPU thread (issue 4).
+
+Measures, for the ``tcn_full`` preset (random weights: speed does not depend on training):
+
+- the stateful streaming step per 10 ms frame (:class:`a2bs.infer.streaming.StreamingModel`),
+- naive streaming: recompute the whole receptive field (2045 frames) for every new frame,
+- the exported ONNX step graph run by ONNX Runtime (one intra-op thread),
+- the streaming log-mel front end per 10 ms hop,
+
+and the offline real-time factor (compute time / audio time) of 60 s of audio for every model.
+Prints a markdown table; ``--write-readme`` puts it in benchmarks/README.md under
+"## Models and streaming (issue 4)", leaving the file's other sections alone.
+
+    .venv/bin/python benchmarks/bench_streaming.py [--steps 300] [--write-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2bs.config import AudioConfig
+from a2bs.data.audio import log_mel
+from a2bs.infer.export import OnnxStreamer, export_onnx_step, initial_onnx_state, onnx_session
+from a2bs.infer.streaming import StreamingLogMel, StreamingModel
+from a2bs.models import available_models, build_model, count_parameters, preset
+
+SECTION = "## Models and streaming (issue 4)"
+README = Path(__file__).with_name("README.md")
+FRAME_MS = 10.0
+
+
+def _timed(fn, repeats: int) -> np.ndarray:
+    """Wall-clock milliseconds of `repeats` calls."""
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t0) * 1000.0
+    return out
+
+
+def _mel(frames: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.uniform(-80, 0, size=(1, frames, 80)).astype(np.float32))
+
+
+def bench_stream(steps: int, naive_steps: int) -> list[tuple[str, float, float]]:
+    """Rows (what, median ms per 10 ms frame, p95 ms) for tcn_full streaming variants."""
+    torch.manual_seed(0)
+    model = build_model(preset("tcn_full")).eval()
+    past, _ = model.receptive_field()
+    mel = _mel(steps + 50)
+    rows = []
+
+    stream = StreamingModel(model)
+    frames = iter(range(mel.shape[1]))
+    with torch.no_grad():
+        for _ in range(20):
+            stream.step(mel[:, next(frames)][:, None])
+        t = _timed(lambda: stream.step(mel[:, next(frames)][:, None]), steps)
+    rows.append(("PyTorch stateful step (cached contexts)", float(np.median(t)), float(np.percentile(t, 95))))
+
+    window = _mel(past + 1, seed=1)  # the receptive field: 2045 frames for one output frame
+    with torch.no_grad():
+        model(window)
+        t = _timed(lambda: model(window)[:, -1], naive_steps)
+    rows.append((f"PyTorch naive: recompute {past + 1} frames per frame", float(np.median(t)),
+                 float(np.percentile(t, 95))))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx_step(model, Path(tmp) / "step.onnx")
+        streamer = OnnxStreamer(onnx_session(path, threads=1), initial_onnx_state(model))
+        x = mel.numpy()
+        frames = iter(range(x.shape[1]))
+        for _ in range(20):
+            streamer.step(x[:, next(frames)][:, None])
+        t = _timed(lambda: streamer.step(x[:, next(frames)][:, None]), steps)
+    rows.append(("ONNX Runtime stateful step", float(np.median(t)), float(np.percentile(t, 95))))
+
+    cfg = AudioConfig()
+    front = StreamingLogMel(cfg)
+    audio = np.random.default_rng(2).standard_normal(cfg.hop_length * (steps + 30)).astype(np.float32) * 0.1
+    hops = iter(range(0, len(audio), cfg.hop_length))
+    for _ in range(20):
+        i = next(hops)
+        front.push(audio[i : i + cfg.hop_length])
+    t = _timed(lambda: front.push(audio[(i := next(hops)) : i + cfg.hop_length]), steps)
+    rows.append(("streaming log-mel front end (160 samples)", float(np.median(t)), float(np.percentile(t, 95))))
+    return rows
+
+
+def bench_offline(seconds: float = 60.0, repeats: int = 3) -> list[tuple[str, int, float, float]]:
+    """Rows (model, parameters, best seconds for `seconds` of audio, real-time factor)."""
+    cfg = AudioConfig()
+    n_frames = 1 + int(seconds * cfg.sample_rate) // cfg.hop_length
+    mel = _mel(n_frames, seed=3)
+    rows = []
+    for name in available_models():
+        torch.manual_seed(0)
+        model = build_model(preset(name)).eval()
+        with torch.no_grad():
+            model(mel[:, :500])
+            t = _timed(lambda: model(mel), repeats)
+        rows.append((name, count_parameters(model), float(t.min()) / 1000.0, float(t.min()) / 1000.0 / seconds))
+    audio = np.random.default_rng(4).standard_normal(int(seconds * cfg.sample_rate)).astype(np.float32) * 0.1
+    t = _timed(lambda: log_mel(audio, cfg), repeats)
+    rows.append(("log-mel front end (offline)", 0, float(t.min()) / 1000.0, float(t.min()) / 1000.0 / seconds))
+    return rows
+
+
+def _machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
+    except OSError:
+        model = platform.processor() or "?"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores, {model}; load average at start {load}"
+
+
+def render(stream_rows, offline_rows, date: str, machine: str) -> str:
+    """The README section as markdown."""
+    naive = stream_rows[1][1]
+    lines = [
+        SECTION,
+        "",
+        f"Date: {date}. Machine: {machine}. One torch/ORT thread (`torch.set_num_threads(1)`), "
+        f"torch {torch.__version__}. Random weights (speed does not depend on training). "
+        "Reproduce: `.venv/bin/python benchmarks/bench_streaming.py --write-readme`.",
+        "",
+        "Streaming `tcn_full` (2,035,514 parameters, receptive field 2045 frames), one 10 ms frame per step:",
+        "",
+        "| path | median ms / frame | p95 ms | real-time budget used | naive / this |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for what, med, p95 in stream_rows:
+        ratio = f"{naive / med:.0f}x" if "front end" not in what else "-"
+        lines.append(f"| {what} | {med:.3f} | {p95:.3f} | {med / FRAME_MS:.1%} | {ratio} |")
+    lines += [
+        "",
+        "Offline inference, 60 s of audio (6001 frames) in one forward pass:",
+        "",
+        "| model | parameters | seconds | real-time factor |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, params, sec, rtf in offline_rows:
+        lines.append(f"| {name} | {params:,} | {sec:.3f} | {rtf:.4f} |" if params else
+                     f"| {name} | - | {sec:.3f} | {rtf:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = README) -> None:
+    """Replace (or append) this benchmark's section in the README, keeping every other section."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1 :])
+    from a2bs.io import atomic_write_text
+
+    atomic_write_text(path, new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300, help="timed streaming steps")
+    ap.add_argument("--naive-steps", type=int, default=10, help="timed naive recomputations")
+    ap.add_argument("--write-readme", action="store_true", help="write the table into benchmarks/README.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    machine = _machine()
+    date = subprocess.run(["date"], capture_output=True, text=True, check=False).stdout.strip() or str(datetime.now())
+    stream_rows = bench_stream(args.steps, args.naive_steps)
+    offline_rows = bench_offline()
+    text = render(stream_rows, offline_rows, date, machine)
+    print(text)
+    if args.write_readme:
+        write_section(text)
+        print(f"written to {README}")
+
+
+if __name__ == "__main__":
+    main()
