@@ -149,7 +149,8 @@ def main() -> None:
         ["`a2bs stream` end-to-end latency, audio sample in -> UDP packet out (mean / p95 / max)",
          f"{s['latency_mean_ms']:.1f} / {s['latency_p95_ms']:.1f} / {s['latency_max_ms']:.1f} ms"],
         ["`a2bs stream` CPU use at real-time pace (process CPU / wall)", f"{s['cpu_percent']:.1f} % of one core"],
-        ["`a2bs stream` kept up with real time", "yes" if rep.kept_up else "no"],
+        ["`a2bs stream` kept up with real time", ("yes" if rep.kept_up else "no")
+         + f" ({rep.catch_up_steps} of {rep.blocks} steps took several late 10 ms blocks at once)"],
         [f"`a2bs infer` real-time factor, {i['audio_s']:.0f} s WAV -> Live Link CSV (decode, model, write)",
          f"{i['file_s'] / i['audio_s']:.4f} ({i['file_s']:.2f} s)"],
         [f"model + features only on {i['audio_s']:.0f} s ({i['threads']} torch threads)",

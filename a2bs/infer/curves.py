@@ -246,6 +246,11 @@ class StreamResampler:
         self._n_src += len(frames)
         return self._emit(None, None)
 
-    def flush(self, duration_s: float) -> np.ndarray:
-        """End of stream: the remaining output frames up to ``frame_count(duration_s, fps)``."""
+    def flush(self, duration_s: float, frames: np.ndarray | None = None) -> np.ndarray:
+        """End of stream: add the last source `frames`, return the output frames left up to
+        ``frame_count(duration_s, fps)`` (frames at or past the end of the audio are not emitted)."""
+        if frames is not None:
+            frames = np.asarray(frames, dtype=np.float32).reshape(-1, N_TARGETS)
+            self._buf = np.concatenate([self._buf, frames])
+            self._n_src += len(frames)
         return self._emit(self._n_src, frame_count(duration_s, self.fps))

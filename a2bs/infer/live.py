@@ -144,9 +144,9 @@ class StreamingSession:
         raw = self._audio.flush()
         vad = self._vad.flush() if self._vad is not None else None
         start = self._resampler.next_frame
-        tail = self._resampler.push(self._post(raw, vad))
-        rest = self._resampler.flush(self.samples_in / self.sample_rate)
-        return self._chunk(np.concatenate([tail, rest]), start)
+        # The end is known now: the last source frames go through flush, which stops at the audio's end.
+        tail = self._resampler.flush(self.samples_in / self.sample_rate, self._post(raw, vad))
+        return self._chunk(tail, start)
 
 
 # ---- sources -----------------------------------------------------------------------------------
@@ -178,7 +178,10 @@ def microphone_blocks(sample_rate: int, chunk_ms: float, duration_s: float | Non
     total = 0
     with sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=n, callback=on_audio):
         while duration_s is None or total < duration_s * sample_rate:
-            block = blocks.get()
+            parts = [blocks.get()]
+            while not blocks.empty():  # behind: hand over everything queued in one step
+                parts.append(blocks.get_nowait())
+            block = np.concatenate(parts)
             total += len(block)
             yield block
 
@@ -260,7 +263,8 @@ class StreamReport:
     compute_s: float = 0.0
     cpu_s: float = 0.0
     realtime: bool = True
-    blocks: int = 0
+    blocks: int = 0  # model steps taken
+    catch_up_steps: int = 0  # steps that took several late blocks at once
     hop_compute_ms: list[float] = field(default_factory=list)  # per block: compute / hops in the block
     latency_ms: list[float] = field(default_factory=list)  # per frame (real-time pace only)
     end_lag_s: float = 0.0
@@ -293,9 +297,10 @@ class StreamReport:
         pace = "real-time pace" if self.realtime else "fast mode"
         lat = (f"latency mean {s['latency_mean_ms']:.1f} ms, p95 {s['latency_p95_ms']:.1f} ms; "
                if self.latency_ms else "")
+        catch_up = f" ({self.catch_up_steps} of {self.blocks} steps caught up on late audio)" if self.catch_up_steps else ""
         return (f"stream: {self.frames} frames from {self.audio_s:.2f} s of audio ({pace}); {lat}"
                 f"compute {s['hop_compute_mean_ms']:.2f} ms per 10 ms hop, CPU {s['cpu_percent']:.0f}%; "
-                f"{'kept up with real time' if self.kept_up else 'did NOT keep up with real time'}")
+                f"{'kept up with real time' if self.kept_up else 'did NOT keep up with real time'}{catch_up}")
 
 
 def run_stream(session: StreamingSession, blocks: Iterable[np.ndarray], sinks: list, realtime: bool = True,
@@ -304,7 +309,8 @@ def run_stream(session: StreamingSession, blocks: Iterable[np.ndarray], sinks: l
 
     Args:
         session: a fresh :class:`StreamingSession`.
-        blocks: mono sample blocks at the session's sample rate.
+        blocks: mono sample blocks at the session's sample rate (a device's queue; when the stream
+            falls behind, every block already arrived is processed in one step).
         sinks: objects with ``write(chunk, latency_ms)`` and ``close()``.
         realtime: pace a file source at real time (a block is processed when its last sample would have
             arrived from a device); False = as fast as possible (no latency figures).
@@ -314,7 +320,6 @@ def run_stream(session: StreamingSession, blocks: Iterable[np.ndarray], sinks: l
     sr = session.sample_rate
     hop_s = session.model.audio_cfg.hop_length / sr
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    arrival = wall0
 
     def deliver(chunk: Curves, done: float) -> None:
         if realtime:
@@ -327,24 +332,36 @@ def run_stream(session: StreamingSession, blocks: Iterable[np.ndarray], sinks: l
         rep.frames += len(chunk)
 
     try:
-        for block in blocks:
-            n_before = session.samples_in
-            if realtime:
-                arrival = wall0 + (n_before + len(block)) / sr
-                if paced_source:
-                    delay = arrival - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                else:
-                    arrival = time.perf_counter()
+        it = iter(blocks)
+        block = next(it, None)
+        paced = realtime and paced_source
+        while block is not None:
+            batch = [block]
+            n = session.samples_in + len(block)
+            # A live source blocks until its next block arrives: only look ahead in a paced file.
+            nxt = next(it, None) if paced else None
+            if paced:
+                delay = wall0 + n / sr - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                # Behind schedule: take every block that has arrived by now in one step, as a device
+                # queue would be drained; bigger steps cost less per hop, so the stream catches up.
+                while nxt is not None and wall0 + (n + len(nxt)) / sr <= time.perf_counter():
+                    batch.append(nxt)
+                    n += len(nxt)
+                    nxt = next(it, None)
+            arrival = wall0 + n / sr if paced_source else time.perf_counter()
+            samples = batch[0] if len(batch) == 1 else np.concatenate(batch)
             c0 = time.perf_counter()
-            chunk = session.push(block)
+            chunk = session.push(samples)
             c1 = time.perf_counter()
             deliver(chunk, c1)
             rep.compute_s += c1 - c0
-            rep.hop_compute_ms.append((c1 - c0) * 1000.0 / max(len(block) / sr / hop_s, 1e-9))
+            rep.hop_compute_ms.append((c1 - c0) * 1000.0 / max(len(samples) / sr / hop_s, 1e-9))
             rep.blocks += 1
+            rep.catch_up_steps += len(batch) > 1
             rep.end_lag_s = c1 - arrival if realtime else 0.0
+            block = nxt if paced else next(it, None)
         c0 = time.perf_counter()
         chunk = session.close()
         c1 = time.perf_counter()

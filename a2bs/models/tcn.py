@@ -5,10 +5,16 @@ the family members differ only in their :class:`~a2bs.config.ModelConfig` (see `
 
 Block (pre-activation residual, WaveNet-style skip output)::
 
-    x ─┬─ LN ─ GELU ─ drop ─ conv(k, d) ─ LN ─ GELU ─ drop ─ conv(k, d) ─┬─ (+) ─> x'
-       └──────────────────────────────────────────────────────────────────┘    └─ 1x1 ─> skip
+    h    = conv2(drop(GELU(LN(conv1(drop(GELU(LN(x))))))))    both convolutions: kernel k, dilation d
+    x'   = x + h                                              residual stream, into the next block
+    skip = conv1x1(h)                                         summed over blocks
 
-The head reads the sum of all skips, so every time scale reaches it directly.
+The head reads the sum of all skips, so every time scale reaches it directly. Two convolutions per
+block give a receptive field of ``1 + 2 (k-1) sum(d)`` frames: 2045 (20.45 s, causal) for ``tcn_full``
+(one per block would stop at 1023, short of the 1024 asked for) and 61 (+-30, centred) for ``tcn_poc``.
+Presets: ``tcn_poc`` 480,442 parameters, ``tcn_full`` 2,035,514 (the 1x1 skips are ~1/3 of it).
+The input is mapped from dB with a fixed clamp-and-scale (``schema.MEL_DB_RANGE`` -> [-1, 1]), never
+with data statistics.
 
 Normalisation is a LayerNorm over the channels of each frame (no batch statistics). It is exact in
 streaming in both train and eval mode, independent of batch size and of padded/masked frames in a

@@ -113,6 +113,7 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
 
     tc = cfg.train
     use_gpu = tc.use_gpu and tc.device != "cpu"
+    cpus = data_safe_cpus_per_worker(tc.num_workers, tc.cpus_per_worker)
     loop_config = {
         "cfg": config_to_dict(cfg),
         "run_dir": run_dir,
@@ -135,7 +136,7 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
         datasets=datasets,
         # Only the train set is split; every worker sees all validation rows and keeps its own clips.
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -149,6 +150,26 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
             **kwargs,
         ),
     )
+
+
+def data_safe_cpus_per_worker(num_workers: int, cpus_per_worker: float) -> float:
+    """CPUs per training worker that leave one CPU of the cluster to Ray Data's shard readers.
+
+    Ray Data only schedules read tasks on CPUs the training workers have not reserved: with every CPU
+    reserved (e.g. 2 workers x 1 CPU on a 2-core machine) the first epoch would wait forever.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if not total or total - num_workers * cpus_per_worker >= 1.0:
+        return cpus_per_worker
+    fit = (total - 1.0) / num_workers
+    if fit <= 0:
+        raise ConfigError(f"train.num_workers={num_workers} needs more than the cluster's {total:g} CPUs "
+                          "(one CPU stays free for reading shards)")
+    log.warning(f"train: {num_workers} x {cpus_per_worker:g} CPUs would leave no CPU of {total:g} to read shards; "
+                f"reserving {fit:g} CPUs per worker instead")
+    return fit
 
 
 def _better(a: float, b: float, mode: str) -> bool:

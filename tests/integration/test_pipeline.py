@@ -14,6 +14,7 @@ import pytest
 
 import media_factory as mf
 from a2bs import io
+from a2bs.config import load_config
 from a2bs.data.pipeline import clip_uri, run_build, run_extract
 from a2bs.data.sequences import expected_windows
 from a2bs.data.shards import load_split, shard_files
@@ -87,7 +88,7 @@ def test_corrupt_clip_is_listed_and_the_rest_complete(tmp_path: Path, ray_cluste
     failures = json.loads((out / "_failures.json").read_text())
     assert failures == [{"source": str(bad), "reason": "not a media file (no MP4/MOV structure in it)"}]
     shards = tmp_path / "shards"
-    run_build(str(out), str(shards), demo_config, use_ray=True)
+    run_build(str(out), str(shards), load_config(None, ["sequence.split_by=clip"]), use_ray=True)
     got = {f for split in ("train", "val") for f in load_split(str(shards), split)["clip_id"]}
     assert len(got) == len(good) == 2
 

@@ -134,3 +134,24 @@ def test_microphone_needs_sounddevice(causal_model, monkeypatch, capsys):
 def test_bad_livelink_address(causal_model, speech_wav, capsys):
     assert main(["stream", str(causal_model), str(speech_wav), "--livelink", "127.0.0.1:port"]) == 2
     assert "port must be a number" in capsys.readouterr().err
+
+
+def test_realtime_stream_catches_up_after_a_stall(causal_model, speech_wav):
+    model = a2bs.load_model(causal_model)
+    from a2bs.data.audio import load_audio
+
+    samples = load_audio(speech_wav, model.sample_rate)[:8000]  # 0.5 s
+    offline = model.predict(samples, fps=60)
+    got: list[Curves] = []
+
+    def slow_consumer(chunk: Curves) -> None:
+        got.append(chunk)
+        if len(got) == 3:
+            time.sleep(0.2)  # a stall of 20 blocks
+
+    report = run_stream(model.stream(fps=60), file_blocks(samples, model.sample_rate, 10.0),
+                        [CallbackSink(slow_consumer)], realtime=True)
+    assert report.catch_up_steps >= 1 and report.blocks < 50  # late blocks were taken together
+    streamed = Curves.concat(got)
+    assert len(streamed) == report.frames == 30  # 0.5 s at 60 fps: frames at 0, 1/60, ... 29/60 s
+    np.testing.assert_allclose(streamed.values, offline.values, atol=1e-5)

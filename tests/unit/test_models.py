@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from a2bs.config import AudioConfig, ConfigError, LossConfig, ModelConfig, config_to_dict
+from a2bs.config import AudioConfig, ConfigError, LossConfig, ModelConfig, config_to_dict, load_config
 from a2bs.data.audio import features_from_samples
 from a2bs.errors import ModelFileError
 from a2bs.models import (
@@ -60,6 +61,14 @@ def test_presets() -> None:
     assert preset("tcn_full", channels=64).channels == 64
     # The override mapping reproduces the preset through the normal config path.
     assert model_config_from_dict(preset_overrides("tcn_full")) == full
+
+
+@pytest.mark.parametrize("yaml_name, name", [("poc.yaml", "tcn_poc"), ("full.yaml", "tcn_full")])
+def test_job_configs_match_the_presets(yaml_name: str, name: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / yaml_name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    assert load_config(path).model == preset(name)
 
 
 @pytest.mark.parametrize("name", ["tcn_poc", "tcn_full", "tcn_attn"])
