@@ -114,7 +114,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 # Modules that add their stage's subcommands: each has register(subparsers, handlers, add_common).
-STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.infer.commands")
+STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.infer.commands", "a2bs.train.commands")
 
 
 def main(argv: list[str] | None = None) -> int:

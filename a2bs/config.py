@@ -88,7 +88,7 @@ class ModelConfig:
     attn_heads: int = 4
     attn_layers: int = 1
     attn_causal: bool = True
-    attn_max_len: int = 4096  # positional-encoding table length (frames)
+    attn_max_len: int = 4096  # attention window in frames (also bounds the streaming key/value cache)
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,9 @@ class TrainConfig:
     # Ray Train workers: `batch_size` is per worker; each worker reserves this many CPUs.
     cpus_per_worker: float = 1.0
     shuffle_buffer_rows: int = 2048  # local shuffle buffer of each worker's data stream (rows)
+    # Read the validation shards once into Ray's object store (spilled to disk when large) instead of
+    # re-reading them every epoch; the train split always streams.
+    cache_val: bool = True
     max_epochs_per_run: int = 0  # stop this invocation after N epochs (0 = run to `epochs`); --resume continues
     # Fault-injection for tests: rank `fail_once_rank` exits at the start of this epoch once per run dir.
     fail_once_at_epoch: int = -1
@@ -165,7 +168,6 @@ class RayConfig:
     num_cpus: int = 0  # embedded Ray only; 0 = all cores
     extract_actors: int = 0  # 0 = one per CPU in the cluster
     cpus_per_actor: float = 1.0
-    max_task_retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class InferConfig:
     livelink_subject: str = "a2bs"  # Live Link subject name in Unreal
     livelink_port: int = 11111  # Live Link Face's default UDP port (when --livelink gives only a host)
     stream_chunk_ms: float = 10.0  # audio block size of `a2bs stream` (one 10 ms hop)
+    stream_backend: str = "torch"  # "torch" (cached-state step) or "onnx" (exported step graph, ONNX Runtime)
     actors: int = 0  # batch inference actors on Ray (0 = one per CPU)
     max_chunk_frames: int = 30000  # longer inputs run in exact chunks (5 min at 100 Hz) to bound memory
     preview_height: int = 360  # pixel height of each preview panel

@@ -68,7 +68,7 @@ def bench_model(path: str | None, tmp: Path) -> tuple[str, str]:
     return str(out), f"`tcn_full` preset, random weights ({count_parameters(model) / 1e6:.2f} M parameters)"
 
 
-def bench_stream(model_path: str, samples: np.ndarray) -> dict:
+def bench_stream(model_path: str, samples: np.ndarray, backend: str) -> dict:
     """`a2bs stream` at real-time pace to a Live Link UDP sink on 127.0.0.1."""
     import torch
 
@@ -77,7 +77,7 @@ def bench_stream(model_path: str, samples: np.ndarray) -> dict:
     from a2bs.infer.offline import load_model
 
     torch.set_num_threads(1)  # as `a2bs stream` does
-    cfg = load_config(None, [])
+    cfg = load_config(None, [f"infer.stream_backend={backend}"])
     model = load_model(model_path, cfg)
     sink_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink_sock.bind(("127.0.0.1", 0))  # a real receiver port (not read: the kernel drops overflow)
@@ -135,22 +135,31 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("GLOG_minloglevel", "2")
     load0 = os.getloadavg()[0]
+    import torch
+
+    default_threads = torch.get_num_threads()  # `a2bs infer` leaves torch's default; `a2bs stream` uses 1
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         tmp = Path(tmp)
         model_path, model_desc = bench_model(args.model, tmp)
         samples, source = speech_audio(max(args.stream_s, args.infer_s), 16000)
-        s = bench_stream(model_path, samples[: int(args.stream_s * 16000)])
+        streams = {b: bench_stream(model_path, samples[: int(args.stream_s * 16000)], b) for b in ("torch", "onnx")}
+        torch.set_num_threads(default_threads)
         i = bench_infer(model_path, samples[: int(args.infer_s * 16000)], tmp)
     load1 = os.getloadavg()[0]
-    rep = s["report"]
-    rows = [
-        ["`a2bs stream` compute per 10 ms hop (mean / p95)", f"{s['hop_compute_mean_ms']:.2f} / "
-         f"{s['hop_compute_p95_ms']:.2f} ms"],
-        ["`a2bs stream` end-to-end latency, audio sample in -> UDP packet out (mean / p95 / max)",
-         f"{s['latency_mean_ms']:.1f} / {s['latency_p95_ms']:.1f} / {s['latency_max_ms']:.1f} ms"],
-        ["`a2bs stream` CPU use at real-time pace (process CPU / wall)", f"{s['cpu_percent']:.1f} % of one core"],
-        ["`a2bs stream` kept up with real time", ("yes" if rep.kept_up else "no")
-         + f" ({rep.catch_up_steps} of {rep.blocks} steps took several late 10 ms blocks at once)"],
+    rows = []
+    for backend, s in streams.items():
+        rep = s["report"]
+        rows += [
+            [f"`a2bs stream` ({backend}) compute per 10 ms hop (mean / p95)",
+             f"{s['hop_compute_mean_ms']:.2f} / {s['hop_compute_p95_ms']:.2f} ms"],
+            [f"`a2bs stream` ({backend}) end-to-end latency, audio sample in -> UDP packet out (mean / p95 / max)",
+             f"{s['latency_mean_ms']:.1f} / {s['latency_p95_ms']:.1f} / {s['latency_max_ms']:.1f} ms"],
+            [f"`a2bs stream` ({backend}) CPU use at real-time pace (process CPU / wall)",
+             f"{s['cpu_percent']:.1f} % of one core"],
+            [f"`a2bs stream` ({backend}) kept up with real time", ("yes" if rep.kept_up else "no")
+             + f" ({rep.catch_up_steps} of {rep.blocks} steps took several late 10 ms blocks at once)"],
+        ]
+    rows += [
         [f"`a2bs infer` real-time factor, {i['audio_s']:.0f} s WAV -> Live Link CSV (decode, model, write)",
          f"{i['file_s'] / i['audio_s']:.4f} ({i['file_s']:.2f} s)"],
         [f"model + features only on {i['audio_s']:.0f} s ({i['threads']} torch threads)",
@@ -161,7 +170,8 @@ def main() -> None:
         f"Run `{Path(sys.argv[0]).name}` on {machine()}; load average {load0:.1f} before, {load1:.1f} after "
         "(other jobs shared the CPU: figures are upper bounds).",
         f"Model: {model_desc}. Audio: {source}. Stream: {args.stream_s:g} s in 10 ms blocks at 60 fps, one "
-        "Live Link Face packet per frame to a UDP socket on 127.0.0.1, 1 torch thread.",
+        "Live Link Face packet per frame to a UDP socket on 127.0.0.1, 1 thread; backend `torch` = "
+        "cached-state PyTorch step (the default), `onnx` = `infer.stream_backend=onnx` (exported step graph).",
         "",
         table(["measure", "result"], rows), "",
         "End-to-end latency includes the algorithmic part: a frame's analysis window reaches 16 ms (n_fft/2) past "

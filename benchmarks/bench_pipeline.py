@@ -10,6 +10,7 @@ clips' decoded frames); the pipeline's overhead is how far the 2-actor wall time
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ def main() -> None:
         src = Path(tmp, "in", "spk")
         src.mkdir(parents=True)
         for c in clips:
-            (src / f"{c.parent.name}_{c.name}").symlink_to(c)
+            shutil.copy(c, src / c.name)  # copies: symlinks out of the input folder are refused
         # Warm-up: worker processes and imports, so neither side pays Ray's start-up.
         run_extract([str(src / next(iter(os.listdir(src))))], f"{tmp}/warm", load_config(None, ["ray.extract_actors=2"]),
                     progress=False)

@@ -156,8 +156,8 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             fn_constructor_kwargs={"cfg_dict": config_to_dict(cfg), "clips_dir": clips_dir, "write_json": write_json},
             num_cpus=cfg.ray.cpus_per_actor,
-            max_restarts=-1,  # a killed actor is replaced; its clip is retried
-            max_task_retries=cfg.ray.max_task_retries,
+            # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a killed
+            # actor is replaced and its clip retried (tests/integration/test_reliability.py).
         )
         rows = ds.take_all()
     elif entries:
@@ -248,8 +248,7 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         init_ray(cfg.ray)
         cfg_dict = config_to_dict(cfg)
         ds = ray.data.from_items([{"i": i} for i in range(len(plans))], override_num_blocks=max(1, len(plans)))
-        stats = ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict)),
-                       max_retries=cfg.ray.max_task_retries).take_all()
+        stats = ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict))).take_all()
     else:
         stats = [build_shard(p, shards_dir, cfg) for p in plans]
     stats.sort(key=lambda s: s["name"])

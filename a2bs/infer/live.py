@@ -1,8 +1,9 @@
 """Live streaming: audio in real time -> causal model -> curves out to sinks, with latency accounting.
 
 :class:`StreamingSession` is the Python API (``push(samples) -> new frames``, ``close() -> the rest``):
-the streaming front end and model of :mod:`a2bs.infer.streaming`, then the same post-processing and
-resampling as offline inference, so a stream's curves equal ``a2bs infer``'s on the same audio.
+the streaming front end and model of :mod:`a2bs.infer.streaming` (or, with ``infer.stream_backend=onnx``,
+the model's exported step graph in ONNX Runtime), then the same post-processing and resampling as
+offline inference, so a stream's curves equal ``a2bs infer``'s on the same audio.
 
 :func:`run_stream` drives a session from an audio source (a file played at real-time pace, or a
 microphone when the optional ``sounddevice`` package is installed) and hands each chunk of frames to
@@ -31,7 +32,7 @@ from a2bs.infer.curves import Curves, StreamResampler
 from a2bs.infer.livelink import encode_packet, livelink_values, new_device_id
 from a2bs.infer.offline import LoadedModel, eye_range
 from a2bs.infer.postprocess import PostProcessor
-from a2bs.infer.streaming import AudioStream
+from a2bs.infer.streaming import StreamingLogMel, StreamingModel, supports_streaming
 from a2bs.schema import TARGET_NAMES
 
 
@@ -75,6 +76,40 @@ class StreamingVAD:
         return self._emit(1 + self._n // self.cfg.hop_length)
 
 
+class OnnxStepper:
+    """The model's exported streaming step run by ONNX Runtime (same interface as StreamingModel)."""
+
+    def __init__(self, net) -> None:
+        import tempfile
+
+        from a2bs.infer.export import OnnxStreamer, export_onnx_step, initial_onnx_state, onnx_session
+
+        if not supports_streaming(net):
+            StreamingModel(net)  # raises the clear "not causal" StreamingError
+        self.n_targets = len(TARGET_NAMES)
+        with tempfile.TemporaryDirectory(prefix="a2bs-onnx-") as tmp:
+            path = export_onnx_step(net, f"{tmp}/step.onnx")
+            self._streamer = OnnxStreamer(onnx_session(path, threads=1), initial_onnx_state(net, 1))
+
+    def reset(self) -> None:
+        self._streamer.reset()
+
+    def step(self, mel: np.ndarray) -> np.ndarray:
+        """(n, n_mels) -> (n, 59)."""
+        if len(mel) == 0:
+            return np.zeros((0, self.n_targets), np.float32)
+        return self._streamer.step(np.asarray(mel, np.float32)[None])[0]
+
+
+def make_stepper(net, backend: str):
+    """The streaming model runner: ``"torch"`` (StreamingModel) or ``"onnx"`` (ONNX Runtime)."""
+    if backend == "torch":
+        return StreamingModel(net)
+    if backend == "onnx":
+        return OnnxStepper(net)
+    raise ConfigError(f"infer.stream_backend must be 'torch' or 'onnx', not {backend!r}")
+
+
 class StreamingSession:
     """One live stream: mono samples at the model's sample rate in, curves at `fps` out.
 
@@ -96,25 +131,24 @@ class StreamingSession:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         self.sample_rate = model.audio_cfg.sample_rate
         self.rate_hz = model.audio_cfg.sample_rate / model.audio_cfg.hop_length
-        self._audio = AudioStream(model.net, model.audio_cfg)
+        self._frontend = StreamingLogMel(model.audio_cfg)
+        self._stepper = make_stepper(model.net, cfg.infer.stream_backend)
         self._rest = rest
         self._warm_up()
         self.reset()
 
     def _warm_up(self) -> None:
         # The first call would otherwise import librosa (window, filterbank) and initialise torch
-        # kernels mid-stream: seconds of stall on a live stream. The model step is pure (fresh state).
-        import torch
-
+        # kernels mid-stream: seconds of stall on a live stream.
         stft_window(self.model.audio_cfg)
         mel_filterbank(self.model.audio_cfg)
-        net = self.model.net
-        with torch.no_grad():
-            net.step(torch.zeros(1, 1, self.model.audio_cfg.n_mels), net.init_state(1))
+        self._stepper.step(np.zeros((1, self.model.audio_cfg.n_mels), np.float32))
+        self._stepper.reset()
 
     def reset(self) -> None:
         """Start a new stream."""
-        self._audio.reset()
+        self._frontend.reset()
+        self._stepper.reset()
         need_vad = self.cfg.infer.neutral_calibration and self._rest is None
         self._vad = StreamingVAD(self.model.audio_cfg) if need_vad else None
         self._post = PostProcessor(self.cfg.infer, self.rate_hz, rest=self._rest)
@@ -131,7 +165,7 @@ class StreamingSession:
             raise ValueError("stream is closed; call reset() to start a new one")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.samples_in += x.size
-        raw = self._audio.push(x)  # (n, 59) at 100 Hz
+        raw = self._stepper.step(self._frontend.push(x))  # (n, 59) at 100 Hz
         vad = self._vad.push(x) if self._vad is not None else None
         start = self._resampler.next_frame
         return self._chunk(self._resampler.push(self._post(raw, vad)), start)
@@ -141,7 +175,7 @@ class StreamingSession:
         if self.closed:
             return self._chunk(np.zeros((0, len(TARGET_NAMES)), np.float32), self._resampler.next_frame)
         self.closed = True
-        raw = self._audio.flush()
+        raw = self._stepper.step(self._frontend.flush())
         vad = self._vad.flush() if self._vad is not None else None
         start = self._resampler.next_frame
         # The end is known now: the last source frames go through flush, which stops at the audio's end.

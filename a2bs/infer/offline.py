@@ -22,7 +22,7 @@ from torch import nn
 from a2bs import io
 from a2bs.config import AudioConfig, Config, ConfigError, ModelConfig, config_from_dict, config_to_dict, save_config
 from a2bs.data.audio import features_from_samples, load_audio
-from a2bs.errors import InputError
+from a2bs.errors import InputError, ModelFileError
 from a2bs.infer.curves import FORMAT_SUFFIXES, Curves
 from a2bs.infer.postprocess import postprocess_offline
 
@@ -57,7 +57,13 @@ def load_model(model: str, cfg: Config) -> LoadedModel:
     from a2bs.models.io import load_model_file
 
     path = resolve_model_path(model, cfg)
-    net, model_cfg, meta = load_model_file(path)
+    try:
+        net, model_cfg, meta = load_model_file(path)
+    except ModelFileError as exc:
+        if model in ("", "default") and not io.exists(path):
+            raise ModelFileError(f"{exc}; the default model (infer.model_path) is written by `a2bs demo`, "
+                                 "or give a model file") from None
+        raise
     audio_cfg = audio_config_from_meta(meta, cfg.audio)
     if model_cfg.n_mels != audio_cfg.n_mels:
         raise ConfigError(f"model {path} expects {model_cfg.n_mels} mel bands, audio.n_mels is {audio_cfg.n_mels}")
@@ -234,8 +240,8 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         raise ConfigError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)})")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    model_path = resolve_model_path(model, cfg)
-    loaded = load_model(model_path, cfg)  # a bad model file is a configuration error: say so before any work
+    loaded = load_model(model, cfg)  # a bad model file is a configuration error: say so before any work
+    model_path = loaded.path
     entries, failures = list_inputs(inputs)
     io.makedirs(out_dir)
     save_config(cfg, io.join(out_dir, "_config.yaml"))

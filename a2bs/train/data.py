@@ -45,6 +45,7 @@ class ShardInfo:
     val_rows: int
     n_mels: int
     frame_rate_hz: float  # audio frames per second (start_s * frame_rate_hz = first frame index)
+    overlap_frames: int = 0  # frames shared by consecutive windows of a clip
 
 
 def _rows(files: tuple[str, ...]) -> int:
@@ -69,12 +70,31 @@ def shard_info(shards_dir: str, n_mels: int = 80, frame_rate_hz: float = 100.0) 
     if not val:
         raise FileNotFoundError(f"{shards_dir}: no 'val' shards (set sequence.val_fraction > 0 when building)")
     manifest_uri = io.join(shards_dir, MANIFEST_NAME)
+    overlap_frames = 0
     if io.exists(manifest_uri):
-        audio = json.loads(io.read_text(manifest_uri)).get("config", {}).get("audio", {})
+        built = json.loads(io.read_text(manifest_uri)).get("config", {})
+        audio = built.get("audio", {})
         n_mels = int(audio.get("n_mels", n_mels))
         if audio.get("sample_rate") and audio.get("hop_length"):
             frame_rate_hz = float(audio["sample_rate"]) / float(audio["hop_length"])
-    return ShardInfo(shards_dir, train, val, _rows(train), _rows(val), n_mels, frame_rate_hz)
+        overlap_frames = int(round(float(built.get("sequence", {}).get("overlap_ms", 0)) * frame_rate_hz / 1000.0))
+    return ShardInfo(shards_dir, train, val, _rows(train), _rows(val), n_mels, frame_rate_hz, overlap_frames)
+
+
+def scored_mask(mask: np.ndarray, overlap_frames: int) -> np.ndarray:
+    """Validation mask that scores each clip frame once, from the window where it sits most central.
+
+    Consecutive windows share `overlap_frames`; dropping ``overlap_frames // 2`` frames at each end of
+    every window tiles the clip exactly, whatever order the windows arrive in and whichever worker
+    sees them (the first/last ``overlap_frames // 2`` frames of a clip are not scored).
+    """
+    edge = overlap_frames // 2
+    if edge <= 0 or 2 * edge >= mask.shape[-1]:
+        return mask
+    out = mask.copy()
+    out[..., :edge] = 0.0
+    out[..., mask.shape[-1] - (overlap_frames - edge):] = 0.0
+    return out
 
 
 def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:

@@ -36,7 +36,7 @@ from a2bs import io
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, state_digest, unwrap
-from a2bs.train.data import VAL_COLUMNS, WindowCollate, clip_rank, to_tensors
+from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
 from a2bs.train.metrics import MetricAccumulator
 
@@ -46,6 +46,7 @@ HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 FAULT_MARKER = "_fault_injected"
+INVOCATION_FILE = "_invocation.json"
 # Scalar validation metrics copied into the epoch report as ``val_<name>``.
 VAL_SCALARS = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
                "jaw_corr", "lip_corr", "smile_corr")
@@ -67,6 +68,9 @@ class WorkerContext:
         restore: context manager yielding the latest checkpoint folder, or None.
         report: (metrics, local checkpoint folder or None) -> None; called by every rank each epoch.
         all_gather: object -> list of every rank's object (identity list on one worker).
+        committed: blocks until every reported checkpoint is persisted and registered.
+        invocation: id of this `a2bs train` call (restarts after failures keep it; --resume makes a new one).
+        overlap_frames: frames shared by consecutive windows (see :func:`a2bs.train.data.scored_mask`).
     """
 
     rank: int
@@ -81,6 +85,9 @@ class WorkerContext:
     restore: Callable[[], ContextManager[str | None]]
     report: Callable[[dict[str, Any], str | None], None]
     all_gather: Callable[[Any], list[Any]] = lambda obj: [obj]
+    committed: Callable[[], None] = lambda: None
+    invocation: str = ""
+    overlap_frames: int = 0
 
 
 def resolve_device(tc: TrainConfig) -> torch.device:
@@ -126,6 +133,9 @@ def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
     marker = io.join(ctx.run_dir, FAULT_MARKER)
     if io.exists(marker):
         return
+    # Die like a crashed node mid-run: after the previous epoch's checkpoint is committed (dying
+    # right after ray.train.report could beat the controller to registering it).
+    ctx.committed()
     io.atomic_write_text(marker, json.dumps({"epoch": epoch, "rank": ctx.rank, "time": time.time()}))
     os._exit(1)
 
@@ -148,7 +158,8 @@ def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any
             frames = float(batch["mask"].sum())
             sums += np.array([float(terms[k]) for k in (*TERMS, "total")] + [1.0]) * frames
             starts = np.rint(arrays["start_s"] * ctx.frame_rate_hz).astype(np.int64)
-            acc.update(pred, batch["targets"], batch["mask"], list(arrays["clip_id"]), starts)
+            scored = scored_mask(arrays["mask"], ctx.overlap_frames)
+            acc.update(pred, batch["targets"], scored, list(arrays["clip_id"]), starts)
     metrics = acc.compute()
     gathered = ctx.all_gather({"sums": sums.tolist(), "metrics": metrics})
     total = np.sum([g["sums"] for g in gathered], axis=0)
@@ -246,7 +257,7 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
                                                             last_epoch=min(done, total_steps - 1) - 1)
         scaler.load_state_dict(state.scaler)
         loaded_digest = state_digest(optimizer.state_dict())
-    end_epoch = tc.epochs if tc.max_epochs_per_run <= 0 else min(tc.epochs, start_epoch + tc.max_epochs_per_run)
+    end_epoch = _stop_epoch(tc, ctx, start_epoch)
     recorder = _History(ctx.run_dir, history) if ctx.rank == 0 else None
     cfg_dict = config_to_dict(cfg)
     if ctx.rank == 0:
@@ -285,6 +296,22 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
     finally:
         if recorder is not None:
             recorder.close()
+
+
+def _stop_epoch(tc: TrainConfig, ctx: WorkerContext, start_epoch: int) -> int:
+    """End epoch (exclusive) of this invocation: `max_epochs_per_run` counts from where the invocation
+    began, so a worker-group restart inside it does not extend it. Rank 0 decides, all ranks agree."""
+    if tc.max_epochs_per_run <= 0:
+        return tc.epochs
+    stop = None
+    if ctx.rank == 0:
+        uri = io.join(ctx.run_dir, INVOCATION_FILE)
+        rec = json.loads(io.read_text(uri)) if io.exists(uri) else {}
+        if rec.get("id") != ctx.invocation or not ctx.invocation:
+            rec = {"id": ctx.invocation, "stop_epoch": min(tc.epochs, start_epoch + tc.max_epochs_per_run)}
+            io.atomic_write_text(uri, json.dumps(rec))
+        stop = int(rec["stop_epoch"])
+    return int(ctx.all_gather(stop)[0])
 
 
 def _epoch_line(m: dict[str, Any]) -> str:
@@ -389,11 +416,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def committed() -> None:
+        ray.train.get_all_reported_checkpoints()
+
     ctx = WorkerContext(
         rank=rank, world_size=world, device=device, run_dir=loop_config["run_dir"],
         steps_per_epoch=int(loop_config["steps_per_epoch"]), frame_rate_hz=float(loop_config["frame_rate_hz"]),
         train_batches=train_batches, val_arrays=val_arrays,
         wrap_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
-        restore=restore, report=report, all_gather=all_gather,
+        restore=restore, report=report, all_gather=all_gather, committed=committed,
+        invocation=str(loop_config.get("invocation", "")), overlap_frames=int(loop_config.get("overlap_frames", 0)),
     )
     run_loop(cfg, ctx)

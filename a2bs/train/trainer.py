@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -120,11 +121,15 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         "steps_per_epoch": steps_per_epoch(info.train_rows, tc.num_workers, tc.batch_size),
         "n_mels": info.n_mels,
         "frame_rate_hz": info.frame_rate_hz,
+        "invocation": uuid.uuid4().hex,
+        "overlap_frames": info.overlap_frames,
     }
     datasets = {
         "train": ray_dataset(info.train_files, TRAIN_COLUMNS).randomize_block_order(seed=tc.seed),
         "val": ray_dataset(info.val_files, VAL_COLUMNS),
     }
+    if tc.cache_val:
+        datasets["val"] = datasets["val"].materialize()
     storage = storage_path or run_dir
     kwargs: dict[str, Any] = {}
     if io.is_remote(storage):
@@ -264,9 +269,10 @@ def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str
     return candidates, uri(result.checkpoint)
 
 
-def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = None) -> WorkerContext:
+def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = None, restore_fn: Any = None) -> WorkerContext:
     """A one-worker context that reads shards in this process and keeps checkpoints in
-    RUN_DIR/checkpoints (or hands them to `report_fn(metrics, ckpt_dir)`, e.g. Tune's report)."""
+    RUN_DIR/checkpoints, or hands them to `report_fn(metrics, ckpt_dir)` and restores through
+    `restore_fn()` (a context manager yielding a folder or None), e.g. Ray Tune's."""
     tc = cfg.train
     device = resolve_device(tc)
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
@@ -296,7 +302,8 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
         steps_per_epoch=steps_per_epoch(info.train_rows, 1, tc.batch_size), frame_rate_hz=info.frame_rate_hz,
         train_batches=lambda epoch: train_src.torch_batches(epoch, device),
         val_arrays=lambda: val_src.arrays(),
-        wrap_model=lambda m: m, restore=restore, report=report_fn or report,
+        wrap_model=lambda m: m, restore=restore_fn or restore, report=report_fn or report, invocation=uuid.uuid4().hex,
+        overlap_frames=info.overlap_frames,
     )
 
 

@@ -155,3 +155,18 @@ def test_realtime_stream_catches_up_after_a_stall(causal_model, speech_wav):
     streamed = Curves.concat(got)
     assert len(streamed) == report.frames == 30  # 0.5 s at 60 fps: frames at 0, 1/60, ... 29/60 s
     np.testing.assert_allclose(streamed.values, offline.values, atol=1e-5)
+
+
+def test_onnx_backend_streams_like_offline(causal_model, speech_wav, noncausal_model):
+    offline = a2bs.load_model(causal_model).predict(speech_wav, fps=60)
+    model = a2bs.load_model(causal_model, **{"infer.stream_backend": "onnx"})
+    from a2bs.data.audio import load_audio
+
+    samples = load_audio(speech_wav, model.sample_rate)
+    session = model.stream(fps=60)
+    parts = [session.push(samples[i : i + 160]) for i in range(0, len(samples), 160)] + [session.close()]
+    np.testing.assert_allclose(Curves.concat(parts).values, offline.values, atol=1e-4)
+    with pytest.raises(ValueError, match="not causal"):
+        a2bs.load_model(noncausal_model, **{"infer.stream_backend": "onnx"}).stream()
+    with pytest.raises(ValueError, match="stream_backend"):
+        a2bs.load_model(causal_model, **{"infer.stream_backend": "tflite"}).stream()

@@ -1,0 +1,235 @@
+"""`a2bs evaluate`: a model file on a shards split -> metrics vs the seed's targets, per-channel MAE, plots.
+
+Frames are scored exactly as in training validation (whole clips, each frame once from the window
+where it sits most central, see :func:`a2bs.train.data.scored_mask`), so the numbers of
+``a2bs evaluate RUN_DIR/model.safetensors`` match the run's best validation epoch.
+
+Outputs in REPORT_DIR (local or s3://)::
+
+    report.json           metrics, seed-target table, per-channel MAE, model config, plot names
+    targets.md            the pass/fail table
+    curves.png            predicted vs true jawOpen, mouthClose, mouthFunnel, mouthSmileLeft, eyeBlinkLeft
+                          and head pose over one validation clip, stitched from its windows in time order
+    per_channel_mae.png   MAE of every observed blendshape and pose value
+"""
+
+from __future__ import annotations
+
+import io as _pyio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from a2bs import io
+from a2bs.config import config_to_dict
+from a2bs.models.io import load_model_file
+from a2bs.schema import N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
+from a2bs.train.data import VAL_COLUMNS, arrow_to_arrays, scored_mask, shard_info
+from a2bs.train.metrics import MetricAccumulator, format_target_table, target_table
+
+PLOT_CHANNELS: tuple[str, ...] = ("jawOpen", "mouthClose", "mouthFunnel", "mouthSmileLeft", "eyeBlinkLeft")
+POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("head translation (m)", ("headX", "headY", "headZ")),
+    ("head rotation (quaternion xyz)", ("headQx", "headQy", "headQz")),
+)
+REPORT_NAME = "report.json"
+
+
+@dataclass
+class EvalReport:
+    """What an evaluation produced."""
+
+    report_dir: str
+    metrics: dict[str, Any]
+    targets: list[dict[str, Any]]
+    per_channel_mae: dict[str, float]
+    plots: list[str] = field(default_factory=list)
+    plot_clip: str = ""
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        """One-line summary."""
+        m = self.metrics
+        passed = sum(r["passed"] for r in self.targets)
+        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: mae {m['mae']:.4f} "
+                f"mouth_mae {m['mouth_mae']:.4f} jaw_corr {m['jaw_corr']:.3f} lip_corr {m['lip_corr']:.3f} "
+                f"smile_corr {m['smile_corr']:.3f} pose_mae {m['pose_mae']:.4f} ({passed}/{len(self.targets)} seed "
+                f"targets) -> {self.report_dir} in {self.wall_s:.1f} s")
+
+
+def _read(uri: str, clip_id: str | None = None) -> Any:
+    fs, path = io.filesystem(uri)
+    filters = [("clip_id", "=", clip_id)] if clip_id is not None else None
+    return pq.read_table(path, filesystem=fs, columns=list(VAL_COLUMNS), filters=filters)
+
+
+def _predict(model: nn.Module, audio: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(audio), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size])).to(device)
+            out.append(model(x).float().cpu().numpy())  # (b, T, 59)
+    return np.concatenate(out) if out else np.zeros((0, audio.shape[1], len(TARGET_NAMES)), np.float32)
+
+
+def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, int]]:
+    """Whole-clip metrics of `model` on a split -> (metrics, scored frames per clip)."""
+    info = shard_info(shards_dir)
+    files = info.val_files if split == "val" else info.train_files
+    device = torch.device(device)
+    model = model.to(device).eval()
+    acc = MetricAccumulator()
+    frames: dict[str, int] = {}
+    for uri in files:
+        a = arrow_to_arrays(_read(uri), info.n_mels)
+        pred = _predict(model, a["audio"], batch_size, device)
+        scored = scored_mask(a["mask"], info.overlap_frames)
+        starts = np.rint(a["start_s"] * info.frame_rate_hz).astype(np.int64)
+        acc.update(pred, a["targets"], scored, list(a["clip_id"]), starts)
+        for cid, n in zip(a["clip_id"], (scored > 0.5).sum(axis=1)):
+            frames[str(cid)] = frames.get(str(cid), 0) + int(n)
+    return acc.compute(), frames
+
+
+def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val", batch_size: int = 256,
+                device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """One clip's predictions and targets in time order: ``time_s`` (F,), ``pred``/``target`` (F, 59),
+    NaN where no window scores the frame."""
+    info = shard_info(shards_dir)
+    files = info.val_files if split == "val" else info.train_files
+    device = torch.device(device)
+    model = model.to(device).eval()
+    parts = [arrow_to_arrays(t, info.n_mels) for t in (_read(u, clip_id) for u in files) if t.num_rows]
+    if not parts:
+        raise ValueError(f"clip {clip_id!r} is not in the {split} split of {shards_dir}")
+    a = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(a["start_s"], kind="stable")
+    a = {k: v[order] for k, v in a.items()}
+    pred = _predict(model, a["audio"], batch_size, device)
+    scored = scored_mask(a["mask"], info.overlap_frames) > 0.5
+    starts = np.rint(a["start_s"] * info.frame_rate_hz).astype(np.int64)
+    first = int(starts.min())
+    n = int(starts.max()) - first + a["audio"].shape[1]
+    out_p = np.full((n, len(TARGET_NAMES)), np.nan)
+    out_t = np.full((n, len(TARGET_NAMES)), np.nan)
+    for i, s in enumerate(starts - first):
+        idx = s + np.flatnonzero(scored[i])
+        fresh = idx[np.isnan(out_p[idx, 0])]  # keep the first window that scores a frame
+        sel = fresh - s
+        out_p[fresh], out_t[fresh] = pred[i, sel], a["targets"][i, sel]
+    time_s = (first + np.arange(n)) / info.frame_rate_hz
+    return {"time_s": time_s, "pred": out_p, "target": out_t}
+
+
+def _savefig(fig: Any, uri: str) -> None:
+    buf = _pyio.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    io.atomic_write_bytes(uri, buf.getvalue())
+
+
+def plot_curves(curves: dict[str, np.ndarray], clip_id: str, uri: str) -> None:
+    """Predicted vs true curves of the plot channels and head pose over one clip -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(PLOT_CHANNELS) + len(POSE_GROUPS)
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.7 * rows), sharex=True)
+    t = curves["time_s"]
+    for ax, name in zip(axes, PLOT_CHANNELS):
+        i = TARGET_INDEX[name]
+        ax.plot(t, curves["target"][:, i], color="black", lw=1.2, label="true")
+        ax.plot(t, curves["pred"][:, i], color="tab:red", lw=1.0, ls="--", label="predicted")
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_ylim(-0.02, max(0.1, float(np.nanmax(np.r_[curves["target"][:, i], curves["pred"][:, i], 0.1]))) * 1.1)
+    for ax, (title, names) in zip(axes[len(PLOT_CHANNELS):], POSE_GROUPS):
+        for name, color in zip(names, ("tab:blue", "tab:green", "tab:orange")):
+            i = TARGET_INDEX[name]
+            ax.plot(t, curves["target"][:, i], color=color, lw=1.2, label=f"{name} true")
+            ax.plot(t, curves["pred"][:, i], color=color, lw=1.0, ls="--", label=f"{name} predicted")
+        ax.set_ylabel(title, fontsize=8)
+        ax.legend(fontsize=6, ncol=3, loc="upper right")
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(f"validation clip {clip_id}: predicted (dashed) vs true")
+    fig.tight_layout()
+    _savefig(fig, uri)
+    plt.close(fig)
+
+
+def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
+    """Bar chart of per-channel MAE (blendshapes and pose) -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_channel_mae)
+    values = [per_channel_mae[n] for n in names]
+    colors = ["tab:red" if n.startswith(("mouth", "jaw")) else "tab:gray" if TARGET_INDEX[n] < N_BLENDSHAPES
+              else "tab:blue" for n in names]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    ax.bar(range(len(names)), values, color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel("MAE")
+    ax.set_title("per-channel MAE (red: jaw/mouth, gray: other blendshapes, blue: head pose)")
+    fig.tight_layout()
+    _savefig(fig, uri)
+    plt.close(fig)
+
+
+def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "val", clip_id: str | None = None,
+             batch_size: int = 256, device: str = "cpu") -> EvalReport:
+    """Evaluate a model file on a shards split and write REPORT_DIR (report.json, targets.md, PNGs).
+
+    Args:
+        model_path: a2bs model file (e.g. RUN_DIR/model.safetensors), local or s3://.
+        shards_dir: shards folder (``a2bs build`` output).
+        report_dir: output folder, local or s3://.
+        split: "val" (held-out clips) or "train".
+        clip_id: clip for the curve plot (default: the clip with the most scored frames).
+        batch_size: windows per forward pass.
+        device: torch device for inference.
+    """
+    t0 = time.perf_counter()
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    model, model_cfg, meta = load_model_file(model_path)
+    metrics, frames = evaluate_model(model, shards_dir, split, batch_size, device)
+    if not frames or not metrics["n_frames"]:
+        raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
+    plot_clip = clip_id or max(sorted(frames), key=lambda c: frames[c])
+    io.makedirs(report_dir)
+    curves_uri, bars_uri = io.join(report_dir, "curves.png"), io.join(report_dir, "per_channel_mae.png")
+    plot_curves(stitch_clip(model, shards_dir, plot_clip, split, batch_size, device), plot_clip, curves_uri)
+    per_channel = metrics.pop("per_channel_mae")
+    plot_per_channel(per_channel, bars_uri)
+    targets = target_table(metrics)
+    io.atomic_write_text(io.join(report_dir, "targets.md"), format_target_table(metrics) + "\n")
+    report = EvalReport(report_dir, metrics, targets, per_channel, ["curves.png", "per_channel_mae.png"], plot_clip)
+    report.wall_s = time.perf_counter() - t0
+    payload = {
+        "model_path": str(model_path), "shards_dir": str(shards_dir), "split": split,
+        "metrics": metrics, "targets": targets, "all_targets_met": all(r["passed"] for r in targets),
+        "per_channel_mae": per_channel, "plots": report.plots, "plot_clip": plot_clip,
+        "model_config": config_to_dict(model_cfg),
+        "model_meta": meta, "wall_s": report.wall_s,
+    }
+    io.atomic_write_text(io.join(report_dir, REPORT_NAME), json.dumps(payload, indent=1, default=_json_default))
+    return report
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return float(x) if isinstance(x, float) and math.isnan(x) else str(x)

@@ -1,0 +1,331 @@
+"""`a2bs tune`: Ray Tune over named search spaces, ASHA early stopping, ranked results, best-config YAML.
+
+Each trial is one of (``tune.workers_per_trial``):
+
+- 0: a single-worker function trainable: the trial process runs :func:`a2bs.train.loop.run_loop`
+  itself, reading shards with pyarrow (no Ray Train start-up, best for many small trials);
+- N >= 1: a function trainable that launches a TorchTrainer of N workers and forwards its reports
+  with ``TuneReportCallback`` (Ray Train V2's replacement for passing a Trainer to a Tuner).
+
+ASHA stops trials on ``tune.metric`` (default ``val_base_loss``: the smooth-L1 term does not depend on
+the loss weights being searched, so trials stay comparable). Trials are then ranked by a combined
+objective of the seed's targets (:func:`objective`). Outputs in TUNE_DIR::
+
+    results.csv   one row per trial, best first: objective, targets met, metrics, sampled values
+    best.yaml     overrides (vs the defaults) of the best trial: `a2bs train --config best.yaml`
+    tune/         Ray Tune experiment (trial folders, checkpoints)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _pyio
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from a2bs import io
+from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from a2bs.train.metrics import SEED_TARGETS
+
+log = logging.getLogger("a2bs.tune")
+
+FULL_DILATIONS = [1, 2, 4, 8, 16, 32, 64, 128, 128, 128]
+RESULTS_NAME = "results.csv"
+BEST_NAME = "best.yaml"
+EXPERIMENT_NAME = "tune"
+
+
+def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
+    from ray import tune
+
+    return {
+        # For tests: seconds per trial on a CPU.
+        "tiny": lambda: {
+            "model.channels": tune.choice([16, 32]),
+            "model.dilations": tune.choice([[1, 2], [1, 2, 4]]),
+            "model.dropout": tune.uniform(0.0, 0.2),
+            "train.lr": tune.loguniform(1e-3, 1e-2),
+            "loss.temporal_weight": tune.uniform(0.0, 1.0),
+        },
+        # The PoC family: 240 ms windows, short receptive fields.
+        "small": lambda: {
+            "model.dilations": tune.choice([[1, 2, 4, 8], [1, 2, 4, 8, 16]]),
+            "model.channels": tune.choice([64, 96, 128, 192, 256]),
+            "model.kernel_size": tune.choice([3, 5]),
+            "model.dropout": tune.uniform(0.0, 0.3),
+            "train.lr": tune.loguniform(3e-4, 1e-2),
+            "loss.temporal_weight": tune.uniform(0.0, 1.0),
+            "loss.silence_weight": tune.uniform(0.0, 0.3),
+            "loss.pose_weight": tune.uniform(0.0, 0.3),
+        },
+        # Adds the full 10-layer schedule (use with long windows, e.g. jobs/configs/full.yaml).
+        "full": lambda: {
+            "model.dilations": tune.choice([[1, 2, 4, 8], [1, 2, 4, 8, 16], FULL_DILATIONS]),
+            "model.channels": tune.choice([64, 128, 192, 256]),
+            "model.kernel_size": tune.choice([3, 5]),
+            "model.dropout": tune.uniform(0.0, 0.3),
+            "train.lr": tune.loguniform(1e-4, 5e-3),
+            "loss.temporal_weight": tune.uniform(0.0, 1.0),
+            "loss.silence_weight": tune.uniform(0.0, 0.3),
+            "loss.pose_weight": tune.uniform(0.0, 0.3),
+        },
+    }
+
+
+def search_space(name: str) -> dict[str, Any]:
+    """The named search space: dotted config keys -> Ray Tune sampling domains."""
+    spaces = _spaces()
+    if name not in spaces:
+        raise ConfigError(f"unknown tune.space '{name}' (known: {', '.join(sorted(spaces))})")
+    return spaces[name]()
+
+
+def apply_sample(cfg: Config, sample: dict[str, Any]) -> Config:
+    """`cfg` with a trial's sampled dotted keys applied (unknown keys are a ConfigError)."""
+    nested: dict[str, Any] = {}
+    for dotted, value in sample.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return load_config(None, nested, base=cfg)
+
+
+def objective(metrics: dict[str, Any]) -> float:
+    """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">" targets).
+
+    Each term is below 1 exactly when its target is met; lower is better. A missing correlation counts as 0.
+    """
+    terms = []
+    for name, op, threshold in SEED_TARGETS:
+        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
+        if op == "<":
+            terms.append(v / threshold if not math.isnan(v) else math.inf)
+        else:
+            terms.append((1.0 - (0.0 if math.isnan(v) else v)) / (1.0 - threshold))
+    return float(sum(terms) / len(terms))
+
+
+def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
+    """{target name: met?} for the seed's targets."""
+    out = {}
+    for name, op, threshold in SEED_TARGETS:
+        v = float(metrics.get(f"val_{name}", math.nan))
+        out[name] = not math.isnan(v) and (v < threshold if op == "<" else v > threshold)
+    return out
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_dir: str) -> None:
+    """Ray Tune function trainable: one trial of `sample` on top of the `base` config."""
+    import ray.tune
+
+    from a2bs.train.data import shard_info
+    from a2bs.train.loop import run_loop
+    from a2bs.train.trainer import local_context, make_trainer
+
+    cfg = apply_sample(config_from_dict(base), sample)
+    tcfg = cfg.tune
+    info = shard_info(shards_dir, cfg.audio.n_mels, cfg.audio.sample_rate / cfg.audio.hop_length)
+    ctx = ray.tune.get_context()
+    if tcfg.workers_per_trial <= 0:
+        if tcfg.cpus_per_trial >= 1 and not cfg.train.torch_threads:
+            cfg = load_config(None, {"train": {"torch_threads": int(tcfg.cpus_per_trial)}}, base=cfg)
+
+        def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+            checkpoint = ray.tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+            ray.tune.report(_scalars(metrics), checkpoint=checkpoint)
+
+        @contextlib.contextmanager
+        def restore() -> Iterator[str | None]:
+            ckpt = ray.tune.get_checkpoint()
+            if ckpt is None:
+                yield None
+            else:
+                with ckpt.as_directory() as d:
+                    yield d
+
+        run_loop(cfg, local_context(info, ctx.get_trial_dir(), cfg, report_fn=report, restore_fn=restore))
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        train_cfg = load_config(None, {"train": {"num_workers": tcfg.workers_per_trial,
+                                                 "cpus_per_worker": tcfg.cpus_per_trial,
+                                                 "use_gpu": tcfg.gpus_per_trial > 0}}, base=cfg)
+        run_dir = io.join(tune_dir, "train_runs", ctx.get_trial_id())
+        make_trainer(info, run_dir, train_cfg, callbacks=[TuneReportCallback()],
+                     storage_path=io.join(tune_dir, "train_runs"), name=ctx.get_trial_id()).fit()
+
+
+@dataclass
+class TuneResult:
+    """What a search produced."""
+
+    tune_dir: str
+    rows: list[dict[str, Any]] = field(default_factory=list)  # best first
+    best: dict[str, Any] | None = None
+    best_yaml: str = ""
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        """One-line summary."""
+        if self.best is None:
+            return f"tune: no trial finished an epoch ({len(self.rows)} trials) in {self.wall_s:.1f} s"
+        b = self.best
+        return (f"tune: {len(self.rows)} trials, best {b['trial_id']} objective {b['objective']:.3f} "
+                f"({b['targets_met']}/{len(SEED_TARGETS)} seed targets, mae {b['val_mae']:.4f} "
+                f"jaw_corr {b['val_jaw_corr']:.3f}) -> {self.best_yaml} in {self.wall_s:.1f} s")
+
+
+def _row(result: Any, keys: list[str]) -> dict[str, Any]:
+    df = result.metrics_dataframe
+    cfg = result.config or {}
+    row: dict[str, Any] = {"trial_id": str((result.metrics or {}).get("trial_id", "?")),
+                           "status": "error" if result.error else "ok"}
+    if df is None or df.empty or "val_mae" not in df:
+        return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0,
+                **{k: cfg.get(k) for k in keys}}
+    records = df.to_dict("records")
+    scored = [(objective(r), r) for r in records]
+    best_obj, best = min(scored, key=lambda x: x[0])
+    met = targets_met(best)
+    row.update({
+        "trial_id": str(best.get("trial_id") or row["trial_id"]),
+        "objective": best_obj, "targets_met": sum(met.values()),
+        **{f"met_{k}": v for k, v in met.items()},
+        "best_epoch": int(best.get("epoch", -1)), "epochs": len(records),
+        **{k: best.get(k, math.nan) for k in ("val_mae", "val_mouth_mae", "val_jaw_corr", "val_lip_corr",
+                                              "val_smile_corr", "val_pose_mae", "val_base_loss", "val_loss")},
+        **{k: cfg.get(k) for k in keys},
+    })
+    return row
+
+
+def best_overrides(cfg: Config) -> dict[str, Any]:
+    """`cfg` as an overrides-only mapping: every value that differs from the defaults (tune/ray left out)."""
+    default, mine = config_to_dict(Config()), config_to_dict(cfg)
+    out: dict[str, Any] = {}
+    for section, values in mine.items():
+        if section in ("tune", "ray"):
+            continue
+        diff = {k: v for k, v in values.items() if default[section].get(k) != v}
+        if diff:
+            out[section] = diff
+    return out
+
+
+def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True) -> TuneResult:
+    """Search `cfg.tune.space` on SHARDS_DIR; write TUNE_DIR/results.csv and TUNE_DIR/best.yaml.
+
+    Args:
+        shards_dir: shards folder (``a2bs build`` output).
+        tune_dir: output folder, local or s3://.
+        cfg: base config; each trial is this plus its sampled values, for ``tune.max_epochs`` epochs.
+        progress: show Ray Tune's progress table.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from a2bs.data.pipeline import init_ray
+    from a2bs.train.data import shard_info
+
+    t0 = time.perf_counter()
+    tc = cfg.tune
+    if tc.max_epochs < 1 or not 1 <= tc.grace_period <= tc.max_epochs:
+        raise ConfigError("tune: need 1 <= tune.grace_period <= tune.max_epochs")
+    space = search_space(tc.space)
+    shards_dir = shards_dir if io.is_remote(shards_dir) else os.path.abspath(shards_dir)
+    tune_dir = tune_dir if io.is_remote(tune_dir) else os.path.abspath(tune_dir)
+    shard_info(shards_dir, cfg.audio.n_mels)  # fail early on a missing split
+    io.makedirs(tune_dir)
+    base = load_config(None, {"train": {"epochs": tc.max_epochs, "max_epochs_per_run": 0}}, base=cfg)
+    save_config(base, io.join(tune_dir, "config.yaml"))
+    init_ray(cfg.ray)
+    per_trial = {"cpu": tc.cpus_per_trial, "gpu": tc.gpus_per_trial}
+    concurrent = tc.max_concurrent
+    if tc.workers_per_trial > 0:
+        per_trial = {"cpu": 0}  # the trial only drives its TorchTrainer; the workers reserve the resources
+        if not concurrent:  # leave a CPU to Ray Data, which only uses CPUs no worker reserved
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            concurrent = max(1, int((cpus - 1.0) // max(tc.workers_per_trial * tc.cpus_per_trial, 1e-9)))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=config_to_dict(base), shards_dir=shards_dir, tune_dir=tune_dir), per_trial)
+    storage: dict[str, Any] = {"storage_path": tune_dir}
+    if io.is_remote(tune_dir):
+        fs, path = io.filesystem(tune_dir)
+        storage = {"storage_filesystem": fs, "storage_path": path}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=tc.metric, mode="min", num_samples=tc.num_samples, max_concurrent_trials=concurrent or None,
+            scheduler=ASHAScheduler(max_t=tc.max_epochs, grace_period=tc.grace_period,
+                                    reduction_factor=tc.reduction_factor),
+            search_alg=BasicVariantGenerator(random_state=tc.seed),
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_NAME, failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0, **storage),
+    )
+    grid = tuner.fit()
+    keys = sorted(space)
+    rows = sorted((_row(r, keys) for r in grid), key=lambda r: (r["objective"], r["trial_id"]))
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    result = TuneResult(tune_dir, rows)
+    finished = [r for r in rows if math.isfinite(r["objective"])]
+    if finished:
+        result.best = finished[0]
+        best_cfg = apply_sample(cfg, {k: finished[0][k] for k in keys})
+        result.best_yaml = io.join(tune_dir, BEST_NAME)
+        header = (f"# a2bs tune: best of {len(rows)} trials (space '{tc.space}'), trial {finished[0]['trial_id']}, "
+                  f"objective {finished[0]['objective']:.4f}\n# use: a2bs train SHARDS --out RUN --config {BEST_NAME}\n")
+        io.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
+    _write_table(rows, io.join(tune_dir, RESULTS_NAME))
+    result.wall_s = time.perf_counter() - t0
+    print(format_table(rows, keys))
+    return result
+
+
+def _write_table(rows: list[dict[str, Any]], uri: str) -> None:
+    keys: list[str] = ["rank"]
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = _pyio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (str(v) if isinstance(v, list) else v) for k, v in r.items()})
+    io.atomic_write_text(uri, buf.getvalue())
+
+
+def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """Plain-text ranking: objective, seed targets (✓/✗ for mae, jaw, lip, mouth), metrics, sampled values."""
+    head = f"{'rank':>4} {'trial':>12} {'objective':>9} {'targets':>7} {'mae':>7} {'jaw_r':>6} {'lip_r':>6} " \
+           f"{'mouth':>7} {'ep':>3}  sampled"
+    lines = [head]
+    for r in rows:
+        flags = "".join("Y" if r.get(f"met_{n}") else "." for n, _, _ in SEED_TARGETS)
+        sampled = " ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys)
+        lines.append(f"{r['rank']:>4} {r['trial_id']:>12} {r['objective']:>9.3f} {flags:>7} "
+                     f"{r.get('val_mae', math.nan):>7.4f} {r.get('val_jaw_corr', math.nan):>6.3f} "
+                     f"{r.get('val_lip_corr', math.nan):>6.3f} {r.get('val_mouth_mae', math.nan):>7.4f} "
+                     f"{r.get('epochs', 0):>3}  {sampled}")
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v).replace(" ", "")

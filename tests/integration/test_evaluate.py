@@ -1,0 +1,75 @@
+"""`a2bs evaluate` on the demo shards: report.json, seed-target table, PNG plots, and the same numbers
+as the training run's validation of that model."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image as mpimg
+import pytest
+
+from a2bs.cli import main
+from a2bs.schema import N_POSE, TARGET_NAMES, UNOBSERVED_BLENDSHAPES
+
+pytestmark = pytest.mark.ray
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(demo_shards, tmp_path_factory):
+    """A small model trained for two epochs in-process (the loop without Ray: fast and enough here)."""
+    shards, _ = demo_shards
+    run = tmp_path_factory.mktemp("eval") / "run"
+    rc = main(["train", str(shards), "--out", str(run), "--no-ray", "train.epochs=2", "train.batch_size=64",
+               "model.channels=32", "model.dilations=[1,2,4]"])
+    assert rc == 0
+    return shards, run
+
+
+def test_evaluate_writes_report_and_plots(trained, tmp_path, capsys):
+    shards, run = trained
+    out = tmp_path / "report"
+    assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("evaluate: ")
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((shards / "_manifest.json").read_text())
+    m = report["metrics"]
+    assert m["n_clips"] == len(manifest["clips"]["val"])
+    assert 0 < m["mae"] < 0.5 and 0 < m["mouth_mae"] < 0.5
+    assert -1 <= m["jaw_corr"] <= 1 and -1 <= m["lip_corr"] <= 1
+    assert [r["metric"] for r in report["targets"]] == ["mae", "jaw_corr", "lip_corr", "mouth_mae"]
+    assert report["all_targets_met"] == all(r["passed"] for r in report["targets"])
+    expected = [n for n in TARGET_NAMES if n not in UNOBSERVED_BLENDSHAPES]
+    assert list(report["per_channel_mae"]) == expected and len(expected) == 51 + N_POSE
+    assert report["plot_clip"] in manifest["clips"]["val"]
+    assert "| mae |" in (out / "targets.md").read_text()
+    for name in ("curves.png", "per_channel_mae.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 20_000
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
+        assert img.std() > 0.05  # not a blank canvas
+
+
+def test_evaluate_matches_training_validation(trained, tmp_path):
+    """Evaluation scores frames exactly as training validation does: same model, same numbers."""
+    shards, run = trained
+    out = tmp_path / "report"
+    assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())["metrics"]
+    best = json.loads((run / "metrics.json").read_text())["best"]
+    for key in ("mae", "mouth_mae", "pose_mae", "jaw_corr", "lip_corr", "smile_corr"):
+        assert report[key] == pytest.approx(best[f"val_{key}"], abs=1e-5), key
+    assert report["n_frames"] == best["val_frames"]
+
+
+def test_evaluate_train_split_and_missing_model(trained, tmp_path, capsys):
+    shards, run = trained
+    assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(tmp_path / "tr"),
+                 "--split", "train"]) == 0
+    train_report = json.loads((tmp_path / "tr" / "report.json").read_text())
+    manifest = json.loads((shards / "_manifest.json").read_text())
+    assert train_report["metrics"]["n_clips"] == len(manifest["clips"]["train"])
+    assert main(["evaluate", str(tmp_path / "nope.safetensors"), str(shards), "--out", str(tmp_path / "x")]) == 1
+    assert "cannot read model file" in capsys.readouterr().err
