@@ -22,17 +22,44 @@ def demo_config(cfg: Config | None = None) -> Config:
 
 
 def run_demo(out_dir: str, cfg: Config) -> int:
-    """Run every stage on the demo corpus; print one line per stage and a closing summary."""
+    """Run every stage on the demo corpus; print one line per stage and a closing summary.
+
+    Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
+    OUT/report (evaluate on the held-out speakers), OUT/infer (Live Link CSV of one held-out clip).
+    """
     from a2bs.data.pipeline import run_build, run_extract
+    from a2bs.infer.offline import run_infer
+    from a2bs.train.evaluate import evaluate
+    from a2bs.train.trainer import run_exists, train
 
     t0 = time.perf_counter()
     clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
     if not clips:
         raise FileNotFoundError(f"demo corpus not found under {DEMO_CORPUS}")
     io.makedirs(out_dir)
-    extract = run_extract([str(DEMO_CORPUS)], io.join(out_dir, "clips"), cfg, progress=True)
+    clips_dir, shards_dir = io.join(out_dir, "clips"), io.join(out_dir, "shards")
+    run_dir, report_dir = io.join(out_dir, "train"), io.join(out_dir, "report")
+    extract = run_extract([str(DEMO_CORPUS)], clips_dir, cfg, progress=True)
     print(extract.line(), flush=True)
-    build = run_build(io.join(out_dir, "clips"), io.join(out_dir, "shards"), cfg)
+    build = run_build(clips_dir, shards_dir, cfg)
     print(build.line(), flush=True)
-    print(f"demo: done in {time.perf_counter() - t0:.0f} s; outputs in {out_dir}")
+    trained = train(shards_dir, run_dir, cfg, resume=run_exists(run_dir))
+    print(trained.line(), flush=True)
+    report = evaluate(trained.model_path, shards_dir, report_dir)
+    print(report.line(), flush=True)
+    held_out = _held_out_clip(shards_dir, clips)
+    inferred = run_infer(trained.model_path, [str(held_out)], io.join(out_dir, "infer"), cfg, fmt="livelink-csv")
+    print(inferred.line(), flush=True)
+    print(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
+          f"report {report_dir}/report.json, plots in {report_dir}")
     return 0
+
+
+def _held_out_clip(shards_dir: str, clips: list[Path]) -> Path:
+    """A demo clip of a validation speaker (speakers are the clips' folders)."""
+    import json
+
+    from a2bs.data.shards import MANIFEST_NAME
+
+    val_speakers = json.loads(io.read_text(io.join(shards_dir, MANIFEST_NAME)))["speakers"]["val"]
+    return next((c for c in clips if c.parent.name in val_speakers), clips[0])

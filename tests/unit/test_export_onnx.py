@@ -23,14 +23,6 @@ from a2bs.models import build_model, model_config_from_dict, preset
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # One intra-op thread: on a busy 2-core machine OpenMP spin-waiting with two threads is far slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _mel(b: int, t: int, seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)

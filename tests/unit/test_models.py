@@ -33,15 +33,6 @@ EXPECTED_PARAMS = {"tcn_poc": 480_442, "tcn_full": 2_035_514, "tcn_attn": 2_421_
 EXPECTED_RF = {"tcn_poc": (30, 30), "tcn_full": (2044, 0), "tcn_attn": (1275, 0)}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # One intra-op thread: these ops are small, and on a busy 2-core machine OpenMP spin-waiting with
-    # two threads can be 10-40x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _mel(rng: np.random.Generator, b: int, t: int, n_mels: int = 80) -> torch.Tensor:
     return torch.from_numpy(rng.uniform(-80.0, 0.0, size=(b, t, n_mels)).astype(np.float32))

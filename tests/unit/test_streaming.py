@@ -15,15 +15,6 @@ MODEL_ATOL = 1e-5  # outputs: blendshapes in [0, 1], pose in [-0.2, 0.2] (float3
 MEL_ATOL_DB = 1e-4  # front end: same float64 frames through the same code; observed difference 0.0 dB
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # One intra-op thread: these ops are small, and on a busy 2-core machine OpenMP spin-waiting with
-    # two threads can be 10-40x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _audio(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
