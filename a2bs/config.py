@@ -130,9 +130,12 @@ class TrainConfig:
     # Ray Train workers: `batch_size` is per worker; each worker reserves this many CPUs.
     cpus_per_worker: float = 1.0
     shuffle_buffer_rows: int = 2048  # local shuffle buffer of each worker's data stream (rows)
-    # Read the validation shards once into Ray's object store (spilled to disk when large) instead of
-    # re-reading them every epoch; the train split always streams.
-    cache_val: bool = True
+    # A split whose shard files total at most this many MB is read once into Ray's object store
+    # (spilled to disk if needed) instead of being re-read every epoch; larger splits stream (0 = always stream).
+    cache_max_mb: float = 1024.0
+    # Start the output head at the train split's channel means (sigmoid/tanh inverse of the means) so the
+    # first steps do not spend the network's capacity shifting every output from 0.5 to ~0.05.
+    init_output_bias: bool = True
     max_epochs_per_run: int = 0  # stop this invocation after N epochs (0 = run to `epochs`); --resume continues
     # Fault-injection for tests: rank `fail_once_rank` exits at the start of this epoch once per run dir.
     fail_once_at_epoch: int = -1

@@ -6,6 +6,10 @@ Each trial is one of (``tune.workers_per_trial``):
   itself, reading shards with pyarrow (no Ray Train start-up, best for many small trials);
 - N >= 1: a function trainable that launches a TorchTrainer of N workers and forwards its reports
   with ``TuneReportCallback`` (Ray Train V2's replacement for passing a Trainer to a Tuner).
+  When ASHA (or ``max_t``) stops such a trial, Tune ends the trial's process and Ray Train's
+  PlacementGroupCleaner frees the worker group's resources. On a host running several Ray instances
+  the cleaner cannot reach the state API (seen on the 2-core development machine) and the CPUs stay
+  reserved, so later trials wait: prefer 0 there, or one Ray instance per host.
 
 ASHA stops trials on ``tune.metric`` (default ``val_base_loss``: the smooth-L1 term does not depend on
 the loss weights being searched, so trials stay comparable). Trials are then ranked by a combined
@@ -100,18 +104,11 @@ def apply_sample(cfg: Config, sample: dict[str, Any]) -> Config:
 
 
 def objective(metrics: dict[str, Any]) -> float:
-    """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">" targets).
+    """The ranking objective: :func:`a2bs.train.loop.seed_objective` (mean of each seed target's
+    value/threshold or (1-value)/(1-threshold); below 1 per term when that target is met)."""
+    from a2bs.train.loop import seed_objective
 
-    Each term is below 1 exactly when its target is met; lower is better. A missing correlation counts as 0.
-    """
-    terms = []
-    for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
-        if op == "<":
-            terms.append(v / threshold if not math.isnan(v) else math.inf)
-        else:
-            terms.append((1.0 - (0.0 if math.isnan(v) else v)) / (1.0 - threshold))
-    return float(sum(terms) / len(terms))
+    return seed_objective(metrics)
 
 
 def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
@@ -188,13 +185,13 @@ class TuneResult:
                 f"jaw_corr {b['val_jaw_corr']:.3f}) -> {self.best_yaml} in {self.wall_s:.1f} s")
 
 
-def _row(result: Any, keys: list[str]) -> dict[str, Any]:
+def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
     df = result.metrics_dataframe
     cfg = result.config or {}
     row: dict[str, Any] = {"trial_id": str((result.metrics or {}).get("trial_id", "?")),
                            "status": "error" if result.error else "ok"}
     if df is None or df.empty or "val_mae" not in df:
-        return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0,
+        return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0, "stopped_early": True,
                 **{k: cfg.get(k) for k in keys}}
     records = df.to_dict("records")
     scored = [(objective(r), r) for r in records]
@@ -204,7 +201,7 @@ def _row(result: Any, keys: list[str]) -> dict[str, Any]:
         "trial_id": str(best.get("trial_id") or row["trial_id"]),
         "objective": best_obj, "targets_met": sum(met.values()),
         **{f"met_{k}": v for k, v in met.items()},
-        "best_epoch": int(best.get("epoch", -1)), "epochs": len(records),
+        "best_epoch": int(best.get("epoch", -1)), "epochs": len(records), "stopped_early": len(records) < max_epochs,
         **{k: best.get(k, math.nan) for k in ("val_mae", "val_mouth_mae", "val_jaw_corr", "val_lip_corr",
                                               "val_smile_corr", "val_pose_mae", "val_base_loss", "val_loss")},
         **{k: cfg.get(k) for k in keys},
@@ -254,10 +251,14 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     base = load_config(None, {"train": {"epochs": tc.max_epochs, "max_epochs_per_run": 0}}, base=cfg)
     save_config(base, io.join(tune_dir, "config.yaml"))
     init_ray(cfg.ray)
+    # Per-epoch trial checkpoints make Tune warn about frequent experiment snapshots; that is expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     per_trial = {"cpu": tc.cpus_per_trial, "gpu": tc.gpus_per_trial}
     concurrent = tc.max_concurrent
     if tc.workers_per_trial > 0:
-        per_trial = {"cpu": 0}  # the trial only drives its TorchTrainer; the workers reserve the resources
+        # The trial only drives its TorchTrainer, whose workers reserve the resources (Tune refuses an
+        # all-zero request, hence a token share of a CPU).
+        per_trial = {"cpu": 0.01}
         if not concurrent:  # leave a CPU to Ray Data, which only uses CPUs no worker reserved
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             concurrent = max(1, int((cpus - 1.0) // max(tc.workers_per_trial * tc.cpus_per_trial, 1e-9)))
@@ -271,10 +272,11 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=tc.metric, mode="min", num_samples=tc.num_samples, max_concurrent_trials=concurrent or None,
+            metric=tc.metric, mode="min", num_samples=tc.num_samples,
             scheduler=ASHAScheduler(max_t=tc.max_epochs, grace_period=tc.grace_period,
                                     reduction_factor=tc.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=tc.seed),
+            # Tune ignores TuneConfig.max_concurrent_trials when given a generator: limit it here.
+            search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=concurrent),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME, failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
@@ -282,7 +284,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     )
     grid = tuner.fit()
     keys = sorted(space)
-    rows = sorted((_row(r, keys) for r in grid), key=lambda r: (r["objective"], r["trial_id"]))
+    rows = sorted((_row(r, keys, tc.max_epochs) for r in grid), key=lambda r: (r["objective"], r["trial_id"]))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     result = TuneResult(tune_dir, rows)

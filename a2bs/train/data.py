@@ -48,6 +48,15 @@ class ShardInfo:
     overlap_frames: int = 0  # frames shared by consecutive windows of a clip
 
 
+def total_mb(files: tuple[str, ...] | list[str]) -> float:
+    """Size of the files in MB (the Parquet files, i.e. compressed)."""
+    total = 0
+    for f in files:
+        fs, path = io.filesystem(f)
+        total += fs.get_file_info(path).size or 0
+    return total / 1e6
+
+
 def _rows(files: tuple[str, ...]) -> int:
     total = 0
     for f in files:
@@ -95,6 +104,25 @@ def scored_mask(mask: np.ndarray, overlap_frames: int) -> np.ndarray:
     out[..., :edge] = 0.0
     out[..., mask.shape[-1] - (overlap_frames - edge):] = 0.0
     return out
+
+
+def target_means(files: tuple[str, ...] | list[str], max_files: int = 4) -> list[float]:
+    """(59,) mean of every target channel over the valid frames of up to `max_files` evenly spaced files."""
+    files = list(files)
+    if len(files) > max_files:
+        files = [files[int(i * len(files) / max_files)] for i in range(max_files)]
+    total = np.zeros(N_TARGETS)
+    count = 0.0
+    for f in files:
+        table = io.read_parquet(f, columns=["targets", "mask"])
+        n = table.num_rows
+        if not n:
+            continue
+        mask = _flat(table.column("mask")).astype(np.float64)
+        targets = _flat(table.column("targets")).reshape(mask.size, N_TARGETS)
+        total += (targets * mask[:, None]).sum(axis=0)
+        count += float(mask.sum())
+    return (total / max(count, 1.0)).tolist()
 
 
 def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:
@@ -165,7 +193,7 @@ def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) ->
         fs, _ = io.filesystem(files[0])
         kwargs["filesystem"] = fs
         files = [io.filesystem(f)[1] for f in files]
-    return ray.data.read_parquet(files, columns=list(columns), **kwargs)
+    return ray.data.read_parquet(files, **kwargs).select_columns(list(columns))  # projection is pushed into the read
 
 
 class LocalBatches:

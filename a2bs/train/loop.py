@@ -38,7 +38,7 @@ from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, state_digest, unwrap
 from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
-from a2bs.train.metrics import MetricAccumulator
+from a2bs.train.metrics import SEED_TARGETS, MetricAccumulator
 
 log = logging.getLogger("a2bs.train")
 
@@ -71,6 +71,7 @@ class WorkerContext:
         committed: blocks until every reported checkpoint is persisted and registered.
         invocation: id of this `a2bs train` call (restarts after failures keep it; --resume makes a new one).
         overlap_frames: frames shared by consecutive windows (see :func:`a2bs.train.data.scored_mask`).
+        target_mean: (59,) train-split channel means for :func:`init_output_bias` (None = leave the init).
     """
 
     rank: int
@@ -88,6 +89,7 @@ class WorkerContext:
     committed: Callable[[], None] = lambda: None
     invocation: str = ""
     overlap_frames: int = 0
+    target_mean: list[float] | None = None
 
 
 def resolve_device(tc: TrainConfig) -> torch.device:
@@ -103,6 +105,52 @@ def final_stage_epoch(cfg: Config) -> int:
     """An epoch at which every loss term has started (used for the comparable ``val_loss``)."""
     lc = cfg.loss
     return max(lc.temporal_start_epoch, lc.silence_start_epoch, lc.pose_start_epoch, 0)
+
+
+def seed_objective(metrics: dict[str, Any]) -> float:
+    """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">").
+
+    Each term is below 1 exactly when its target is met; lower is better; a missing correlation counts
+    as 0. Keys may carry the ``val_`` prefix. Reported as ``val_objective`` every epoch (usable as
+    ``train.best_metric``) and used by ``a2bs tune`` to rank trials.
+    """
+    terms = []
+    for name, op, threshold in SEED_TARGETS:
+        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
+        if op == "<":
+            terms.append(v / threshold if not math.isnan(v) else math.inf)
+        else:
+            terms.append((1.0 - (0.0 if math.isnan(v) else v)) / (1.0 - threshold))
+    return float(sum(terms) / len(terms))
+
+
+def init_output_bias(model: nn.Module, target_mean: list[float]) -> bool:
+    """Set the output head's biases so a zero feature vector predicts `target_mean` (59 values).
+
+    Without it the head starts at sigmoid(0) = 0.5 for every blendshape while most sit near 0.05: the
+    first steps then shift the skip sum by a large common offset, the head's per-frame LayerNorm
+    turns every frame into the same vector and the outputs stop depending on the audio (observed on the
+    demo corpus: jawOpen predictions with std 1e-4 after ~20 steps at any learning rate tried).
+    Uses ``model.init_output_bias(mean)`` when the model has one, else the a2bs ``OutputHead`` layout
+    (``head.proj``: 52 blendshape logits, then tx ty tz qx qy qz before ``tanh x pose_scale``).
+
+    Returns:
+        True if a bias was set.
+    """
+    mean = torch.as_tensor(target_mean, dtype=torch.float32)
+    if callable(getattr(model, "init_output_bias", None)):
+        model.init_output_bias(mean)
+        return True
+    head = getattr(model, "head", None)
+    proj = getattr(head, "proj", None)
+    if not isinstance(proj, nn.Conv1d) or proj.bias is None or proj.out_channels != 58 or mean.numel() != 59:
+        return False
+    shapes = mean[:52].clamp(1e-3, 1 - 1e-3)
+    scale = float(getattr(head, "pose_scale", 0.2)) or 0.2
+    pose = (mean[[52, 53, 54, 56, 57, 58]] / scale).clamp(-0.95, 0.95)
+    with torch.no_grad():
+        proj.bias.copy_(torch.cat([torch.log(shapes / (1 - shapes)), torch.atanh(pose)]).to(proj.bias))
+    return True
 
 
 def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,6 +216,7 @@ def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any
     out = {f"val_{k}_loss": float(total[i] / n) for i, k in enumerate(TERMS)}
     out["val_loss"] = float(total[len(TERMS)] / n)
     out.update({f"val_{k}": merged[k] for k in VAL_SCALARS})
+    out["val_objective"] = seed_objective(out)
     out["val_clips"] = merged["n_clips"]
     out["val_frames"] = merged["n_frames"]
     out["per_channel_mae"] = merged["per_channel_mae"]
@@ -234,9 +283,12 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
     with ctx.restore() as ckpt_dir:
         state = load_checkpoint(ckpt_dir) if ckpt_dir else None
     model_cfg = state.model_cfg if state else cfg.model  # a checkpoint rebuilds its own model
-    model = build_model(model_cfg).to(ctx.device)
+    model = build_model(model_cfg)
     if state:
         model.load_state_dict(state.model_state)
+    elif tc.init_output_bias and ctx.target_mean is not None:
+        init_output_bias(model, ctx.target_mean)
+    model = model.to(ctx.device)
     model = ctx.wrap_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * ctx.steps_per_epoch
@@ -426,5 +478,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         wrap_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
         restore=restore, report=report, all_gather=all_gather, committed=committed,
         invocation=str(loop_config.get("invocation", "")), overlap_frames=int(loop_config.get("overlap_frames", 0)),
+        target_mean=loop_config.get("target_mean"),
     )
     run_loop(cfg, ctx)

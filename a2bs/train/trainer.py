@@ -33,7 +33,8 @@ import yaml
 from a2bs import io
 from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from a2bs.train.checkpoint import MODEL_FILE, checkpoint_dir_name, copy_checkpoint, read_meta
-from a2bs.train.data import TRAIN_COLUMNS, VAL_COLUMNS, LocalBatches, ShardInfo, ray_dataset, shard_info, steps_per_epoch
+from a2bs.train.data import (TRAIN_COLUMNS, VAL_COLUMNS, LocalBatches, ShardInfo, ray_dataset, shard_info,
+                             steps_per_epoch, target_means, total_mb)
 from a2bs.train.loop import HISTORY_JSON, WorkerContext, resolve_device, run_loop, train_loop_per_worker
 from a2bs.train.metrics import target_table
 
@@ -123,13 +124,17 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         "frame_rate_hz": info.frame_rate_hz,
         "invocation": uuid.uuid4().hex,
         "overlap_frames": info.overlap_frames,
+        "target_mean": target_means(info.train_files) if tc.init_output_bias else None,
     }
     datasets = {
         "train": ray_dataset(info.train_files, TRAIN_COLUMNS).randomize_block_order(seed=tc.seed),
         "val": ray_dataset(info.val_files, VAL_COLUMNS),
     }
-    if tc.cache_val:
-        datasets["val"] = datasets["val"].materialize()
+    # Small splits are read once: a streaming read costs ~2 s of start-up per epoch (task launch, file
+    # listing) before its first batch, which dominates epochs of a small corpus.
+    for split, files in (("train", info.train_files), ("val", info.val_files)):
+        if total_mb(files) <= tc.cache_max_mb:
+            datasets[split] = datasets[split].materialize()
     storage = storage_path or run_dir
     kwargs: dict[str, Any] = {}
     if io.is_remote(storage):
@@ -304,6 +309,7 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
         val_arrays=lambda: val_src.arrays(),
         wrap_model=lambda m: m, restore=restore_fn or restore, report=report_fn or report, invocation=uuid.uuid4().hex,
         overlap_frames=info.overlap_frames,
+        target_mean=target_means(info.train_files) if tc.init_output_bias else None,
     )
 
 

@@ -80,7 +80,7 @@ def test_checkpoints_metrics_and_exported_model(scenario):
     model, cfg, meta = load_model_file(run / "model.safetensors")
     assert cfg.channels == 32 and tuple(cfg.dilations) == (1, 2, 4)
     assert meta["epoch"] == best["epoch"]
-    assert history[-1]["val_loss"] < history[0]["val_loss"]  # it learned something
+    assert metrics["best"]["val_jaw_corr"] > 0.4  # it learned to open the jaw with speech (untrained: ~0)
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
