@@ -163,7 +163,9 @@ def arrow_to_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
 
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """The float arrays of :func:`arrow_to_arrays` as tensors on `device` (ids are left out)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).to(device or "cpu") for k in TRAIN_COLUMNS}
+    # Arrow buffers are read-only; torch wants writable memory (np.require copies only when needed).
+    return {k: torch.from_numpy(np.require(arrays[k], requirements=["C", "W"])).to(device or "cpu")
+            for k in TRAIN_COLUMNS}
 
 
 try:  # Ray Data's typed collate interface: the batch arrives as a pyarrow.Table (no numpy detour).

@@ -74,7 +74,7 @@ def _predict(model: nn.Module, audio: np.ndarray, batch_size: int, device: torch
     out = []
     with torch.no_grad():
         for i in range(0, len(audio), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(audio[i : i + batch_size])).to(device)
+            x = torch.from_numpy(np.require(audio[i : i + batch_size], requirements=["C", "W"])).to(device)
             out.append(model(x).float().cpu().numpy())  # (b, T, 59)
     return np.concatenate(out) if out else np.zeros((0, audio.shape[1], len(TARGET_NAMES)), np.float32)
 

@@ -398,7 +398,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         if scheduler.last_epoch + 1 < total_steps:
             scheduler.step()
         for k in sums:
-            sums[k] += float(terms[k])
+            sums[k] += float(terms[k].detach())
         n_batches += 1
         rows += int(batch["audio"].shape[0])
         t_wait = time.perf_counter()
