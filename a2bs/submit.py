@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("extract", "build", "train", "tune", "evaluate", "infer")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# A head that has just started answers the job API a few seconds before its node agent has
+# registered; Ray then refuses submissions with this message, so they are retried for a while.
+AGENT_NOT_READY = "No available agent"
+AGENT_WAIT_S = 60.0
 EXCLUDES = [".venv", ".git", "out", "runs", "**/__pycache__", "*.egg-info", "benchmarks"]
 
 
@@ -43,10 +48,27 @@ def submit(address: str, stage: str, stage_args: list[str], with_pip: bool = Fal
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     client = _client(address)
     entrypoint = " ".join(["python", f"jobs/{stage}.py", *map(shlex.quote, stage_args)])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(with_pip))
+    job_id = _submit_when_ready(client, entrypoint, runtime_env(with_pip), address)
     if wait:
         wait_for(address, job_id)
     return job_id
+
+
+def _submit_when_ready(client: Any, entrypoint: str, env: dict[str, Any], address: str) -> str:
+    """Submit, retrying while a freshly started head has no job agent yet."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    warned = False
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
+        except RuntimeError as err:
+            if AGENT_NOT_READY not in str(err) or time.monotonic() > deadline:
+                raise
+            if not warned:
+                warned = True
+                print(f"{address}: the cluster's job agent is not ready yet; retrying for up to "
+                      f"{AGENT_WAIT_S:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(2.0)
 
 
 def _status_name(status: Any) -> str:
