@@ -25,7 +25,7 @@ def run_demo(out_dir: str, cfg: Config) -> int:
     """Run every stage on the demo corpus; print one line per stage and a closing summary.
 
     Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
-    OUT/report (evaluate on the held-out speakers), OUT/infer (Live Link CSV of one held-out clip).
+    OUT/report (evaluate on the held-out clips), OUT/infer (Live Link CSV of one held-out clip).
     """
     from a2bs.data.pipeline import run_build, run_extract
     from a2bs.infer.offline import run_infer
@@ -56,10 +56,11 @@ def run_demo(out_dir: str, cfg: Config) -> int:
 
 
 def _held_out_clip(shards_dir: str, clips: list[Path]) -> Path:
-    """A demo clip of a validation speaker (speakers are the clips' folders)."""
+    """A demo clip of the validation split (by clip or by speaker: the manifest lists its clip ids)."""
     import json
 
+    from a2bs.data.manifest import content_id
     from a2bs.data.shards import MANIFEST_NAME
 
-    val_speakers = json.loads(io.read_text(io.join(shards_dir, MANIFEST_NAME)))["speakers"]["val"]
-    return next((c for c in clips if c.parent.name in val_speakers), clips[0])
+    val_ids = set(json.loads(io.read_text(io.join(shards_dir, MANIFEST_NAME)))["clips"]["val"])
+    return next((c for c in clips if content_id(str(c)) in val_ids), clips[0])

@@ -18,6 +18,7 @@ objective of the seed's targets (:func:`objective`). Outputs in TUNE_DIR::
     results.csv   one row per trial, best first: objective, targets met, metrics, sampled values
     best.yaml     overrides (vs the defaults) of the best trial: `a2bs train --config best.yaml`
     tune/         Ray Tune experiment (trial folders, checkpoints)
+    train_runs/   per-trial history.json/csv and TensorBoard events (and Ray Train runs for N >= 1)
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_d
     tcfg = cfg.tune
     info = shard_info(shards_dir, cfg.audio.n_mels, cfg.audio.sample_rate / cfg.audio.hop_length)
     ctx = ray.tune.get_context()
+    # History/TensorBoard of each trial go beside the experiment, not into the trial folder: Tune syncs
+    # that folder in the background and trips over the history's temporary files.
+    run_dir = io.join(tune_dir, "train_runs", ctx.get_trial_id())
     if tcfg.workers_per_trial <= 0:
         if tcfg.cpus_per_trial >= 1 and not cfg.train.torch_threads:
             cfg = load_config(None, {"train": {"torch_threads": int(tcfg.cpus_per_trial)}}, base=cfg)
@@ -153,14 +157,13 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_d
                 with ckpt.as_directory() as d:
                     yield d
 
-        run_loop(cfg, local_context(info, ctx.get_trial_dir(), cfg, report_fn=report, restore_fn=restore))
+        run_loop(cfg, local_context(info, run_dir, cfg, report_fn=report, restore_fn=restore))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         train_cfg = load_config(None, {"train": {"num_workers": tcfg.workers_per_trial,
                                                  "cpus_per_worker": tcfg.cpus_per_trial,
                                                  "use_gpu": tcfg.gpus_per_trial > 0}}, base=cfg)
-        run_dir = io.join(tune_dir, "train_runs", ctx.get_trial_id())
         make_trainer(info, run_dir, train_cfg, callbacks=[TuneReportCallback()],
                      storage_path=io.join(tune_dir, "train_runs"), name=ctx.get_trial_id()).fit()
 

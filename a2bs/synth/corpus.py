@@ -235,14 +235,17 @@ def make_clip(rig: FaceRig, voice: str, rng: np.random.Generator, work: Path,
 def generate_corpus(out_dir: Path = DEFAULT_OUT, n_clips: int = 48, seed: int = 0,
                     voices: tuple[str, ...] = VOICES, faces: tuple[str, ...] = FACES,
                     progress: bool = True) -> list[dict]:
-    """Write `n_clips` clips spread evenly over face x voice speakers; returns the records.
+    """Write `n_clips` clips spread evenly over the speakers; returns the records.
+
+    Each voice belongs to one face (voice *i* to face *i* mod the number of faces), as each actor
+    in real footage has one voice: an audio model can then tell whose rest shape to predict.
 
     Layout: ``<out>/<face>_<voice>/<clip_id>.mp4``, ``<out>/driven/<clip_id>.npz`` (float16
     drive curves at the video fps), ``<out>/corpus.json``. Deterministic given `seed`.
     """
     flite_path()
     out_dir = Path(out_dir)
-    speakers = [(f, v) for f in faces for v in voices]
+    speakers = sorted((faces[i % len(faces)], v) for i, v in enumerate(voices))
     rigs = {f: FaceRig.from_photo(f, out_px=FRAME_PX) for f in faces}
     records: list[dict] = []
     t_start = time.time()

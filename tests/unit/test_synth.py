@@ -171,6 +171,8 @@ def test_committed_corpus_is_consistent() -> None:
     assert len(clips) >= 40
     assert len({c["face"] for c in clips}) >= 2 and len({c["voice"] for c in clips}) >= 3
     assert len({c["clip_id"] for c in clips}) == len(clips)
+    # One face per voice, as one actor has one voice: the audio can tell whose rest shape to predict.
+    assert all(len({c["face"] for c in clips if c["voice"] == v}) == 1 for v in {c["voice"] for c in clips})
     listed = set()
     for c in clips:
         assert 5.0 <= c["duration_s"] <= 15.0, c["clip_id"]
