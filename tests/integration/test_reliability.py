@@ -125,7 +125,10 @@ def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
         shutil.copy(c, src / f"{c.parent.name}_{c.name}")
     out = tmp_path / "clips"
     cmd = [sys.executable, "-m", "a2bs.cli", "extract", str(src.parent), "--out", str(out), "--no-ray", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Default SIGINT in the child even when the suite runs as a background job (bash starts those with
+    # SIGINT ignored, and Python then never installs its KeyboardInterrupt handler).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while time.time() < deadline and len(list((out / "clips").glob("*.parquet")) if (out / "clips").exists() else []) < 2:
         time.sleep(0.1)

@@ -22,19 +22,25 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-def ray_head():
-    """`ray start --head` on 127.0.0.1 with the job server on a free port; stopped at the end.
+def ray_head(ray_cluster):
+    """`ray start --head` on 127.0.0.1 with the job server on a free port, next to the session's
+    cluster as in a full test run; stopped at the end.
 
     `ray stop` would also stop the tests' own session cluster, so the head's processes are found by
     their unique temp dir instead.
     """
     temp_dir = tempfile.mkdtemp(prefix="/tmp/a2bs-head-")  # short: Ray's socket paths have a length limit
     port, dash = free_port(), free_port()
+    # The session cluster (ray_cluster) already holds Ray's fixed default agent ports (e.g. 52365):
+    # a second node on them starts without a job agent and refuses every submission.
+    agent_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs run the head's `python`
     proc = subprocess.Popen(
         [f"{venv_bin}/ray", "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--block", f"--temp-dir={temp_dir}",
+         f"--dashboard-port={dash}", *agent_ports, "--num-cpus=2", "--block", f"--temp-dir={temp_dir}",
          "--include-dashboard=true"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
