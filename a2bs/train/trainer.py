@@ -135,6 +135,9 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
     for split, files in (("train", info.train_files), ("val", info.val_files)):
         if total_mb(files) <= tc.cache_max_mb:
             datasets[split] = datasets[split].materialize()
+    for ds in datasets.values():
+        # The epoch lines report progress; Ray Data's bars would add a line per split, epoch and worker.
+        ds.context.enable_progress_bars = False
     storage = storage_path or run_dir
     kwargs: dict[str, Any] = {}
     if io.is_remote(storage):
