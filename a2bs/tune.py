@@ -38,6 +38,7 @@ import yaml
 from a2bs import io
 from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
 from a2bs.train.metrics import SEED_TARGETS
+from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
 
 log = logging.getLogger("a2bs.tune")
 
@@ -102,14 +103,6 @@ def apply_sample(cfg: Config, sample: dict[str, Any]) -> Config:
             node = node.setdefault(part, {})
         node[leaf] = value
     return load_config(None, nested, base=cfg)
-
-
-def objective(metrics: dict[str, Any]) -> float:
-    """The ranking objective: :func:`a2bs.train.loop.seed_objective` (mean of each seed target's
-    value/threshold or (1-value)/(1-threshold); below 1 per term when that target is met)."""
-    from a2bs.train.loop import seed_objective
-
-    return seed_objective(metrics)
 
 
 def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:

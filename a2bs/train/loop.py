@@ -38,7 +38,7 @@ from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, state_digest, unwrap
 from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
-from a2bs.train.metrics import SEED_TARGETS, MetricAccumulator
+from a2bs.train.metrics import MetricAccumulator, seed_objective
 
 log = logging.getLogger("a2bs.train")
 
@@ -105,23 +105,6 @@ def final_stage_epoch(cfg: Config) -> int:
     """An epoch at which every loss term has started (used for the comparable ``val_loss``)."""
     lc = cfg.loss
     return max(lc.temporal_start_epoch, lc.silence_start_epoch, lc.pose_start_epoch, 0)
-
-
-def seed_objective(metrics: dict[str, Any]) -> float:
-    """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">").
-
-    Each term is below 1 exactly when its target is met; lower is better; a missing correlation counts
-    as 0. Keys may carry the ``val_`` prefix. Reported as ``val_objective`` every epoch (usable as
-    ``train.best_metric``) and used by ``a2bs tune`` to rank trials.
-    """
-    terms = []
-    for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
-        if op == "<":
-            terms.append(v / threshold if not math.isnan(v) else math.inf)
-        else:
-            terms.append((1.0 - (0.0 if math.isnan(v) else v)) / (1.0 - threshold))
-    return float(sum(terms) / len(terms))
 
 
 def init_output_bias(model: nn.Module, target_mean: list[float]) -> bool:

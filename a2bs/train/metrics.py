@@ -193,6 +193,23 @@ class MetricAccumulator:
         return float(np.mean(values)) if values else math.nan
 
 
+def seed_objective(metrics: dict[str, Any]) -> float:
+    """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">").
+
+    Each term is below 1 exactly when its target is met; lower is better; a missing correlation counts
+    as 0. Keys may carry the ``val_`` prefix. Reported as ``val_objective`` every epoch (usable as
+    ``train.best_metric``) and used by ``a2bs tune`` to rank trials.
+    """
+    terms = []
+    for name, op, threshold in SEED_TARGETS:
+        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
+        if op == "<":
+            terms.append(v / threshold if not math.isnan(v) else math.inf)
+        else:
+            terms.append((1.0 - (0.0 if math.isnan(v) else v)) / (1.0 - threshold))
+    return float(sum(terms) / len(terms))
+
+
 def target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed."""
     rows = []
