@@ -1,8 +1,11 @@
 """MediaPipe FaceLandmarker -> 52 ARKit blendshapes + head pose per frame.
 
-One landmarker instance is reused across clips (creating one costs ~0.26 s): VIDEO mode needs
-strictly increasing timestamps per instance, so each clip's timestamps are offset past the last
-one the instance saw. The pose representation is documented in ``a2bs.schema``.
+Each clip gets a fresh landmarker (creating one costs ~0.26 s; the model bytes are read and checked
+once per tracker). VIDEO mode carries tracking and filter state from frame to frame, and a reused
+instance carries a trace of the previous clip into the next one (~1e-4, even after a blank frame):
+a clip's labels would then depend on which clips an actor happened to process before it. With a
+fresh instance the same video gives bit-identical labels in any batch, order or cluster size.
+The pose representation is documented in ``a2bs.schema``.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ class FaceTrack:
 
 
 class FaceTracker:
-    """A reusable FaceLandmarker in VIDEO mode."""
+    """FaceLandmarker in VIDEO mode, started afresh for every clip it tracks."""
 
     def __init__(self, cfg: VideoConfig) -> None:
         from mediapipe.tasks.python import BaseOptions
         from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
 
-        options = FaceLandmarkerOptions(
+        self._create = FaceLandmarker.create_from_options
+        self._options = FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=load_model_bytes(cfg)),
             running_mode=RunningMode.VIDEO,
             num_faces=1,
@@ -71,8 +75,8 @@ class FaceTracker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        self._landmarker = FaceLandmarker.create_from_options(options)
-        self._next_ms = 0  # timestamps must keep increasing across clips
+        self._landmarker = self._create(self._options)
+        self._used = False  # True once the current instance has seen a frame
         # MediaPipe's own __del__ fails noisily at interpreter shutdown (e.g. in Ray actors): its
         # dispatcher's thread pool is already shut down by then. threading's exit hooks run in
         # reverse order of registration, so this close runs while that pool is still alive.
@@ -90,12 +94,13 @@ class FaceTracker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def detect(self, rgb: np.ndarray, clip_time_ms: int, clip_start_ms: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def detect(self, rgb: np.ndarray, time_ms: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Blendshapes (52,) and the 4x4 transformation matrix (or None) for one RGB frame."""
         import mediapipe as mp
 
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        result = self._landmarker.detect_for_video(image, clip_start_ms + clip_time_ms)
+        self._used = True
+        result = self._landmarker.detect_for_video(image, time_ms)
         shapes = np.zeros(N_BLENDSHAPES, dtype=np.float32)
         if not result.face_blendshapes:
             return shapes, None
@@ -112,13 +117,10 @@ class FaceTracker:
 
     def track(self, frames: Iterable[tuple[int, float, np.ndarray]]) -> FaceTrack:
         """Run over a clip's selected frames; frames without a face get placeholders."""
-        if self._next_ms:
-            # VIDEO mode keeps tracking the face it saw last, across a timestamp gap too: one blank
-            # frame makes it lose that face, so this clip starts from a fresh detection and its
-            # result does not depend on which clip this instance ran before (measured: 0.16 -> 1e-4).
-            self.detect(np.zeros((64, 64, 3), np.uint8), 0, self._next_ms)
-            self._next_ms += 1000
-        start_ms = self._next_ms
+        if self._used:  # a fresh instance per clip: see the module docstring
+            self.close()
+            self._landmarker = self._create(self._options)
+            self._used = False
         indices: list[int] = []
         times: list[float] = []
         shapes: list[np.ndarray] = []
@@ -127,12 +129,11 @@ class FaceTracker:
         for frame_index, time_s, rgb in frames:
             t_ms = max(int(round(time_s * 1000.0)), last_ms + 1)  # strictly increasing
             last_ms = t_ms
-            s, m = self.detect(rgb, t_ms, start_ms)
+            s, m = self.detect(rgb, t_ms)
             indices.append(frame_index)
             times.append(time_s)
             shapes.append(s)
             matrices.append(m)
-        self._next_ms = start_ms + last_ms + 1000
         has_face = np.array([m is not None for m in matrices], dtype=bool)
         return FaceTrack(
             frame_index=np.asarray(indices, dtype=np.int32),

@@ -13,11 +13,13 @@ from a2bs import cli
 from a2bs.config import Config, VideoConfig
 from a2bs.data.audio import extract_audio_features
 from a2bs.data.extract import record_arrays
-from a2bs.data.face import load_model_bytes
+from a2bs.data.face import FaceTracker, load_model_bytes
+from a2bs.data.video import iter_frames
 from a2bs.data.pipeline import clip_uri, run_extract
 from a2bs.errors import ModelFileError
 from a2bs.io import read_parquet
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
+from support import demo_clips
 
 CFG = Config()
 
@@ -64,6 +66,23 @@ def test_face_clip_and_60fps_reencode(extracted) -> None:
     j30, j60 = record_arrays(r30)["targets"][:, jaw], record_arrays(r60)["targets"][:, jaw]
     n = min(len(j30), len(j60))
     assert np.corrcoef(j30[:n], j60[:n])[0, 1] > 0.9
+
+
+def test_labels_do_not_depend_on_the_clip_tracked_before(demo_clip: Path) -> None:
+    # An actor's tracker runs many clips; a clip's labels must be the same whatever ran before it.
+    other = next(c for c in demo_clips() if c.parent != demo_clip.parent)  # another face and voice
+
+    def track(tracker: FaceTracker, path: Path):
+        return tracker.track(iter_frames(path, CFG.video.fps_limit)[1])
+
+    with FaceTracker(CFG.video) as tracker:
+        alone = track(tracker, demo_clip)
+    with FaceTracker(CFG.video) as tracker:
+        track(tracker, other)
+        after = track(tracker, demo_clip)
+    assert alone.has_face.all() and len(alone.frame_index) > 100
+    np.testing.assert_array_equal(after.blendshapes, alone.blendshapes)
+    np.testing.assert_array_equal(after.pose, alone.pose)
 
 
 def test_seed_json_shapes(extracted) -> None:
