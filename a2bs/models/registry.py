@@ -36,7 +36,7 @@ def register_model(name: str, preset_overrides: Mapping[str, Any] | None = None)
     return deco
 
 
-@register_model("tcn_poc")  # ModelConfig defaults: 4 blocks, 128 ch, kernel 3, centred, dense
+@register_model("tcn_poc")  # ModelConfig defaults: 4 blocks, 128 ch, kernel 3, centred, dense, no dropout
 def build_tcn_poc(cfg: ModelConfig) -> nn.Module:
     """Proof-of-concept TCN (non-causal by its preset; any cfg is used as given)."""
     return TCN(cfg)
@@ -50,6 +50,7 @@ def build_tcn_poc(cfg: ModelConfig) -> nn.Module:
         "dilations": (1, 2, 4, 8, 16, 32, 64, 128, 128, 128),
         "causal": True,
         "separable": True,
+        "dropout": 0.1,
     },
 )
 def build_tcn_full(cfg: ModelConfig) -> nn.Module:
@@ -66,6 +67,7 @@ def build_tcn_full(cfg: ModelConfig) -> nn.Module:
         "dilations": (1, 2, 4, 8, 16, 32),
         "causal": True,
         "separable": True,
+        "dropout": 0.1,
         "attn_heads": 4,
         "attn_layers": 2,
         "attn_causal": True,

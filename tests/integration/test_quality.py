@@ -1,17 +1,14 @@
 """Quality on the demo corpus: the PoC (`tcn_poc`, jobs/configs/demo.yaml, the seed's 50 epochs) trained
 on the training clips and scored by `a2bs evaluate` on the held-out clips against the seed's targets.
 
-The training runs the same loop as Ray Train in this process (`a2bs train --no-ray`, ~4 min on 2 cores):
+The training runs the same loop as Ray Train in this process (`a2bs train --no-ray`, ~2.5 min on 2 cores):
 Ray Train's own behaviour is covered by test_train.py, and one worker there costs ~1.7x the time on
 this 2-core machine (one torch thread next to the Ray daemons).
 
-Eleven 50-epoch runs on 2026-11-24 (README, "Demo results"): MAE 0.025-0.027, mouth MAE 0.034-0.038,
-jaw r 0.81-0.84 in every run; lip r 0.58-0.65, above the seed's 0.6 in 9 of 11. The runs differ only
-by ~1e-4 in the extracted labels (MediaPipe's VIDEO-mode state across clips) or the torch thread
-count, which is enough to move lip r by +-0.03: it sits at the target rather than clear of it. So
-MAE and jaw r are asserted at the seed's thresholds, mouth MAE and lip r at bounds just outside the
-measured spread (a regression fails; a run on the wrong side of 0.6 does not), and the printed line
-says which targets this run met.
+Extraction is deterministic (a fresh landmarker per clip) and so is the training for a given thread
+count, so this test gives the same numbers on every run of a machine like CI's. Across training seeds
+and thread counts the measured spread is what the asserts stand on (benchmarks/README.md, "Quality"):
+every target met in every run, lip r 0.68-0.71 against the seed's 0.6.
 """
 
 from __future__ import annotations
@@ -50,9 +47,8 @@ def test_demo_quality_against_the_seed_targets(demo_features, tmp_path):
 
     met = {r["metric"]: r["passed"] for r in report["targets"]}
     print(f"seed targets met: {met}")
-    assert met["mae"] and met["jaw_corr"]  # seed: MAE < 0.05, jaw r > 0.7
-    assert m["mouth_mae"] < 0.042  # seed: < 0.04 (measured 0.034-0.038)
-    assert m["lip_corr"] > 0.55  # seed: > 0.6 (measured 0.58-0.65)
+    # MAE < 0.05, jaw r > 0.7, lip r > 0.6, mouth MAE < 0.04
+    assert all(met.values()), f"seed targets missed: {[k for k, ok in met.items() if not ok]}"
     # Dynamics, not just rest shapes: jawOpen is predicted far better than by its median.
     info = shard_info(str(shards))
     val = arrow_to_arrays(pa.concat_tables([pq.read_table(f) for f in info.val_files]), info.n_mels)
