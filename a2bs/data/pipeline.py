@@ -44,7 +44,10 @@ def init_ray(cfg: RayConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=True)
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls every
+        # second: without it each poll logged a warning (~200 lines in a demo run) and a crashed
+        # controller's resources would never be released. It also gives a UI on 127.0.0.1:8265.
+        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=True, log_to_driver=True)
 
 
 def clip_uri(clips_dir: str, clip_id: str) -> str:
