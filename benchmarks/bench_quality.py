@@ -1,0 +1,80 @@
+"""Issue 5 quality: the PoC on the demo corpus under several training variants, scored on held-out clips.
+
+Run: .venv/bin/python benchmarks/bench_quality.py SHARDS_DIR [--variant NAME=key=value,key=value ...]
+     [--seeds 0 1] [--threads 2] [--out DIR]
+
+SHARDS_DIR is the demo corpus built with the demo preset (`a2bs extract a2bs/demo/corpus --out C &&
+a2bs build C --out SHARDS --config jobs/configs/demo.yaml`). Each variant x seed trains `a2bs train
+--no-ray` with jobs/configs/demo.yaml plus the variant's overrides, then `a2bs evaluate` scores the
+exported model on the validation clips against the seed's targets. Without --variant it compares the
+defaults with the earlier default dropout (`model.dropout=0.1`). Prints a markdown table (as in
+benchmarks/README.md, "Quality").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from a2bs.cli import main as a2bs  # noqa: E402
+from common import REPO, machine, table  # noqa: E402
+
+DEMO_YAML = REPO / "jobs" / "configs" / "demo.yaml"
+DEFAULT_VARIANTS = {"defaults": [], "dropout=0.1": ["model.dropout=0.1"]}
+METRICS = ("mae", "mouth_mae", "jaw_corr", "lip_corr")
+
+
+def run_variant(shards: str, overrides: list[str], seed: int, threads: int, work: Path) -> dict:
+    """Train and evaluate one variant; returns the report's metrics, targets met, best epoch and seconds."""
+    run, report = work / "run", work / "report"
+    t0 = time.perf_counter()
+    args = ["train", shards, "--out", str(run), "--config", str(DEMO_YAML), "--no-ray",
+            f"train.seed={seed}", f"train.torch_threads={threads}", *overrides]
+    if a2bs(args) != 0:
+        raise SystemExit(f"bench_quality: training failed: {' '.join(args)}")
+    train_s = time.perf_counter() - t0
+    if a2bs(["evaluate", str(run / "model.safetensors"), shards, "--out", str(report)]) != 0:
+        raise SystemExit("bench_quality: evaluation failed")
+    rep = json.loads((report / "report.json").read_text())
+    best_epoch = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    return {**{k: rep["metrics"][k] for k in METRICS}, "met": sum(r["passed"] for r in rep["targets"]),
+            "best_epoch": best_epoch, "train_s": train_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shards")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=key=value,key=value (repeatable); default: defaults vs dropout=0.1")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
+    args = ap.parse_args()
+    variants = DEFAULT_VARIANTS
+    if args.variant:
+        variants = {}
+        for v in args.variant:
+            name, _, rest = v.partition("=")
+            variants[name] = [kv for kv in rest.split(",") if kv]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="a2bs-bench-quality-") as tmp:
+        root = Path(args.out or tmp)
+        for name, overrides in variants.items():
+            for seed in args.seeds:
+                r = run_variant(args.shards, overrides, seed, args.threads, root / f"{name}-seed{seed}")
+                rows.append([name, seed, r["best_epoch"], *(f"{r[k]:.4f}" for k in METRICS), f"{r['met']}/4",
+                             f"{r['train_s']:.0f}"])
+                print(rows[-1], flush=True)
+    print(f"\nMachine: {machine()}; {args.threads} torch thread(s), jobs/configs/demo.yaml, 50 epochs.\n")
+    print(table(["variant", "train.seed", "best epoch", "MAE", "mouth MAE", "jaw r", "lip r", "targets met",
+                 "train s"], rows))
+
+
+if __name__ == "__main__":
+    main()
