@@ -82,8 +82,8 @@ class ModelConfig:
     kernel_size: int = 3
     dilations: tuple[int, ...] = (1, 2, 4, 8)
     # The PoC underfits its 240 ms windows (train loss ~ validation loss): dropout only cost it accuracy
-    # (demo lip r 0.68 -> 0.70, mouth MAE 0.035 -> 0.030; benchmarks/README.md). tcn_full and tcn_attn
-    # keep 0.1 in their presets (a2bs.models.registry).
+    # (demo, side by side: lip r 0.61 -> 0.70, mouth MAE 0.037 -> 0.031; benchmarks/README.md).
+    # tcn_full and tcn_attn keep 0.1 in their presets (a2bs.models.registry).
     dropout: float = 0.0
     causal: bool = False
     separable: bool = False  # depthwise-separable convolutions

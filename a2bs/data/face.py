@@ -1,10 +1,11 @@
 """MediaPipe FaceLandmarker -> 52 ARKit blendshapes + head pose per frame.
 
-Each clip gets a fresh landmarker (creating one costs ~0.26 s; the model bytes are read and checked
-once per tracker). VIDEO mode carries tracking and filter state from frame to frame, and a reused
-instance carries a trace of the previous clip into the next one (~1e-4, even after a blank frame):
-a clip's labels would then depend on which clips an actor happened to process before it. With a
-fresh instance the same video gives bit-identical labels in any batch, order or cluster size.
+Each clip gets a fresh landmarker (~0.02 s per clip: the model bytes are read and checked once per
+tracker; ``benchmarks/bench_extract.py``). VIDEO mode carries tracking and filter state from frame
+to frame, and a reused instance carries a trace of the previous clip into the next one (~1e-4, even
+after a blank frame): a clip's labels would then depend on which clips an actor happened to process
+before it. With a fresh instance the same video gives bit-identical labels in any batch, order or
+number of actors.
 The pose representation is documented in ``a2bs.schema``.
 """
 

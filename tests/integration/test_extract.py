@@ -14,8 +14,8 @@ from a2bs.config import Config, VideoConfig
 from a2bs.data.audio import extract_audio_features
 from a2bs.data.extract import record_arrays
 from a2bs.data.face import FaceTracker, load_model_bytes
-from a2bs.data.video import iter_frames
 from a2bs.data.pipeline import clip_uri, run_extract
+from a2bs.data.video import iter_frames
 from a2bs.errors import ModelFileError
 from a2bs.io import read_parquet
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
