@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from a2bs import io
 from a2bs.config import Config, load_config
 from a2bs.infer.curves import Curves, load_npz
 from a2bs.infer.live import StreamingSession
 from a2bs.infer.offline import LoadedModel, predict_file, predict_samples
 from a2bs.infer.offline import load_model as _load
 from a2bs.infer.preview import plot_curves
+from a2bs.runtime import storage
 
 __all__ = ["Curves", "Model", "StreamingSession", "load_model", "load_npz", "plot_curves"]
 
@@ -72,9 +72,9 @@ class Model:
             fps: output frame rate (default ``config.infer.fps``).
         """
         if isinstance(audio, (str, os.PathLike)):
-            if io.is_remote(audio):
+            if storage.is_remote(audio):
                 with tempfile.TemporaryDirectory(prefix="a2bs-") as tmp:
-                    return predict_file(self._loaded, io.local_copy(audio, tmp), self.config, fps)
+                    return predict_file(self._loaded, storage.local_copy(audio, tmp), self.config, fps)
             return predict_file(self._loaded, audio, self.config, fps)
         return predict_samples(self._loaded, np.asarray(audio), self.config, fps, sample_rate)
 

@@ -13,19 +13,10 @@ import os
 import sys
 from typing import Callable
 
-from a2bs.config import Config, ConfigError, load_config
+from a2bs.config import Config, ConfigError, load_config, split_overrides
 from a2bs.errors import InputError, ModelFileError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-
-def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
-    """Separate positional inputs from ``key=value`` overrides (an override has '=' before any '/')."""
-    inputs, overrides = [], []
-    for item in items:
-        head = item.split("/", 1)[0]
-        (overrides if "=" in head and not item.startswith("s3://") else inputs).append(item)
-    return inputs, overrides
 
 
 def _config(args: argparse.Namespace, overrides: list[str]) -> Config:
@@ -33,9 +24,9 @@ def _config(args: argparse.Namespace, overrides: list[str]) -> Config:
 
 
 def cmd_extract(args: argparse.Namespace, rest: list[str]) -> int:
-    from a2bs.data.pipeline import run_extract
+    from a2bs.extract.pipeline import run_extract
 
-    inputs, overrides = _split_overrides(args.inputs + rest)
+    inputs, overrides = split_overrides(args.inputs + rest)
     if not inputs:
         raise ConfigError("extract: give at least one input file, folder, glob or s3:// prefix")
     cfg = _config(args, overrides)
@@ -48,9 +39,9 @@ def cmd_extract(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_build(args: argparse.Namespace, rest: list[str]) -> int:
-    from a2bs.data.pipeline import run_build
+    from a2bs.build.pipeline import run_build
 
-    _, overrides = _split_overrides(rest)
+    _, overrides = split_overrides(rest)
     cfg = _config(args, overrides)
     summary = run_build(args.clips, args.out, cfg, use_ray=not args.no_ray)
     print(summary.line())
@@ -64,9 +55,9 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
-    from a2bs.demo_job import demo_config, run_demo
+    from a2bs.demo.job import demo_config, run_demo
 
-    _, overrides = _split_overrides(rest)
+    _, overrides = split_overrides(rest)
     cfg = load_config(args.config, overrides, base=demo_config())
     return run_demo(args.out, cfg)
 
@@ -114,7 +105,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 # Modules that add their stage's subcommands: each has register(subparsers, handlers, add_common).
-STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.infer.commands", "a2bs.train.commands")
+STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.train.commands", "a2bs.tune.commands",
+                                          "a2bs.evaluate.commands", "a2bs.infer.commands")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -276,6 +276,15 @@ def _apply(section: Any, updates: Mapping[str, Any], prefix: str) -> Any:
     return dataclasses.replace(section, **changes)
 
 
+def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate positional inputs from ``key=value`` overrides (an override has '=' before any '/')."""
+    inputs, overrides = [], []
+    for item in items:
+        head = item.split("/", 1)[0]
+        (overrides if "=" in head and not item.startswith("s3://") else inputs).append(item)
+    return inputs, overrides
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c.d=[1,2]"]`` into a nested mapping (values parsed as YAML scalars)."""
     nested: dict[str, Any] = {}
@@ -340,6 +349,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    from a2bs.io import atomic_write_text
+    from a2bs.runtime.storage import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

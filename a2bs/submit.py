@@ -1,7 +1,8 @@
 """`a2bs submit` and `a2bs jobs`: run stages on a Ray cluster through the Job Submission API.
 
-The project folder is shipped as the job's ``working_dir`` (so the cluster runs exactly this code)
-and the stage runs through its thin entry point in ``jobs/``. Cluster nodes are expected to have
+The project folder is shipped as the job's ``working_dir`` (so the cluster runs exactly this code;
+from an installed wheel, the package itself goes as a ``py_modules`` entry) and the stage runs as
+``python -m a2bs.cli STAGE ...``. Cluster nodes are expected to have
 a2bs's dependencies installed by ``cluster.yaml``'s setup commands; ``--pip`` adds the project's
 requirements to the runtime environment instead, for clusters set up some other way.
 Credentials never travel in the job: nodes use their own AWS environment or instance profile.
@@ -17,7 +18,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO = PACKAGE_DIR.parent
 STAGES = ("extract", "build", "train", "tune", "evaluate", "infer")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # A head that has just started answers the job API a few seconds before its node agent has
@@ -34,11 +36,20 @@ def _client(address: str) -> Any:
 
 
 def runtime_env(with_pip: bool = False) -> dict[str, Any]:
-    """working_dir = this project (minus venv, outputs, git); optionally its pip requirements."""
-    env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES}
+    """working_dir = this project (minus venv, outputs, git), or the installed package as a py_module;
+    optionally its pip requirements."""
+    pyproject = REPO / "pyproject.toml"
+    if pyproject.is_file():  # a source checkout
+        env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES}
+    else:  # an installed wheel: ship the package, not the whole site-packages folder
+        env = {"py_modules": [str(PACKAGE_DIR)], "excludes": EXCLUDES}
     if with_pip:
-        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-        env["pip"] = list(deps)
+        if pyproject.is_file():
+            env["pip"] = list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+        else:
+            from importlib.metadata import requires
+
+            env["pip"] = [r for r in requires("a2bs") or [] if "extra ==" not in r]
     return env
 
 
@@ -47,7 +58,7 @@ def submit(address: str, stage: str, stage_args: list[str], with_pip: bool = Fal
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     client = _client(address)
-    entrypoint = " ".join(["python", f"jobs/{stage}.py", *map(shlex.quote, stage_args)])
+    entrypoint = " ".join(["python", "-m", "a2bs.cli", stage, *map(shlex.quote, stage_args)])
     job_id = _submit_when_ready(client, entrypoint, runtime_env(with_pip), address)
     if wait:
         wait_for(address, job_id)

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from common import demo_clips, machine, table  # noqa: E402
 
 from a2bs.config import VideoConfig  # noqa: E402
-from a2bs.data.audio import ffmpeg_exe  # noqa: E402
-from a2bs.data.face import FaceTracker  # noqa: E402
-from a2bs.data.video import frame_interval_for, iter_frames  # noqa: E402
-from common import demo_clips, machine, table  # noqa: E402
+from a2bs.extract.audio import ffmpeg_exe  # noqa: E402
+from a2bs.extract.face import FaceTracker  # noqa: E402
+from a2bs.extract.video import frame_interval_for, iter_frames  # noqa: E402
 
 
 def decoded_frames(path: Path) -> list[tuple[int, float, np.ndarray]]:
@@ -43,9 +43,13 @@ def bare_mediapipe(frames: list[tuple[int, float, np.ndarray]]) -> float:
     """Seconds for one bare landmarker over `frames`."""
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions
-    from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
+    from mediapipe.tasks.python.vision import (
+        FaceLandmarker,
+        FaceLandmarkerOptions,
+        RunningMode,
+    )
 
-    from a2bs.data.face import load_model_bytes
+    from a2bs.extract.face import load_model_bytes
 
     opts = FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())),
                                  running_mode=RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True,

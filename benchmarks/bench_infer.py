@@ -28,7 +28,7 @@ SECTION = "## Inference and streaming (issue 6)"
 
 def speech_audio(seconds: float, sample_rate: int) -> tuple[np.ndarray, str]:
     """`seconds` of speech: demo clips back to back, else a synthetic voiced/pause signal."""
-    from a2bs.data.audio import load_audio
+    from a2bs.extract.audio import load_audio
 
     clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
     need = int(seconds * sample_rate)
@@ -52,7 +52,7 @@ def bench_model(path: str | None, tmp: Path) -> tuple[str, str]:
     import torch
 
     from a2bs.config import Config
-    from a2bs.models.io import save_model
+    from a2bs.models.model_file import save_model
     from a2bs.models.registry import build_model, count_parameters, preset
 
     if path:

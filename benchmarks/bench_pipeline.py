@@ -20,11 +20,12 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ray  # noqa: E402
-
-from a2bs.config import load_config  # noqa: E402
-from a2bs.data.pipeline import run_build, run_extract  # noqa: E402
 from bench_extract import bare_mediapipe, decoded_frames  # noqa: E402
 from common import demo_clips, machine, table  # noqa: E402
+
+from a2bs.build.pipeline import run_build  # noqa: E402
+from a2bs.config import load_config  # noqa: E402
+from a2bs.extract.pipeline import run_extract  # noqa: E402
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ Run: .venv/bin/python benchmarks/bench_quality.py SHARDS_DIR [--variant NAME=key
      [--seeds 0 1] [--threads 2] [--out DIR]
 
 SHARDS_DIR is the demo corpus built with the demo preset (`a2bs extract a2bs/demo/corpus --out C &&
-a2bs build C --out SHARDS --config jobs/configs/demo.yaml`). Each variant x seed trains `a2bs train
---no-ray` with jobs/configs/demo.yaml plus the variant's overrides, then `a2bs evaluate` scores the
+a2bs build C --out SHARDS --config a2bs/demo/demo.yaml`). Each variant x seed trains `a2bs train
+--no-ray` with a2bs/demo/demo.yaml plus the variant's overrides, then `a2bs evaluate` scores the
 exported model on the validation clips against the seed's targets. Without --variant it compares the
 defaults with the earlier default dropout (`model.dropout=0.1`). Prints a markdown table (as in
 benchmarks/README.md, "Quality").
@@ -22,10 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from a2bs.cli import main as a2bs  # noqa: E402
-from common import REPO, machine, table  # noqa: E402
+from common import machine, table  # noqa: E402
 
-DEMO_YAML = REPO / "jobs" / "configs" / "demo.yaml"
+from a2bs.cli import main as a2bs  # noqa: E402
+from a2bs.demo.job import DEMO_PRESET  # noqa: E402
+
+DEMO_YAML = DEMO_PRESET
 DEFAULT_VARIANTS = {"defaults": [], "dropout=0.1": ["model.dropout=0.1"]}
 METRICS = ("mae", "mouth_mae", "jaw_corr", "lip_corr")
 
@@ -71,7 +73,7 @@ def main() -> None:
                 rows.append([name, seed, r["best_epoch"], *(f"{r[k]:.4f}" for k in METRICS), f"{r['met']}/4",
                              f"{r['train_s']:.0f}"])
                 print(rows[-1], flush=True)
-    print(f"\nMachine: {machine()}; {args.threads} torch thread(s), jobs/configs/demo.yaml, 50 epochs.\n")
+    print(f"\nMachine: {machine()}; {args.threads} torch thread(s), a2bs/demo/demo.yaml, 50 epochs.\n")
     print(table(["variant", "train.seed", "best epoch", "MAE", "mouth MAE", "jaw r", "lip r", "targets met",
                  "train s"], rows))
 

@@ -29,8 +29,13 @@ import numpy as np
 import torch
 
 from a2bs.config import AudioConfig
-from a2bs.data.audio import log_mel
-from a2bs.infer.export import OnnxStreamer, export_onnx_step, initial_onnx_state, onnx_session
+from a2bs.extract.audio import log_mel
+from a2bs.infer.export import (
+    OnnxStreamer,
+    export_onnx_step,
+    initial_onnx_state,
+    onnx_session,
+)
 from a2bs.infer.streaming import StreamingLogMel, StreamingModel
 from a2bs.models import available_models, build_model, count_parameters, preset
 
@@ -197,7 +202,7 @@ def write_section(text: str, path: Path = README) -> None:
     else:
         nxt = old.find("\n## ", start + len(SECTION))
         new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1 :])
-    from a2bs.io import atomic_write_text
+    from a2bs.runtime.storage import atomic_write_text
 
     atomic_write_text(path, new)
 

@@ -33,12 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ray  # noqa: E402
 import torch  # noqa: E402
+from common import machine, table  # noqa: E402
 
 from a2bs.config import load_config  # noqa: E402
 from a2bs.models.registry import preset_overrides  # noqa: E402
-from a2bs.train.data import TRAIN_COLUMNS, LocalBatches, WindowCollate, ray_dataset, shard_info  # noqa: E402
+from a2bs.train.data import (  # noqa: E402
+    TRAIN_COLUMNS,
+    LocalBatches,
+    WindowCollate,
+    ray_dataset,
+    shard_info,
+)
 from a2bs.train.trainer import train  # noqa: E402
-from common import machine, table  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
 SECTION = "## Training (issue 5)"

@@ -31,13 +31,40 @@ import numpy as np
 
 # tests/ is on sys.path (via conftest), so the sibling module imports as top-level.
 from media_cases import (  # noqa: F401  (re-exported API)
-    CLIP_SECONDS, UNICODE_NAME, FFmpegError, ffmpeg_exe, ffmpeg_supports, make_audio_only_m4a,
-    make_audio_only_mp3, make_audio_only_wav, make_baseline, make_corrupt_parquet,
-    make_dangling_symlink, make_directory_named_mp4, make_fps, make_long_clip, make_missing,
-    make_mono_8k, make_no_audio, make_no_face, make_one_frame, make_rotated, make_silent_audio,
-    make_standin_source, make_stereo_44k, make_text_as_mp4, make_truncated,
-    make_truncated_faststart, make_truncated_parquet, make_uhd_4k, make_unicode_name, make_vfr,
-    make_zero_byte, mp4_top_level_atoms, run_ffmpeg)
+    CLIP_SECONDS,
+    UNICODE_NAME,
+    FFmpegError,
+    ffmpeg_exe,
+    ffmpeg_supports,
+    make_audio_only_m4a,
+    make_audio_only_mp3,
+    make_audio_only_wav,
+    make_baseline,
+    make_corrupt_parquet,
+    make_dangling_symlink,
+    make_directory_named_mp4,
+    make_fps,
+    make_long_clip,
+    make_missing,
+    make_mono_8k,
+    make_no_audio,
+    make_no_face,
+    make_one_frame,
+    make_rotated,
+    make_silent_audio,
+    make_standin_source,
+    make_stereo_44k,
+    make_text_as_mp4,
+    make_truncated,
+    make_truncated_faststart,
+    make_truncated_parquet,
+    make_uhd_4k,
+    make_unicode_name,
+    make_vfr,
+    make_zero_byte,
+    mp4_top_level_atoms,
+    run_ffmpeg,
+)
 
 Expect = Literal["ok", "ok_audio_only", "ok_no_face", "error"]
 Builder = Callable[[Path, "Path | None"], Path]

@@ -6,15 +6,13 @@ import argparse
 import sys
 from typing import Callable
 
-from a2bs.config import ConfigError, load_config
+from a2bs.config import ConfigError, load_config, split_overrides
 
 FORMATS = ("livelink-csv", "json", "npy", "parquet")
 
 
 def _cfg_and_inputs(args: argparse.Namespace, items: list[str]):
-    from a2bs.cli import _split_overrides
-
-    inputs, overrides = _split_overrides(items)
+    inputs, overrides = split_overrides(items)
     return load_config(args.config, overrides), inputs
 
 
@@ -37,9 +35,15 @@ def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
     """Real-time streaming from a file (played at real-time pace) or the microphone to live sinks."""
     import torch
 
-    from a2bs.data.audio import load_audio
-    from a2bs.infer.live import (JsonLinesSink, StreamingSession, file_blocks, livelink_sink_for,
-                                 microphone_blocks, run_stream)
+    from a2bs.extract.audio import load_audio
+    from a2bs.infer.live import (
+        JsonLinesSink,
+        StreamingSession,
+        file_blocks,
+        livelink_sink_for,
+        microphone_blocks,
+        run_stream,
+    )
     from a2bs.infer.offline import load_model
 
     cfg, extra = _cfg_and_inputs(args, rest)
@@ -59,7 +63,7 @@ def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
         blocks = microphone_blocks(sr, chunk_ms, args.seconds)
         report = run_stream(session, blocks, sinks, realtime=True, paced_source=False)
     else:
-        from a2bs.data.media import probe
+        from a2bs.extract.media import probe
 
         probe(args.audio)  # one clear reason for a bad file before any streaming
         blocks = file_blocks(load_audio(args.audio, sr), sr, chunk_ms)

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from a2bs import io
 from a2bs.infer.livelink import csv_text, livelink_values
 from a2bs.infer.postprocess import renormalise_quaternions
+from a2bs.runtime import storage
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, TARGET_NAMES
 
 FORMAT_SUFFIXES = {"livelink-csv": ".csv", "json": ".json", "npy": ".npz", "parquet": ".parquet"}
@@ -132,7 +132,7 @@ class Curves:
 
     def to_livelink_csv(self, path: str | os.PathLike, eye_range_rad: float = 0.0) -> str:
         """Write a Live Link Face CSV; returns the path."""
-        io.atomic_write_text(path, csv_text(self.livelink_values(eye_range_rad), self.times_s, self.fps))
+        storage.atomic_write_text(path, csv_text(self.livelink_values(eye_range_rad), self.times_s, self.fps))
         return str(path)
 
     def to_json(self, path: str | os.PathLike | None = None, session_id: str = "a2bs_infer") -> dict[str, Any]:
@@ -156,7 +156,7 @@ class Curves:
             "frames": frames,
         }
         if path is not None:
-            io.atomic_write_text(path, json.dumps(data))
+            storage.atomic_write_text(path, json.dumps(data))
         return data
 
     def to_npz(self, path: str | os.PathLike) -> str:
@@ -166,7 +166,7 @@ class Curves:
         buf = _io.BytesIO()
         np.savez(buf, values=self.values, names=np.array(TARGET_NAMES), fps=np.float64(self.fps),
                  time_s=self.times_s, duration_s=np.float64(self.duration_s))
-        io.atomic_write_bytes(path, buf.getvalue())
+        storage.atomic_write_bytes(path, buf.getvalue())
         return str(path)
 
     def to_parquet(self, path: str | os.PathLike) -> str:
@@ -179,7 +179,7 @@ class Curves:
             cols[name] = pa.array(self.values[:, i], pa.float32())
         table = pa.table(cols).replace_schema_metadata(
             {"fps": str(self.fps), "duration_s": str(self.duration_s)})
-        io.write_parquet_atomic(table, path)
+        storage.write_parquet_atomic(table, path)
         return str(path)
 
     def save(self, path: str | os.PathLike, fmt: str, eye_range_rad: float = 0.0,

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from a2bs.io import atomic_write_bytes
 from a2bs.infer.streaming import StreamingError, supports_streaming
 from a2bs.models.registry import model_config_to_dict
+from a2bs.runtime.storage import atomic_write_bytes
 
 DEFAULT_OPSET = 17
 

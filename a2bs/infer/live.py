@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Protocol, TextIO
 import numpy as np
 
 from a2bs.config import AudioConfig, Config, ConfigError
-from a2bs.data.audio import mel_filterbank, stft_window, voice_activity
+from a2bs.extract.audio import mel_filterbank, stft_window, voice_activity
 from a2bs.infer.curves import Curves, StreamResampler
 from a2bs.infer.livelink import encode_packet, livelink_values, new_device_id
 from a2bs.infer.offline import LoadedModel, eye_range
@@ -82,7 +82,12 @@ class OnnxStepper:
     def __init__(self, net) -> None:
         import tempfile
 
-        from a2bs.infer.export import OnnxStreamer, export_onnx_step, initial_onnx_state, onnx_session
+        from a2bs.infer.export import (
+            OnnxStreamer,
+            export_onnx_step,
+            initial_onnx_state,
+            onnx_session,
+        )
 
         if not supports_streaming(net):
             StreamingModel(net)  # raises the clear "not causal" StreamingError

@@ -44,7 +44,12 @@ from fractions import Fraction
 
 import numpy as np
 
-from a2bs.schema import ARKIT_BLENDSHAPES, BLENDSHAPE_INDEX, N_BLENDSHAPES, livelink_name
+from a2bs.schema import (
+    ARKIT_BLENDSHAPES,
+    BLENDSHAPE_INDEX,
+    N_BLENDSHAPES,
+    livelink_name,
+)
 
 PACKET_VERSION = 6
 HEAD_CURVES: tuple[str, ...] = ("HeadYaw", "HeadPitch", "HeadRoll")

@@ -7,7 +7,6 @@ folder's ``_failures.json`` and the rest goes on.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -19,12 +18,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from a2bs import io
-from a2bs.config import AudioConfig, Config, ConfigError, ModelConfig, config_from_dict, config_to_dict, save_config
-from a2bs.data.audio import features_from_samples, load_audio
+from a2bs.config import (
+    AudioConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from a2bs.errors import InputError, ModelFileError
+from a2bs.extract.audio import features_from_samples, load_audio
 from a2bs.infer.curves import FORMAT_SUFFIXES, Curves
 from a2bs.infer.postprocess import postprocess_offline
+from a2bs.runtime import storage
+from a2bs.runtime.batch import CONFIG_NAME, error_reason, map_items, write_run_records
 
 
 @dataclass
@@ -54,13 +62,13 @@ def audio_config_from_meta(meta: dict[str, Any], fallback: AudioConfig) -> Audio
 
 def load_model(model: str, cfg: Config) -> LoadedModel:
     """Load a self-contained model file (local or ``s3://``); ``"default"`` = ``cfg.infer.model_path``."""
-    from a2bs.models.io import load_model_file
+    from a2bs.models.model_file import load_model_file
 
     path = resolve_model_path(model, cfg)
     try:
         net, model_cfg, meta = load_model_file(path)
     except ModelFileError as exc:
-        if model in ("", "default") and not io.exists(path):
+        if model in ("", "default") and not storage.exists(path):
             raise ModelFileError(f"{exc}; the default model (infer.model_path) is written by `a2bs demo`, "
                                  "or give a model file") from None
         raise
@@ -135,7 +143,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: 
     Raises:
         InputError: the file is missing, empty, not media, or has no audio track.
     """
-    from a2bs.data.media import probe
+    from a2bs.extract.media import probe
 
     info = probe(path)
     if not info.has_audio:
@@ -159,19 +167,19 @@ def infer_one(model: LoadedModel, uri: str, out_uri: str, cfg: Config, fmt: str,
                            "duration_s": 0.0, "frames": 0, "infer_s": 0.0}
     t0 = time.perf_counter()
     try:
-        if not io.is_remote(uri):
-            from a2bs.data.media import check_readable
+        if not storage.is_remote(uri):
+            from a2bs.extract.media import check_readable
 
             check_readable(uri)
         with tempfile.TemporaryDirectory(prefix="a2bs-infer-") as tmp:
-            curves = predict_file(model, io.local_copy(uri, tmp), cfg, fps)
+            curves = predict_file(model, storage.local_copy(uri, tmp), cfg, fps)
         stem = PurePosixPath(out_uri).stem
         curves.save(out_uri, fmt, eye_range_rad=eye_range(cfg), session_id=f"session_{stem}_infer")
         row.update(status="ok", duration_s=float(curves.duration_s), frames=len(curves))
     except InputError as exc:
         row["reason"] = exc.reason
     except Exception as exc:  # an unexpected decoder failure must not stop the batch
-        row["reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        row["reason"] = error_reason(exc)
     row["infer_s"] = time.perf_counter() - t0
     return row
 
@@ -181,19 +189,19 @@ def eye_range(cfg: Config) -> float:
     return cfg.infer.eye_look_range_rad if cfg.infer.eye_angles_from_blendshapes else 0.0
 
 
-class InferActor:
-    """Ray Data actor: loads the model once and infers every input it is given."""
+class InferWorker:
+    """Loads the model once and infers every input it is given (one per actor on Ray Data)."""
 
-    def __init__(self, model_path: str, cfg_dict: dict, fmt: str, fps: float) -> None:
-        torch.set_num_threads(1)  # one actor per CPU: intra-op threads would oversubscribe
+    def __init__(self, model_path: str, cfg_dict: dict, fmt: str, fps: float,
+                 loaded: LoadedModel | None = None) -> None:
         self.cfg = config_from_dict(cfg_dict)
-        self.model = load_model(model_path, self.cfg)
+        if loaded is None:  # on an actor: one actor per CPU, so intra-op threads would oversubscribe
+            torch.set_num_threads(1)
+        self.model = loaded or load_model(model_path, self.cfg)
         self.fmt, self.fps = fmt, fps
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [infer_one(self.model, str(u), str(o), self.cfg, self.fmt, self.fps)
-                for u, o in zip(batch["uri"], batch["out"])]
-        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        return infer_one(self.model, str(item["uri"]), str(item["out"]), self.cfg, self.fmt, self.fps)
 
 
 @dataclass
@@ -214,12 +222,12 @@ class InferSummary:
 
 
 def _single_local_file(inputs: list[str]) -> bool:
-    return len(inputs) == 1 and not io.is_remote(inputs[0]) and not os.path.isdir(inputs[0]) \
+    return len(inputs) == 1 and not storage.is_remote(inputs[0]) and not os.path.isdir(inputs[0]) \
         and not any(ch in inputs[0] for ch in "*?[")
 
 
 def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str | None = None,
-              fps: float | None = None, use_ray: bool | None = None) -> InferSummary:
+              fps: float | None = None, use_ray: bool | None = None, progress: bool = True) -> InferSummary:
     """Infer every input into `out_dir` (one output per input); failures go to ``_failures.json``.
 
     Args:
@@ -230,8 +238,9 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         fmt: ``livelink-csv``, ``json``, ``npy`` or ``parquet`` (default ``cfg.infer.format``).
         fps: output frame rate (default ``cfg.infer.fps``).
         use_ray: None = Ray Data unless the input is one local file.
+        progress: Ray Data's progress bars (or a line per input in this process).
     """
-    from a2bs.data.manifest import list_inputs
+    from a2bs.runtime.inputs import list_inputs
 
     t0 = time.perf_counter()
     fmt = fmt or cfg.infer.format
@@ -243,31 +252,16 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
     loaded = load_model(model, cfg)  # a bad model file is a configuration error: say so before any work
     model_path = loaded.path
     entries, failures = list_inputs(inputs)
-    io.makedirs(out_dir)
-    save_config(cfg, io.join(out_dir, "_config.yaml"))
-    items = [{"uri": e.uri, "out": io.join(out_dir, output_name(e.uri, e.root, fmt))} for e in entries]
+    storage.makedirs(out_dir)
+    save_config(cfg, storage.join(out_dir, CONFIG_NAME))
+    items = [{"uri": e.uri, "out": storage.join(out_dir, output_name(e.uri, e.root, fmt))} for e in entries]
     if use_ray is None:
         use_ray = not _single_local_file(inputs)
-    rows: list[dict] = []
-    if items and use_ray:
-        import ray
-
-        from a2bs.data.pipeline import init_ray
-
-        init_ray(cfg.ray)
-        n_cpu = int(ray.cluster_resources().get("CPU", 1))
-        n_actors = max(1, min(cfg.infer.actors or n_cpu, len(items)))
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            InferActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
-            fn_constructor_kwargs={"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps},
-            num_cpus=1,  # Ray Data restarts a lost actor and retries its input by default
-        )
-        rows = ds.take_all()
-    else:
-        rows = [infer_one(loaded, it["uri"], it["out"], cfg, fmt, fps) for it in items]
+    worker_kwargs = {"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps}
+    rows = map_items(items, InferWorker, worker_kwargs, use_ray=use_ray, ray_cfg=cfg.ray, n_actors=cfg.infer.actors,
+                     progress=progress, local_worker=InferWorker(**worker_kwargs, loaded=loaded))
     summary = InferSummary(failures=list(failures), failed=len(failures))
-    for r in sorted(rows, key=lambda r: r["source"]):
+    for r in rows:
         if r["status"] == "ok":
             summary.ok += 1
             summary.audio_s += r["duration_s"]
@@ -276,8 +270,6 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
             summary.failed += 1
             summary.failures.append({"source": r["source"], "reason": r["reason"]})
     summary.wall_s = time.perf_counter() - t0
-    io.atomic_write_text(io.join(out_dir, "_failures.json"), json.dumps(summary.failures, indent=1))
-    io.atomic_write_text(io.join(out_dir, "_summary.json"),
-                         json.dumps({**asdict(summary), "model": model_path, "format": fmt, "fps": fps,
-                                     "files": rows}, indent=1, default=float))
+    write_run_records(out_dir, summary.failures,
+                      {**asdict(summary), "model": model_path, "format": fmt, "fps": fps, "files": rows})
     return summary

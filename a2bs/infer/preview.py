@@ -18,8 +18,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from a2bs.data.audio import ffmpeg_exe, log_mel
 from a2bs.config import AudioConfig
+from a2bs.extract.audio import ffmpeg_exe, log_mel
 from a2bs.infer.curves import Curves
 from a2bs.infer.livelink import head_angles
 from a2bs.schema import BLENDSHAPE_INDEX, N_BLENDSHAPES
@@ -253,10 +253,11 @@ def preview_file(model, input_path: str | os.PathLike, out_path: str | os.PathLi
     Returns:
         (path written, the curves drawn).
     """
-    from a2bs.data.audio import load_audio
-    from a2bs.data.media import AUDIO_SUFFIXES, probe
     from a2bs.errors import InputError
+    from a2bs.extract.audio import load_audio
+    from a2bs.extract.media import probe
     from a2bs.infer.offline import predict_samples
+    from a2bs.runtime.inputs import AUDIO_SUFFIXES
 
     info = probe(input_path)
     if not info.has_audio:

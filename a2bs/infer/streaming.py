@@ -3,7 +3,7 @@
 Two stateful wrappers, each stream's state living in its own object (create one per stream):
 
 - :class:`StreamingLogMel`: audio samples in chunks of any size -> the same mel frames as the offline
-  :func:`a2bs.data.audio.log_mel` (centred frames, zero padding ``n_fft // 2``). Frame ``t`` needs
+  :func:`a2bs.extract.audio.log_mel` (centred frames, zero padding ``n_fft // 2``). Frame ``t`` needs
   samples up to ``t * hop + n_fft // 2``; :meth:`~StreamingLogMel.flush` pads the end with zeros as the
   offline extractor does, so a stream of ``N`` samples yields ``1 + N // hop`` frames in total.
 - :class:`StreamingModel`: mel frames in chunks of any size (down to 1) -> the same (n, 59) outputs as
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from a2bs.config import AudioConfig
-from a2bs.data.audio import log_mel_frames
+from a2bs.extract.audio import log_mel_frames
 from a2bs.schema import N_TARGETS
 
 

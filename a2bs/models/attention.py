@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2bs.config import ModelConfig
-from a2bs.models.tcn import OutputHead, TCNBackbone, init_weights, receptive_field_frames
+from a2bs.models.tcn import (
+    OutputHead,
+    TCNBackbone,
+    init_weights,
+    receptive_field_frames,
+)
 
 
 class RotaryEmbedding(nn.Module):

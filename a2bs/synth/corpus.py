@@ -25,7 +25,11 @@ import soundfile as sf
 
 from a2bs.synth.face import FACES, FaceRig, FrameParams
 from a2bs.synth.visemes import (
-    Segment, blink_curve, head_curves, mouth_curves, parse_psdur,
+    Segment,
+    blink_curve,
+    head_curves,
+    mouth_curves,
+    parse_psdur,
 )
 
 VOICES: tuple[str, ...] = ("slt", "awb", "rms", "kal16")  # kal16: kal at 16 kHz

@@ -79,7 +79,9 @@ def make_landmarker(video: bool):
     )
 
     from a2bs.config import VideoConfig
-    from a2bs.data.face import load_model_bytes  # the one hash-checked loader of the vendored model
+    from a2bs.extract.face import (
+        load_model_bytes,  # the one hash-checked loader of the vendored model
+    )
 
     mode = VisionTaskRunningMode.VIDEO if video else VisionTaskRunningMode.IMAGE
     opts = FaceLandmarkerOptions(

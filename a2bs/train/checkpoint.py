@@ -2,7 +2,7 @@
 
 A checkpoint folder holds::
 
-    model.safetensors   weights + model config (a2bs.models.io format: rebuilds the model alone)
+    model.safetensors   weights + model config (a2bs.models.model_file format: rebuilds the model alone)
     train_state.pt      optimizer / LR scheduler / grad-scaler state dicts (tensors, numbers, strings),
                         read back with ``torch.load(weights_only=True)``
     state.json          epoch, that epoch's metrics, the run history so far, the resolved config,
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from a2bs import io
 from a2bs.config import ModelConfig
-from a2bs.models.io import load_model_file, save_model
+from a2bs.models.model_file import load_model_file, save_model
+from a2bs.runtime import storage
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
@@ -143,15 +143,15 @@ def load_checkpoint(directory: str | os.PathLike) -> TrainState:
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``state.json`` of a checkpoint folder (local path or URI)."""
-    return json.loads(io.read_text(io.join(str(directory), META_FILE)))
+    return json.loads(storage.read_text(storage.join(str(directory), META_FILE)))
 
 
 def copy_checkpoint(src_dir: str | os.PathLike, dest_uri: str) -> None:
     """Copy a local checkpoint folder to `dest_uri` (local or s3://), each file atomically."""
     for name in CHECKPOINT_FILES:
         src = Path(src_dir, name)
-        if io.is_remote(dest_uri):
-            io.atomic_write_bytes(io.join(dest_uri, name), src.read_bytes())
+        if storage.is_remote(dest_uri):
+            storage.atomic_write_bytes(storage.join(dest_uri, name), src.read_bytes())
         else:
             Path(dest_uri).mkdir(parents=True, exist_ok=True)
             tmp = Path(dest_uri, f".{name}.tmp")

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from a2bs import io
-from a2bs.data.shards import MANIFEST_NAME, shard_files
+from a2bs.build.shards import MANIFEST_NAME, shard_files
+from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS
 
 TRAIN_COLUMNS: tuple[str, ...] = ("audio", "targets", "vad", "mask")
@@ -52,7 +52,7 @@ def total_mb(files: tuple[str, ...] | list[str]) -> float:
     """Size of the files in MB (the Parquet files, i.e. compressed)."""
     total = 0
     for f in files:
-        fs, path = io.filesystem(f)
+        fs, path = storage.filesystem(f)
         total += fs.get_file_info(path).size or 0
     return total / 1e6
 
@@ -60,7 +60,7 @@ def total_mb(files: tuple[str, ...] | list[str]) -> float:
 def _rows(files: tuple[str, ...]) -> int:
     total = 0
     for f in files:
-        fs, path = io.filesystem(f)
+        fs, path = storage.filesystem(f)
         with fs.open_input_file(path) as fh:
             total += pq.ParquetFile(fh).metadata.num_rows
     return total
@@ -78,10 +78,10 @@ def shard_info(shards_dir: str, n_mels: int = 80, frame_rate_hz: float = 100.0) 
         raise FileNotFoundError(f"{shards_dir}: no 'train' shards (run `a2bs build` first)")
     if not val:
         raise FileNotFoundError(f"{shards_dir}: no 'val' shards (set sequence.val_fraction > 0 when building)")
-    manifest_uri = io.join(shards_dir, MANIFEST_NAME)
+    manifest_uri = storage.join(shards_dir, MANIFEST_NAME)
     overlap_frames = 0
-    if io.exists(manifest_uri):
-        built = json.loads(io.read_text(manifest_uri)).get("config", {})
+    if storage.exists(manifest_uri):
+        built = json.loads(storage.read_text(manifest_uri)).get("config", {})
         audio = built.get("audio", {})
         n_mels = int(audio.get("n_mels", n_mels))
         if audio.get("sample_rate") and audio.get("hop_length"):
@@ -114,7 +114,7 @@ def target_means(files: tuple[str, ...] | list[str], max_files: int = 4) -> list
     total = np.zeros(N_TARGETS)
     count = 0.0
     for f in files:
-        table = io.read_parquet(f, columns=["targets", "mask"])
+        table = storage.read_parquet(f, columns=["targets", "mask"])
         n = table.num_rows
         if not n:
             continue
@@ -190,11 +190,11 @@ def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) ->
 
     files = list(files)
     kwargs: dict[str, Any] = {}
-    if files and io.is_remote(files[0]):
+    if files and storage.is_remote(files[0]):
         # One S3 implementation for the whole project (endpoint and credentials from the environment).
-        fs, _ = io.filesystem(files[0])
+        fs, _ = storage.filesystem(files[0])
         kwargs["filesystem"] = fs
-        files = [io.filesystem(f)[1] for f in files]
+        files = [storage.filesystem(f)[1] for f in files]
     return ray.data.read_parquet(files, **kwargs).select_columns(list(columns))  # projection is pushed into the read
 
 
@@ -226,7 +226,7 @@ class LocalBatches:
         pool: list[pa.Table] = []
         rows = 0
         for i in order:
-            pool.append(io.read_parquet(self.files[i], columns=self.columns))
+            pool.append(storage.read_parquet(self.files[i], columns=self.columns))
             rows += pool[-1].num_rows
             if rows >= max(self.shuffle_rows, 1):
                 yield self._mix(pool, rng)

@@ -32,10 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from a2bs import io
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.models.registry import build_model
-from a2bs.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, state_digest, unwrap
+from a2bs.runtime import storage
+from a2bs.train.checkpoint import (
+    checkpoint_dir_name,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+    unwrap,
+)
 from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
 from a2bs.train.metrics import MetricAccumulator, seed_objective
@@ -161,13 +167,13 @@ def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
     # Test hook: kill this worker process once per run folder, as a crashed node would.
     if tc.fail_once_at_epoch != epoch or ctx.rank != min(tc.fail_once_rank, ctx.world_size - 1):
         return
-    marker = io.join(ctx.run_dir, FAULT_MARKER)
-    if io.exists(marker):
+    marker = storage.join(ctx.run_dir, FAULT_MARKER)
+    if storage.exists(marker):
         return
     # Die like a crashed node mid-run: after the previous epoch's checkpoint is committed (dying
     # right after ray.train.report could beat the controller to registering it).
     ctx.committed()
-    io.atomic_write_text(marker, json.dumps({"epoch": epoch, "rank": ctx.rank, "time": time.time()}))
+    storage.atomic_write_text(marker, json.dumps({"epoch": epoch, "rank": ctx.rank, "time": time.time()}))
     os._exit(1)
 
 
@@ -213,12 +219,12 @@ class _History:
         self.run_dir = run_dir
         self.rows = rows
         self.writer = None
-        if not io.is_remote(run_dir):
+        if not storage.is_remote(run_dir):
             self.writer = _summary_writer(str(Path(run_dir, TENSORBOARD_DIR)))
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        io.atomic_write_text(io.join(self.run_dir, HISTORY_JSON), json.dumps(self.rows, indent=1, default=float))
+        storage.atomic_write_text(storage.join(self.run_dir, HISTORY_JSON), json.dumps(self.rows, indent=1, default=float))
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
@@ -227,7 +233,7 @@ class _History:
         w.writeheader()
         for r in self.rows:
             w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
-        io.atomic_write_text(io.join(self.run_dir, HISTORY_CSV), buf.getvalue())
+        storage.atomic_write_text(storage.join(self.run_dir, HISTORY_CSV), buf.getvalue())
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
@@ -340,11 +346,11 @@ def _stop_epoch(tc: TrainConfig, ctx: WorkerContext, start_epoch: int) -> int:
         return tc.epochs
     stop = None
     if ctx.rank == 0:
-        uri = io.join(ctx.run_dir, INVOCATION_FILE)
-        rec = json.loads(io.read_text(uri)) if io.exists(uri) else {}
+        uri = storage.join(ctx.run_dir, INVOCATION_FILE)
+        rec = json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
         if rec.get("id") != ctx.invocation or not ctx.invocation:
             rec = {"id": ctx.invocation, "stop_epoch": min(tc.epochs, start_epoch + tc.max_epochs_per_run)}
-            io.atomic_write_text(uri, json.dumps(rec))
+            storage.atomic_write_text(uri, json.dumps(rec))
         stop = int(rec["stop_epoch"])
     return int(ctx.all_gather(stop)[0])
 

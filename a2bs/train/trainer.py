@@ -30,12 +30,39 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
-from a2bs import io
-from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
-from a2bs.train.checkpoint import MODEL_FILE, checkpoint_dir_name, copy_checkpoint, read_meta
-from a2bs.train.data import (TRAIN_COLUMNS, VAL_COLUMNS, LocalBatches, ShardInfo, ray_dataset, shard_info,
-                             steps_per_epoch, target_means, total_mb)
-from a2bs.train.loop import HISTORY_JSON, WorkerContext, resolve_device, run_loop, train_loop_per_worker
+from a2bs.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from a2bs.runtime import storage
+from a2bs.train.checkpoint import (
+    MODEL_FILE,
+    checkpoint_dir_name,
+    copy_checkpoint,
+    read_meta,
+)
+from a2bs.train.data import (
+    TRAIN_COLUMNS,
+    VAL_COLUMNS,
+    LocalBatches,
+    ShardInfo,
+    ray_dataset,
+    shard_info,
+    steps_per_epoch,
+    target_means,
+    total_mb,
+)
+from a2bs.train.loop import (
+    HISTORY_JSON,
+    WorkerContext,
+    resolve_device,
+    run_loop,
+    train_loop_per_worker,
+)
 from a2bs.train.metrics import target_table
 
 log = logging.getLogger("a2bs.train")
@@ -80,21 +107,21 @@ class TrainResult:
 
 def run_exists(run_dir: str) -> bool:
     """True if `run_dir` already holds a started run (its resolved config is written first)."""
-    return io.exists(io.join(run_dir, CONFIG_NAME))
+    return storage.exists(storage.join(run_dir, CONFIG_NAME))
 
 
 def resume_config(run_dir: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """The stored config of a run, with an optional YAML file and key=value overrides on top."""
-    uri = io.join(run_dir, CONFIG_NAME)
-    if not io.exists(uri):
+    uri = storage.join(run_dir, CONFIG_NAME)
+    if not storage.exists(uri):
         raise ConfigError(f"{run_dir}: no run to resume ({CONFIG_NAME} not found)")
-    base = config_from_dict(yaml.safe_load(io.read_text(uri)) or {})
+    base = config_from_dict(yaml.safe_load(storage.read_text(uri)) or {})
     return load_config(config_path, overrides, base=base)
 
 
 def _abs(uri: str) -> str:
     # Ray workers may run in another working directory: hand them absolute paths.
-    return uri if io.is_remote(uri) else os.path.abspath(uri)
+    return uri if storage.is_remote(uri) else os.path.abspath(uri)
 
 
 def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence[Any] = (),
@@ -109,8 +136,13 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         storage_path: Ray Train storage (default `run_dir`).
         name: Ray Train run name inside `storage_path`.
     """
-    import ray.train
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
@@ -138,13 +170,7 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
     for ds in datasets.values():
         # The epoch lines report progress; Ray Data's bars would add a line per split, epoch and worker.
         ds.context.enable_progress_bars = False
-    storage = storage_path or run_dir
-    kwargs: dict[str, Any] = {}
-    if io.is_remote(storage):
-        fs, path = io.filesystem(storage)
-        kwargs = {"storage_filesystem": fs, "storage_path": path}
-    else:
-        kwargs = {"storage_path": storage}
+    kwargs = storage.ray_storage_kwargs(storage_path or run_dir)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -211,8 +237,8 @@ def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], late
     best_dir, _ = _best(candidates, tc.best_metric, tc.best_mode)
     best_meta = read_meta(best_dir)
     latest_meta = read_meta(latest_dir)
-    model_path = io.join(run_dir, MODEL_NAME)
-    io.atomic_write_bytes(model_path, io.read_bytes(io.join(best_dir, MODEL_FILE)))
+    model_path = storage.join(run_dir, MODEL_NAME)
+    storage.atomic_write_bytes(model_path, storage.read_bytes(storage.join(best_dir, MODEL_FILE)))
     history = latest_meta.get("history", [])
     result = TrainResult(run_dir=run_dir, model_path=model_path, best_epoch=int(best_meta["epoch"]),
                          best_metrics=best_meta["metrics"], last_epoch=int(latest_meta["epoch"]),
@@ -223,7 +249,7 @@ def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], late
         "best": result.best_metrics, "last_epoch": result.last_epoch, "last": latest_meta["metrics"],
         "targets": result.targets, "epochs": tc.epochs, "wall_s": wall_s, "model_path": model_path,
     }
-    io.atomic_write_text(io.join(run_dir, METRICS_NAME), json.dumps(report, indent=1, default=float))
+    storage.atomic_write_text(storage.join(run_dir, METRICS_NAME), json.dumps(report, indent=1, default=float))
     return result
 
 
@@ -253,8 +279,8 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
         raise ConfigError(f"model.n_mels={cfg.model.n_mels} but the shards hold {info.n_mels} mel bins")
     if cfg.train.best_mode not in ("min", "max"):
         raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
-    io.makedirs(run_dir)
-    save_config(cfg, io.join(run_dir, CONFIG_NAME))
+    storage.makedirs(run_dir)
+    save_config(cfg, storage.join(run_dir, CONFIG_NAME))
     if use_ray:
         candidates, latest = _fit_ray(info, run_dir, cfg)
     else:
@@ -263,7 +289,7 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
 
 
 def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
-    from a2bs.data.pipeline import init_ray
+    from a2bs.runtime.cluster import init_ray
 
     init_ray(cfg.ray)
     result = make_trainer(info, run_dir, cfg).fit()
@@ -271,7 +297,7 @@ def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str
         raise RuntimeError(f"{run_dir}: training reported no checkpoint")
 
     def uri(ckpt: Any) -> str:
-        return f"s3://{ckpt.path}" if io.is_remote(run_dir) and run_dir.startswith("s3://") else ckpt.path
+        return f"s3://{ckpt.path}" if storage.is_remote(run_dir) and run_dir.startswith("s3://") else ckpt.path
 
     candidates = [(uri(c), m) for c, m in (result.best_checkpoints or [])] or [(uri(result.checkpoint), result.metrics)]
     return candidates, uri(result.checkpoint)
@@ -286,24 +312,24 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
                              seed=tc.seed)
     val_src = LocalBatches(info.val_files, info.n_mels, max(tc.batch_size, 256), columns=VAL_COLUMNS)
-    ckpt_root = io.join(run_dir, LOCAL_CHECKPOINTS)
+    ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
 
     @contextlib.contextmanager
     def restore() -> Iterator[str | None]:
         latest = _latest_local(ckpt_root)
         if latest is None:
             yield None
-        elif not io.is_remote(latest):
+        elif not storage.is_remote(latest):
             yield latest
         else:
             with tempfile.TemporaryDirectory(prefix="a2bs-restore-") as tmp:
                 for name in ("model.safetensors", "train_state.pt", "state.json"):
-                    Path(tmp, name).write_bytes(io.read_bytes(io.join(latest, name)))
+                    Path(tmp, name).write_bytes(storage.read_bytes(storage.join(latest, name)))
                 yield tmp
 
     def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
         if ckpt_dir:
-            copy_checkpoint(ckpt_dir, io.join(ckpt_root, checkpoint_dir_name(int(metrics["epoch"]))))
+            copy_checkpoint(ckpt_dir, storage.join(ckpt_root, checkpoint_dir_name(int(metrics["epoch"]))))
 
     return WorkerContext(
         rank=0, world_size=1, device=device, run_dir=run_dir,
@@ -317,20 +343,20 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
 
 
 def _latest_local(ckpt_root: str) -> str | None:
-    dirs = sorted({f.rsplit("/", 2)[-2] for f in io.list_files(ckpt_root, suffix="state.json")})
-    return io.join(ckpt_root, dirs[-1]) if dirs else None
+    dirs = sorted({f.rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
+    return storage.join(ckpt_root, dirs[-1]) if dirs else None
 
 
 def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
-    ckpt_root = io.join(run_dir, LOCAL_CHECKPOINTS)
+    ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
     run_loop(cfg, local_context(info, run_dir, cfg))
-    dirs = sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in io.list_files(ckpt_root, suffix="state.json")})
+    dirs = sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
     if not dirs:
         raise RuntimeError(f"{run_dir}: training wrote no checkpoint")
-    candidates = [(io.join(ckpt_root, d), read_meta(io.join(ckpt_root, d))["metrics"]) for d in dirs]
-    return candidates, io.join(ckpt_root, dirs[-1])
+    candidates = [(storage.join(ckpt_root, d), read_meta(storage.join(ckpt_root, d))["metrics"]) for d in dirs]
+    return candidates, storage.join(ckpt_root, dirs[-1])
 
 
 def read_history(run_dir: str) -> list[dict[str, Any]]:
     """The per-epoch history rank 0 wrote into `run_dir`."""
-    return json.loads(io.read_text(io.join(run_dir, HISTORY_JSON)))
+    return json.loads(storage.read_text(storage.join(run_dir, HISTORY_JSON)))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from a2bs.config import Config, load_config
-from a2bs.data.pipeline import run_build, run_extract
 from support import DEMO_CORPUS, demo_clips
+
+from a2bs.build.pipeline import run_build
+from a2bs.config import Config, load_config
+from a2bs.extract.pipeline import run_extract
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from a2bs.models.io import save_model
+from a2bs.models.model_file import save_model
 from a2bs.models.registry import build_model, preset
 
 SAMPLE_RATE = 16000

@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import media_factory as mf
 import numpy as np
 import pytest
+from support import demo_clips
 
-import media_factory as mf
 from a2bs import cli
 from a2bs.config import Config, VideoConfig
-from a2bs.data.audio import extract_audio_features
-from a2bs.data.extract import record_arrays
-from a2bs.data.face import FaceTracker, load_model_bytes
-from a2bs.data.pipeline import clip_uri, run_extract
-from a2bs.data.video import iter_frames
 from a2bs.errors import ModelFileError
-from a2bs.io import read_parquet
+from a2bs.extract.audio import extract_audio_features
+from a2bs.extract.clip import record_arrays
+from a2bs.extract.face import FaceTracker, load_model_bytes
+from a2bs.extract.pipeline import clip_uri, run_extract
+from a2bs.extract.video import iter_frames
+from a2bs.runtime.storage import read_parquet
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
-from support import demo_clips
 
 CFG = Config()
 

@@ -10,18 +10,29 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from infer_support import (  # noqa: F401  (fixtures)
+    SAMPLE_RATE,
+    causal_model,
+    make_model,
+    noncausal_model,
+    speech_like,
+    speech_wav,
+    write_wav,
+)
+from media_factory import (
+    make_no_audio,
+    make_standin_source,
+    make_text_as_mp4,
+    make_zero_byte,
+)
 
 import a2bs
-from a2bs import io
 from a2bs.cli import main
-from a2bs.data.audio import load_audio
+from a2bs.extract.audio import load_audio
 from a2bs.infer.curves import load_npz
 from a2bs.infer.livelink import LIVELINK_CSV_HEADER, read_csv
+from a2bs.runtime import storage
 from a2bs.schema import TARGET_NAMES
-from infer_support import (  # noqa: F401  (fixtures)
-    SAMPLE_RATE, causal_model, make_model, noncausal_model, speech_like, speech_wav, write_wav,
-)
-from media_factory import make_no_audio, make_standin_source, make_text_as_mp4, make_zero_byte
 
 DURATION_S = 2.013  # speech_wav
 
@@ -151,10 +162,10 @@ def test_batch_from_s3_prefix(ray_cluster, s3_server, causal_model, tmp_path):
     assert main(["infer", str(causal_model), "s3://infer-in/takes", "--out", "s3://infer-in/curves",
                  "--format", "npy"]) == 1
     local = tmp_path / "c1.npz"
-    local.write_bytes(io.read_bytes("s3://infer-in/curves/c1.npz"))
+    local.write_bytes(storage.read_bytes("s3://infer-in/curves/c1.npz"))
     curves = load_npz(local)
     assert len(curves) == 24
-    failures = json.loads(io.read_text("s3://infer-in/curves/_failures.json"))
+    failures = json.loads(storage.read_text("s3://infer-in/curves/_failures.json"))
     assert [f["source"] for f in failures] == ["s3://infer-in/takes/broken.wav"]
 
 

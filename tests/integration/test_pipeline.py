@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import boto3
+import media_factory as mf
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-import media_factory as mf
-from a2bs import io
-from a2bs.config import load_config
-from a2bs.data.pipeline import clip_uri, run_build, run_extract
-from a2bs.data.sequences import expected_windows
-from a2bs.data.shards import load_split, shard_files
 from support import demo_clips
+
+from a2bs.build.pipeline import run_build
+from a2bs.build.sequences import expected_windows
+from a2bs.build.shards import load_split, shard_files
+from a2bs.config import load_config
+from a2bs.extract.pipeline import run_extract
+from a2bs.runtime import storage
 
 pytestmark = pytest.mark.ray
 
@@ -102,7 +102,7 @@ def test_s3_in_and_out(s3_server: str, ray_cluster, demo_config) -> None:
                           progress=False)
     assert (summary.ok, summary.failed) == (3, 0)
     build = run_build("s3://a2bs-test/clips", "s3://a2bs-test/shards", demo_config, use_ray=True)
-    manifest = json.loads(io.read_text("s3://a2bs-test/shards/_manifest.json"))
+    manifest = json.loads(storage.read_text("s3://a2bs-test/shards/_manifest.json"))
     assert sum(manifest["rows"].values()) == sum(build.rows.values()) > 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="a2bs-test", Prefix="shards/")["Contents"]}
     assert {f"shards/{s['name']}" for s in manifest["shards"]} <= keys

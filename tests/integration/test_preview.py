@@ -6,13 +6,13 @@ import math
 
 import cv2
 import numpy as np
+from infer_support import causal_model, speech_wav  # noqa: F401  (fixtures)
+from media_factory import decode_audio, decoded_frame_count, make_standin_source, probe
 
 import a2bs
 from a2bs.cli import main
 from a2bs.infer.preview import draw_face
 from a2bs.schema import BLENDSHAPE_INDEX, N_TARGETS, POSE_REST
-from infer_support import causal_model, speech_wav  # noqa: F401  (fixtures)
-from media_factory import decode_audio, decoded_frame_count, make_standin_source, probe
 
 DURATION_S = 2.013
 

@@ -1,4 +1,4 @@
-"""Quality on the demo corpus: the PoC (`tcn_poc`, jobs/configs/demo.yaml, the seed's 50 epochs) trained
+"""Quality on the demo corpus: the PoC (`tcn_poc`, a2bs/demo/demo.yaml, the seed's 50 epochs) trained
 on the training clips and scored by `a2bs evaluate` on the held-out clips against the seed's targets.
 
 The training runs the same loop as Ray Train in this process (`a2bs train --no-ray`, ~2.5 min on 2 cores):
@@ -20,16 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from a2bs.build.pipeline import run_build
 from a2bs.cli import main
 from a2bs.config import load_config
-from a2bs.data.pipeline import run_build
+from a2bs.demo.job import DEMO_PRESET
 from a2bs.schema import TARGET_INDEX
 from a2bs.train.data import arrow_to_arrays, shard_info
-from support import REPO
 
 pytestmark = pytest.mark.slow
 
-DEMO_YAML = REPO / "jobs" / "configs" / "demo.yaml"
+DEMO_YAML = DEMO_PRESET
 
 
 def test_demo_quality_against_the_seed_targets(demo_features, tmp_path):

@@ -12,17 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import media_factory as mf
 import psutil
 import pytest
+from support import demo_clips
 
-import media_factory as mf
-from a2bs import io
+from a2bs.build.pipeline import run_build
+from a2bs.build.shards import load_split
 from a2bs.config import ConfigError, load_config, save_config
-from a2bs.data.manifest import list_inputs
-from a2bs.data.pipeline import run_build, run_extract
-from a2bs.data.shards import load_split
 from a2bs.errors import InputError
-from support import REPO, demo_clips
+from a2bs.extract.pipeline import run_extract
+from a2bs.runtime import storage
+from a2bs.runtime.inputs import list_inputs
 
 MEDIA_CASES = [n for n, c in mf.CASES.items() if c.kind == "media" and n != "missing"]
 
@@ -145,7 +146,7 @@ def test_killed_writer_leaves_no_file_a_reader_takes_for_valid(tmp_path: Path) -
     target = tmp_path / "shards" / "train" / "part-00000.parquet"
     code = (
         "import numpy as np, pyarrow as pa, sys\n"
-        "from a2bs.io import write_parquet_atomic\n"
+        "from a2bs.runtime.storage import write_parquet_atomic\n"
         "t = pa.table({'x': np.random.default_rng(0).random(60_000_000)})\n"
         "write_parquet_atomic(t, sys.argv[1])\n"
     )
@@ -158,7 +159,7 @@ def test_killed_writer_leaves_no_file_a_reader_takes_for_valid(tmp_path: Path) -
     proc.kill()
     proc.wait()
     assert not target.exists()
-    assert io.list_files(str(tmp_path / "shards")) == []  # the hidden temp file is not a shard
+    assert storage.list_files(str(tmp_path / "shards")) == []  # the hidden temp file is not a shard
 
 
 def test_paths_cannot_escape_their_root_and_configs_stay_clean(tmp_path: Path) -> None:

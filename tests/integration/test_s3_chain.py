@@ -6,9 +6,10 @@ import json
 
 import boto3
 import pytest
-
-from a2bs import cli, io
 from support import demo_clips
+
+from a2bs import cli
+from a2bs.runtime import storage
 
 pytestmark = pytest.mark.ray
 
@@ -30,9 +31,9 @@ def test_extract_build_train_evaluate_on_s3(s3_server: str, ray_cluster, capsys)
                      *common]) == 0
     out = capsys.readouterr().out
     assert "extract: 4 ok" in out and "build:" in out and "train:" in out and "evaluate:" in out
-    manifest = json.loads(io.read_text(f"{root}/shards/_manifest.json"))
+    manifest = json.loads(storage.read_text(f"{root}/shards/_manifest.json"))
     assert manifest["speakers"]["train"] and manifest["speakers"]["val"]
-    report = json.loads(io.read_text(f"{root}/report/report.json"))
+    report = json.loads(storage.read_text(f"{root}/report/report.json"))
     assert report["metrics"]["n_frames"] > 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="a2bs-chain")["Contents"]}
     assert "run/model.safetensors" in keys and any(k.startswith("report/") and k.endswith(".png") for k in keys)

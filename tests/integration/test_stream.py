@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from infer_support import causal_model, noncausal_model, speech_wav  # noqa: F401  (fixtures)
 
 import a2bs
 from a2bs.cli import main
@@ -18,7 +19,6 @@ from a2bs.infer.curves import Curves, load_npz
 from a2bs.infer.live import CallbackSink, file_blocks, run_stream
 from a2bs.infer.livelink import WIRE_CURVES, decode_packet, read_csv
 from a2bs.schema import TARGET_NAMES
-from infer_support import causal_model, noncausal_model, speech_wav  # noqa: F401  (fixtures)
 
 DURATION_S = 2.013
 
@@ -101,7 +101,7 @@ def test_realtime_jsonl_equals_offline(causal_model, speech_wav, tmp_path, capsy
 def test_session_api_and_callback_sink(causal_model, speech_wav):
     model = a2bs.load_model(causal_model)
     offline = model.predict(speech_wav, fps=50)
-    from a2bs.data.audio import load_audio
+    from a2bs.extract.audio import load_audio
 
     samples = load_audio(speech_wav, model.sample_rate)
     got: list[Curves] = []
@@ -138,7 +138,7 @@ def test_bad_livelink_address(causal_model, speech_wav, capsys):
 
 def test_realtime_stream_catches_up_after_a_stall(causal_model, speech_wav):
     model = a2bs.load_model(causal_model)
-    from a2bs.data.audio import load_audio
+    from a2bs.extract.audio import load_audio
 
     samples = load_audio(speech_wav, model.sample_rate)[:8000]  # 0.5 s
     offline = model.predict(samples, fps=60)
@@ -160,7 +160,7 @@ def test_realtime_stream_catches_up_after_a_stall(causal_model, speech_wav):
 def test_onnx_backend_streams_like_offline(causal_model, speech_wav, noncausal_model):
     offline = a2bs.load_model(causal_model).predict(speech_wav, fps=60)
     model = a2bs.load_model(causal_model, **{"infer.stream_backend": "onnx"})
-    from a2bs.data.audio import load_audio
+    from a2bs.extract.audio import load_audio
 
     samples = load_audio(speech_wav, model.sample_rate)
     session = model.stream(fps=60)

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from support import REPO, demo_clips, free_port
 
 from a2bs import cli
-from support import REPO, demo_clips, free_port
 
 pytestmark = pytest.mark.ray
 

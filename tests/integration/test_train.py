@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from a2bs.cli import EXIT_CONFIG, main
-from a2bs.models.io import load_model_file
+from a2bs.models.model_file import load_model_file
 from a2bs.train.checkpoint import STATE_FILE, state_digest
 from a2bs.train.loop import FAULT_MARKER
 from a2bs.train.trainer import RAY_RUN_NAME, read_history

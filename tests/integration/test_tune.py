@@ -10,11 +10,11 @@ import pytest
 import s3fs
 import yaml
 
-from a2bs import io
 from a2bs.cli import main
 from a2bs.config import load_config
-from a2bs.models.io import load_model_file
-from a2bs.tune import objective
+from a2bs.models.model_file import load_model_file
+from a2bs.runtime import storage
+from a2bs.tune.search import objective
 
 pytestmark = pytest.mark.ray
 
@@ -68,6 +68,6 @@ def test_best_yaml_is_accepted_by_train(tuned, s3_server):
     _, model_cfg, meta = load_model_file(f"{run}/model.safetensors")
     assert model_cfg.channels == cfg.model.channels and model_cfg.dilations == cfg.model.dilations
     assert meta["epoch"] == 0
-    stored = set(io.list_files(run))
+    stored = set(storage.list_files(run))
     assert {f"{run}/config.yaml", f"{run}/history.json", f"{run}/metrics.json",
             f"{run}/ray_train/epoch_0000/train_state.pt"} <= stored

@@ -4,7 +4,7 @@ import librosa
 import numpy as np
 
 from a2bs.config import AudioConfig
-from a2bs.data.audio import features_from_samples, log_mel
+from a2bs.extract.audio import features_from_samples, log_mel
 
 CFG = AudioConfig()
 

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from a2bs.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +66,7 @@ def test_round_trip_through_dict_and_file(tmp_path: Path) -> None:
 
 
 def test_every_shipped_yaml_loads() -> None:
-    files = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
-    assert files, "jobs/configs holds the PoC and full presets"
+    files = sorted((REPO / "jobs" / "configs").glob("*.yaml")) + [REPO / "a2bs" / "demo" / "demo.yaml"]
+    assert len(files) >= 4 and all(f.is_file() for f in files), "the PoC, full, tune and demo presets ship"
     for f in files:
         load_config(f)

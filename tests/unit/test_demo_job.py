@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from a2bs.data.manifest import content_id
-from a2bs.data.shards import MANIFEST_NAME
-from a2bs.demo_job import _held_out_clip
 from support import demo_clips
+
+from a2bs.build.shards import MANIFEST_NAME
+from a2bs.demo.job import _held_out_clip
+from a2bs.runtime.inputs import content_id
 
 
 def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:

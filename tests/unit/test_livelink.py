@@ -12,8 +12,18 @@ import pytest
 
 from a2bs.infer.curves import Curves, StreamResampler, frame_count, load_npz
 from a2bs.infer.livelink import (
-    LIVELINK_CSV_HEADER, WIRE_CURVES, decode_packet, encode_packet, eye_angles, format_timecode, fps_fraction,
-    head_angles, livelink_values, new_device_id, parse_timecode, read_csv,
+    LIVELINK_CSV_HEADER,
+    WIRE_CURVES,
+    decode_packet,
+    encode_packet,
+    eye_angles,
+    format_timecode,
+    fps_fraction,
+    head_angles,
+    livelink_values,
+    new_device_id,
+    parse_timecode,
+    read_csv,
 )
 from a2bs.schema import N_BLENDSHAPES, N_TARGETS, TARGET_NAMES
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import media_factory as mf
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-import media_factory as mf
 
 SRC_SECONDS = 3.0
 

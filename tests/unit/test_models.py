@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from a2bs.config import AudioConfig, ConfigError, LossConfig, ModelConfig, config_to_dict, load_config
-from a2bs.data.audio import features_from_samples
+from a2bs.config import (
+    AudioConfig,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    config_to_dict,
+    load_config,
+)
 from a2bs.errors import ModelFileError
+from a2bs.extract.audio import features_from_samples
 from a2bs.models import (
     available_models,
     build_model,

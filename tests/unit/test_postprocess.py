@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 from a2bs.config import AudioConfig, InferConfig
-from a2bs.data.audio import features_from_samples
+from a2bs.extract.audio import features_from_samples
 from a2bs.infer.live import StreamingVAD
 from a2bs.infer.postprocess import (
-    MOUTH_INDEX, UPPER_FACE_INDEX, OneEuroFilter, PostProcessor, apply_gain_and_clip, estimate_rest,
+    MOUTH_INDEX,
+    UPPER_FACE_INDEX,
+    OneEuroFilter,
+    PostProcessor,
+    apply_gain_and_clip,
+    estimate_rest,
     postprocess_offline,
 )
 from a2bs.schema import ARKIT_BLENDSHAPES, BLENDSHAPE_INDEX, N_BLENDSHAPES, N_TARGETS

@@ -3,10 +3,17 @@
 import numpy as np
 import pytest
 
+from a2bs.build.sequences import (
+    SyncedClip,
+    expected_windows,
+    make_windows,
+    synchronise,
+    validate,
+    window_params,
+)
+from a2bs.build.shards import assign_splits
 from a2bs.config import SequenceConfig
-from a2bs.data.sequences import SyncedClip, expected_windows, make_windows, synchronise, validate, window_params
-from a2bs.data.shards import assign_splits
-from a2bs.data.video import frame_interval_for
+from a2bs.extract.video import frame_interval_for
 from a2bs.schema import N_BLENDSHAPES, N_TARGETS, POSE_REST, TARGET_INDEX
 
 

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from a2bs.config import AudioConfig
-from a2bs.data.audio import log_mel
-from a2bs.infer.streaming import AudioStream, StreamingError, StreamingLogMel, StreamingModel
+from a2bs.extract.audio import log_mel
+from a2bs.infer.streaming import (
+    AudioStream,
+    StreamingError,
+    StreamingLogMel,
+    StreamingModel,
+)
 from a2bs.models import build_model, preset
 
 MODEL_ATOL = 1e-5  # outputs: blendshapes in [0, 1], pose in [-0.2, 0.2] (float32)

@@ -199,7 +199,7 @@ def test_committed_clip_decodes_with_speech_between_silences() -> None:
     import cv2
 
     from a2bs.config import AudioConfig
-    from a2bs.data.audio import extract_audio_features
+    from a2bs.extract.audio import extract_audio_features
 
     c = json.loads((CORPUS / "corpus.json").read_text())["clips"][0]
     cap = cv2.VideoCapture(str(CORPUS / c["file"]))

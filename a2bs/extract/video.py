@@ -18,7 +18,6 @@ import numpy as np
 
 from a2bs.errors import InputError
 
-
 VFR_PROBE_S = 2.0
 
 

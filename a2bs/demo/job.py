@@ -9,16 +9,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from a2bs import io
 from a2bs.config import Config, load_config
+from a2bs.runtime import storage
 
-DEMO_CORPUS = Path(__file__).resolve().parent / "demo" / "corpus"
-DEMO_PRESET = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "demo.yaml"
+DEMO_CORPUS = Path(__file__).resolve().parent / "corpus"
+DEMO_PRESET = Path(__file__).resolve().parent / "demo.yaml"
 
 
 def demo_config(cfg: Config | None = None) -> Config:
-    """The demo preset (jobs/configs/demo.yaml) applied on top of `cfg`."""
-    return load_config(DEMO_PRESET if DEMO_PRESET.is_file() else None, base=cfg)
+    """The demo preset (``a2bs/demo/demo.yaml``, shipped in the package) applied on top of `cfg`."""
+    return load_config(DEMO_PRESET, base=cfg)  # a missing preset is an error, never a silent fallback
 
 
 def run_demo(out_dir: str, cfg: Config) -> int:
@@ -27,18 +27,19 @@ def run_demo(out_dir: str, cfg: Config) -> int:
     Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
     OUT/report (evaluate on the held-out clips), OUT/infer (Live Link CSV of one held-out clip).
     """
-    from a2bs.data.pipeline import run_build, run_extract
+    from a2bs.build.pipeline import run_build
+    from a2bs.evaluate.report import evaluate
+    from a2bs.extract.pipeline import run_extract
     from a2bs.infer.offline import run_infer
-    from a2bs.train.evaluate import evaluate
     from a2bs.train.trainer import run_exists, train
 
     t0 = time.perf_counter()
     clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
     if not clips:
         raise FileNotFoundError(f"demo corpus not found under {DEMO_CORPUS}")
-    io.makedirs(out_dir)
-    clips_dir, shards_dir = io.join(out_dir, "clips"), io.join(out_dir, "shards")
-    run_dir, report_dir = io.join(out_dir, "train"), io.join(out_dir, "report")
+    storage.makedirs(out_dir)
+    clips_dir, shards_dir = storage.join(out_dir, "clips"), storage.join(out_dir, "shards")
+    run_dir, report_dir = storage.join(out_dir, "train"), storage.join(out_dir, "report")
     extract = run_extract([str(DEMO_CORPUS)], clips_dir, cfg, progress=True)
     print(extract.line(), flush=True)
     build = run_build(clips_dir, shards_dir, cfg)
@@ -48,7 +49,7 @@ def run_demo(out_dir: str, cfg: Config) -> int:
     report = evaluate(trained.model_path, shards_dir, report_dir)
     print(report.line(), flush=True)
     held_out = _held_out_clip(shards_dir, clips)
-    inferred = run_infer(trained.model_path, [str(held_out)], io.join(out_dir, "infer"), cfg, fmt="livelink-csv")
+    inferred = run_infer(trained.model_path, [str(held_out)], storage.join(out_dir, "infer"), cfg, fmt="livelink-csv")
     print(inferred.line(), flush=True)
     print(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
           f"report {report_dir}/report.json, plots in {report_dir}")
@@ -59,8 +60,8 @@ def _held_out_clip(shards_dir: str, clips: list[Path]) -> Path:
     """A demo clip of the validation split (by clip or by speaker: the manifest lists its clip ids)."""
     import json
 
-    from a2bs.data.manifest import content_id
-    from a2bs.data.shards import MANIFEST_NAME
+    from a2bs.build.shards import MANIFEST_NAME
+    from a2bs.runtime.inputs import content_id
 
-    val_ids = set(json.loads(io.read_text(io.join(shards_dir, MANIFEST_NAME)))["clips"]["val"])
+    val_ids = set(json.loads(storage.read_text(storage.join(shards_dir, MANIFEST_NAME)))["clips"]["val"])
     return next((c for c in clips if content_id(str(c)) in val_ids), clips[0])

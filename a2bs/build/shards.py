@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from a2bs import io
+from a2bs.runtime import storage
 from a2bs.config import Config
-from a2bs.data.extract import record_arrays
-from a2bs.data.sequences import SyncedClip, make_windows, synchronise, validate
+from a2bs.extract.clip import record_arrays
+from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
 from a2bs.errors import InputError
 from a2bs.schema import N_TARGETS, sequence_schema
 
@@ -80,7 +80,7 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
     sq_sums = np.zeros(N_TARGETS)
     n_valid = 0.0
     for uri in plan.clip_uris:
-        row = io.read_parquet(uri).to_pylist()[0]
+        row = storage.read_parquet(uri).to_pylist()[0]
         arrs = record_arrays(row)
         targets, mask = synchronise(arrs["audio_time_s"], arrs["frame_time_s"], arrs["targets"], arrs["has_face"])
         mel, targets, counts = validate(arrs["mel_db"], targets)
@@ -105,7 +105,7 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
         cols["vad"] += list(w["vad"])
         cols["mask"] += list(w["mask"])
     table = pa.Table.from_pydict(cols, schema=sequence_schema(n_mels))
-    io.write_parquet_atomic(table, io.join(out_dir, plan.name))
+    storage.write_parquet_atomic(table, storage.join(out_dir, plan.name))
     return {
         "name": plan.name,
         "split": plan.split,
@@ -121,13 +121,13 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
 
 def shard_files(shards_dir: str, split: str) -> list[str]:
     """The shard files of a split, as listed by the manifest (falls back to the folder)."""
-    manifest_uri = io.join(shards_dir, MANIFEST_NAME)
-    if io.exists(manifest_uri):
+    manifest_uri = storage.join(shards_dir, MANIFEST_NAME)
+    if storage.exists(manifest_uri):
         import json
 
-        manifest = json.loads(io.read_text(manifest_uri))
-        return [io.join(shards_dir, s["name"]) for s in manifest["shards"] if s["split"] == split and s["rows"]]
-    return io.list_files(io.join(shards_dir, split), suffix=".parquet")
+        manifest = json.loads(storage.read_text(manifest_uri))
+        return [storage.join(shards_dir, s["name"]) for s in manifest["shards"] if s["split"] == split and s["rows"]]
+    return storage.list_files(storage.join(shards_dir, split), suffix=".parquet")
 
 
 def table_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
@@ -152,7 +152,7 @@ def table_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
 def read_shard(uri: str) -> pa.Table:
     """Read one shard; a damaged file raises InputError naming it (not a bare Arrow error)."""
     try:
-        return io.read_parquet(uri)
+        return storage.read_parquet(uri)
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise InputError(uri, "shard listed in the manifest is missing (rerun `a2bs build`)") from None

@@ -13,11 +13,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from a2bs import io
-from a2bs.data.media import MEDIA_SUFFIXES
 from a2bs.errors import InputError
+from a2bs.runtime import storage
 
 ID_SAMPLE_BYTES = 4 << 20
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".opus"}
+MEDIA_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class ManifestEntry:
 
 def content_id(uri: str) -> str:
     """16-hex-digit id from size + first and last 4 MiB of the file (local path or URI)."""
-    fs, path = io.filesystem(uri)
+    fs, path = storage.filesystem(uri)
     info = fs.get_file_info(path)
     size = info.size or 0
     h = hashlib.sha256(str(size).encode())
@@ -76,13 +78,13 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
 
     for raw in inputs:
         item = str(raw)
-        if io.is_remote(item):
-            files = io.list_files(item)
+        if storage.is_remote(item):
+            files = storage.list_files(item)
             if files:
                 for f in files:
                     if PurePosixPath(f).suffix.lower() in suffixes:
                         add(f, item, True)
-            elif io.exists(item):
+            elif storage.exists(item):
                 add(item, item, False)
             else:
                 failures.append({"source": item, "reason": "not found"})
@@ -116,5 +118,5 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
 
 def check_entry(entry: ManifestEntry) -> None:
     """Raise InputError if a local entry escapes its root (defence for hand-written manifests)."""
-    if not io.is_remote(entry.uri) and not _within(entry.uri, entry.root):
+    if not storage.is_remote(entry.uri) and not _within(entry.uri, entry.root):
         raise InputError(entry.uri, f"path escapes its input root {entry.root}")

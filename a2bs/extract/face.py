@@ -63,7 +63,11 @@ class FaceTracker:
 
     def __init__(self, cfg: VideoConfig) -> None:
         from mediapipe.tasks.python import BaseOptions
-        from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
+        from mediapipe.tasks.python.vision import (
+            FaceLandmarker,
+            FaceLandmarkerOptions,
+            RunningMode,
+        )
 
         self._create = FaceLandmarker.create_from_options
         self._options = FaceLandmarkerOptions(

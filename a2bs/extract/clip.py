@@ -16,14 +16,19 @@ import numpy as np
 import pyarrow as pa
 
 from a2bs.config import Config
-from a2bs.data.audio import AudioFeatures, extract_audio_features
-from a2bs.data.face import FaceTrack, FaceTracker
-from a2bs.data.manifest import content_id
-from a2bs.data.media import AUDIO_SUFFIXES, probe
-from a2bs.data.video import iter_frames
 from a2bs.errors import InputError
+from a2bs.extract.audio import AudioFeatures, extract_audio_features
+from a2bs.extract.face import FaceTrack, FaceTracker
+from a2bs.extract.media import probe
+from a2bs.extract.video import iter_frames
+from a2bs.runtime.inputs import AUDIO_SUFFIXES, content_id
 from a2bs.schema import (
-    ARKIT_BLENDSHAPES, CLIP_SCHEMA, N_BLENDSHAPES, N_TARGETS, POSE_NAMES, SCHEMA_VERSION,
+    ARKIT_BLENDSHAPES,
+    CLIP_SCHEMA,
+    N_BLENDSHAPES,
+    N_TARGETS,
+    POSE_NAMES,
+    SCHEMA_VERSION,
 )
 
 

@@ -11,12 +11,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from a2bs.data.audio import ffmpeg_exe
 from a2bs.errors import InputError
+from a2bs.extract.audio import ffmpeg_exe
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".opus"}
-MEDIA_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
 MP4_TOP_LEVEL_ATOMS = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"}
 
 

@@ -138,3 +138,15 @@ def local_copy(uri: str | os.PathLike, workdir: str | os.PathLike) -> str:
     dest = Path(workdir, Path(str(uri)).name)
     dest.write_bytes(read_bytes(uri))
     return str(dest)
+
+
+def ray_storage_kwargs(uri: str) -> dict[str, Any]:
+    """``storage_path`` (+ ``storage_filesystem`` for remote URIs) for Ray Train/Tune ``RunConfig``.
+
+    Ray would build its own S3 client from the URI; passing our filesystem keeps one S3 setup
+    (endpoint and credentials from the environment) for every stage.
+    """
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        return {"storage_filesystem": fs, "storage_path": path}
+    return {"storage_path": str(uri)}

@@ -17,8 +17,12 @@ from torch import nn
 
 from a2bs.config import ConfigError, ModelConfig
 from a2bs.errors import ModelFileError
-from a2bs.io import atomic_write_bytes, read_bytes
-from a2bs.models.registry import build_model, model_config_from_dict, model_config_to_dict
+from a2bs.models.registry import (
+    build_model,
+    model_config_from_dict,
+    model_config_to_dict,
+)
+from a2bs.runtime.storage import atomic_write_bytes, read_bytes
 from a2bs.schema import SCHEMA_VERSION
 
 MODEL_FORMAT = "a2bs-model/1"

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from a2bs import io
 from a2bs.config import config_to_dict
-from a2bs.models.io import load_model_file
+from a2bs.models.model_file import load_model_file
+from a2bs.runtime import storage
 from a2bs.schema import N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
 from a2bs.train.data import VAL_COLUMNS, arrow_to_arrays, scored_mask, shard_info
 from a2bs.train.metrics import MetricAccumulator, format_target_table, target_table
@@ -65,7 +65,7 @@ class EvalReport:
 
 
 def _read(uri: str, clip_id: str | None = None) -> Any:
-    fs, path = io.filesystem(uri)
+    fs, path = storage.filesystem(uri)
     filters = [("clip_id", "=", clip_id)] if clip_id is not None else None
     return pq.read_table(path, filesystem=fs, columns=list(VAL_COLUMNS), filters=filters)
 
@@ -132,7 +132,7 @@ def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "v
 def _savefig(fig: Any, uri: str) -> None:
     buf = _pyio.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    io.atomic_write_bytes(uri, buf.getvalue())
+    storage.atomic_write_bytes(uri, buf.getvalue())
 
 
 def plot_curves(curves: dict[str, np.ndarray], clip_id: str, uri: str) -> None:
@@ -209,13 +209,13 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
     if not frames or not metrics["n_frames"]:
         raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
     plot_clip = clip_id or max(sorted(frames), key=lambda c: frames[c])
-    io.makedirs(report_dir)
-    curves_uri, bars_uri = io.join(report_dir, "curves.png"), io.join(report_dir, "per_channel_mae.png")
+    storage.makedirs(report_dir)
+    curves_uri, bars_uri = storage.join(report_dir, "curves.png"), storage.join(report_dir, "per_channel_mae.png")
     plot_curves(stitch_clip(model, shards_dir, plot_clip, split, batch_size, device), plot_clip, curves_uri)
     per_channel = metrics.pop("per_channel_mae")
     plot_per_channel(per_channel, bars_uri)
     targets = target_table(metrics)
-    io.atomic_write_text(io.join(report_dir, "targets.md"), format_target_table(metrics) + "\n")
+    storage.atomic_write_text(storage.join(report_dir, "targets.md"), format_target_table(metrics) + "\n")
     report = EvalReport(report_dir, metrics, targets, per_channel, ["curves.png", "per_channel_mae.png"], plot_clip)
     report.wall_s = time.perf_counter() - t0
     payload = {
@@ -225,7 +225,7 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
         "model_config": config_to_dict(model_cfg),
         "model_meta": meta, "wall_s": report.wall_s,
     }
-    io.atomic_write_text(io.join(report_dir, REPORT_NAME), json.dumps(payload, indent=1, default=_json_default))
+    storage.atomic_write_text(storage.join(report_dir, REPORT_NAME), json.dumps(payload, indent=1, default=_json_default))
     return report
 
 

@@ -35,8 +35,15 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from a2bs import io
-from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from a2bs.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from a2bs.runtime import storage
 from a2bs.train.metrics import SEED_TARGETS
 from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
 
@@ -71,7 +78,7 @@ def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
             "loss.silence_weight": tune.uniform(0.0, 0.3),
             "loss.pose_weight": tune.uniform(0.0, 0.3),
         },
-        # Adds the full 10-layer schedule (use with long windows, e.g. jobs/configs/full.yaml).
+        # Adds the full 10-layer schedule (use with long windows, e.g. the full preset).
         "full": lambda: {
             "model.dilations": tune.choice([[1, 2, 4, 8], [1, 2, 4, 8, 16], FULL_DILATIONS]),
             "model.channels": tune.choice([64, 128, 192, 256]),
@@ -132,7 +139,7 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_d
     ctx = ray.tune.get_context()
     # History/TensorBoard of each trial go beside the experiment, not into the trial folder: Tune syncs
     # that folder in the background and trips over the history's temporary files.
-    run_dir = io.join(tune_dir, "train_runs", ctx.get_trial_id())
+    run_dir = storage.join(tune_dir, "train_runs", ctx.get_trial_id())
     if tcfg.workers_per_trial <= 0:
         if tcfg.cpus_per_trial >= 1 and not cfg.train.torch_threads:
             cfg = load_config(None, {"train": {"torch_threads": int(tcfg.cpus_per_trial)}}, base=cfg)
@@ -158,7 +165,7 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_d
                                                  "cpus_per_worker": tcfg.cpus_per_trial,
                                                  "use_gpu": tcfg.gpus_per_trial > 0}}, base=cfg)
         make_trainer(info, run_dir, train_cfg, callbacks=[TuneReportCallback()],
-                     storage_path=io.join(tune_dir, "train_runs"), name=ctx.get_trial_id()).fit()
+                     storage_path=storage.join(tune_dir, "train_runs"), name=ctx.get_trial_id()).fit()
 
 
 @dataclass
@@ -232,7 +239,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from a2bs.data.pipeline import init_ray
+    from a2bs.runtime.cluster import init_ray
     from a2bs.train.data import shard_info
 
     t0 = time.perf_counter()
@@ -240,12 +247,12 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     if tc.max_epochs < 1 or not 1 <= tc.grace_period <= tc.max_epochs:
         raise ConfigError("tune: need 1 <= tune.grace_period <= tune.max_epochs")
     space = search_space(tc.space)
-    shards_dir = shards_dir if io.is_remote(shards_dir) else os.path.abspath(shards_dir)
-    tune_dir = tune_dir if io.is_remote(tune_dir) else os.path.abspath(tune_dir)
+    shards_dir = shards_dir if storage.is_remote(shards_dir) else os.path.abspath(shards_dir)
+    tune_dir = tune_dir if storage.is_remote(tune_dir) else os.path.abspath(tune_dir)
     shard_info(shards_dir, cfg.audio.n_mels)  # fail early on a missing split
-    io.makedirs(tune_dir)
+    storage.makedirs(tune_dir)
     base = load_config(None, {"train": {"epochs": tc.max_epochs, "max_epochs_per_run": 0}}, base=cfg)
-    save_config(base, io.join(tune_dir, "config.yaml"))
+    save_config(base, storage.join(tune_dir, "config.yaml"))
     init_ray(cfg.ray)
     # Per-epoch trial checkpoints make Tune warn about frequent experiment snapshots; that is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -260,10 +267,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
             concurrent = max(1, int((cpus - 1.0) // max(tc.workers_per_trial * tc.cpus_per_trial, 1e-9)))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=config_to_dict(base), shards_dir=shards_dir, tune_dir=tune_dir), per_trial)
-    storage: dict[str, Any] = {"storage_path": tune_dir}
-    if io.is_remote(tune_dir):
-        fs, path = io.filesystem(tune_dir)
-        storage = {"storage_filesystem": fs, "storage_path": path}
+    run_storage = storage.ray_storage_kwargs(tune_dir)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -276,7 +280,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME, failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0, **storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0, **run_storage),
     )
     grid = tuner.fit()
     keys = sorted(space)
@@ -288,11 +292,11 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     if finished:
         result.best = finished[0]
         best_cfg = apply_sample(cfg, {k: finished[0][k] for k in keys})
-        result.best_yaml = io.join(tune_dir, BEST_NAME)
+        result.best_yaml = storage.join(tune_dir, BEST_NAME)
         header = (f"# a2bs tune: best of {len(rows)} trials (space '{tc.space}'), trial {finished[0]['trial_id']}, "
                   f"objective {finished[0]['objective']:.4f}\n# use: a2bs train SHARDS --out RUN --config {BEST_NAME}\n")
-        io.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
-    _write_table(rows, io.join(tune_dir, RESULTS_NAME))
+        storage.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
+    _write_table(rows, storage.join(tune_dir, RESULTS_NAME))
     result.wall_s = time.perf_counter() - t0
     print(format_table(rows, keys))
     return result
@@ -307,7 +311,7 @@ def _write_table(rows: list[dict[str, Any]], uri: str) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (str(v) if isinstance(v, list) else v) for k, v in r.items()})
-    io.atomic_write_text(uri, buf.getvalue())
+    storage.atomic_write_text(uri, buf.getvalue())
 
 
 def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:

@@ -1,0 +1,1 @@
+"""Stage: videos and audio -> per-clip features (MediaPipe blendshapes + head pose, log-mel audio)."""

@@ -1,0 +1,2 @@
+"""Shared runtime under every stage: storage (local / s3://), Ray start-up, input listing and the
+batch-over-inputs loop that extract and infer share."""

@@ -1,0 +1,1 @@
+"""Stage: Ray Tune searches over model, loss and training settings."""
