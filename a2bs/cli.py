@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 
     _, overrides = split_overrides(rest)
     cfg = load_config(args.config, overrides, base=demo_config())
-    return run_demo(args.out, cfg)
+    return run_demo(args.out, cfg, clips_per_speaker=args.clips_per_speaker)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -96,6 +96,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
     p = sub.add_parser("demo", help="the main job on the bundled demo corpus (embedded local Ray)")
     p.add_argument("--out", default="out/demo", help="output folder")
+    p.add_argument("--clips-per-speaker", type=int, default=0,
+                   help="run on the first N clips of each demo speaker (a quick smoke run; default: all)")
     _common(p)
     handlers["demo"] = cmd_demo
 

@@ -21,8 +21,27 @@ def demo_config(cfg: Config | None = None) -> Config:
     return load_config(DEMO_PRESET, base=cfg)  # a missing preset is an error, never a silent fallback
 
 
-def run_demo(out_dir: str, cfg: Config) -> int:
+def demo_clip_paths(clips_per_speaker: int = 0) -> list[Path]:
+    """The demo corpus' clips, sorted; with `clips_per_speaker` > 0 only the first that many of each speaker.
+
+    Raises:
+        FileNotFoundError: the corpus is not inside the installed package.
+    """
+    clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
+    if not clips:
+        raise FileNotFoundError(f"demo corpus not found under {DEMO_CORPUS}")
+    if clips_per_speaker > 0:
+        by_speaker: dict[str, list[Path]] = {}
+        for c in clips:
+            by_speaker.setdefault(c.parent.name, []).append(c)
+        clips = sorted(c for group in by_speaker.values() for c in group[:clips_per_speaker])
+    return clips
+
+
+def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     """Run every stage on the demo corpus; print one line per stage and a closing summary.
+
+    `clips_per_speaker` > 0 runs on a subset (a quick smoke run; the full corpus is the demo).
 
     Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
     OUT/report (evaluate on the held-out clips), OUT/infer (Live Link CSV of one held-out clip).
@@ -34,13 +53,12 @@ def run_demo(out_dir: str, cfg: Config) -> int:
     from a2bs.train.trainer import run_exists, train
 
     t0 = time.perf_counter()
-    clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
-    if not clips:
-        raise FileNotFoundError(f"demo corpus not found under {DEMO_CORPUS}")
+    clips = demo_clip_paths(clips_per_speaker)
     storage.makedirs(out_dir)
     clips_dir, shards_dir = storage.join(out_dir, "clips"), storage.join(out_dir, "shards")
     run_dir, report_dir = storage.join(out_dir, "train"), storage.join(out_dir, "report")
-    extract = run_extract([str(DEMO_CORPUS)], clips_dir, cfg, progress=True)
+    inputs = [str(DEMO_CORPUS)] if clips_per_speaker <= 0 else [str(c) for c in clips]
+    extract = run_extract(inputs, clips_dir, cfg, progress=True)
     print(extract.line(), flush=True)
     build = run_build(clips_dir, shards_dir, cfg)
     print(build.line(), flush=True)
