@@ -140,9 +140,6 @@ class TrainConfig:
     # first steps do not spend the network's capacity shifting every output from 0.5 to ~0.05.
     init_output_bias: bool = True
     max_epochs_per_run: int = 0  # stop this invocation after N epochs (0 = run to `epochs`); --resume continues
-    # Fault-injection for tests: rank `fail_once_rank` exits at the start of this epoch once per run dir.
-    fail_once_at_epoch: int = -1
-    fail_once_rank: int = 0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from a2bs.extract.clip import (
 )
 from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME, error_reason, map_items, write_run_records
+from a2bs.runtime.faults import fault_point
 from a2bs.runtime.inputs import ManifestEntry, check_entry, content_id, list_inputs
 
 CLIPS_SUBDIR = "clips"
@@ -52,6 +53,7 @@ def process_entry(entry: ManifestEntry, cfg: Config, tracker: Any, clips_dir: st
         with tempfile.TemporaryDirectory(prefix="a2bs-") as tmp:
             local = storage.local_copy(entry.uri, tmp)
             clip = extract_clip(local, cfg, tracker, entry.speaker_id, entry.uri, cid)
+        fault_point("extract.before_write", clip_id=cid, source=entry.uri)
         if write_json:  # JSON first: the Parquet file is what marks the clip as done
             storage.atomic_write_text(storage.join(clips_dir, "json", f"{cid}.face.json"), json.dumps(face_json(clip)))
             storage.atomic_write_text(storage.join(clips_dir, "json", f"{cid}.audio.json"), json.dumps(audio_json(clip)))

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from a2bs.runtime.faults import fault_point
+
 
 def is_remote(uri: str | os.PathLike) -> bool:
     """True for URIs with a scheme other than local files (s3://, gs://, ...)."""
@@ -110,6 +112,7 @@ def atomic_write_bytes(uri: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("storage.before_replace", path=uri)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,7 +21,6 @@ import io as _pyio
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from torch import nn
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.models.registry import build_model
 from a2bs.runtime import storage
+from a2bs.runtime.faults import fault_point
 from a2bs.train.checkpoint import (
     checkpoint_dir_name,
     load_checkpoint,
@@ -51,7 +51,6 @@ log = logging.getLogger("a2bs.train")
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
-FAULT_MARKER = "_fault_injected"
 INVOCATION_FILE = "_invocation.json"
 # Scalar validation metrics copied into the epoch report as ``val_<name>``.
 VAL_SCALARS = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
@@ -65,7 +64,7 @@ class WorkerContext:
     Attributes:
         rank / world_size: this worker and the number of data-parallel workers.
         device: where the model and batches live.
-        run_dir: the run folder (history, TensorBoard, fault marker).
+        run_dir: the run folder (history, TensorBoard).
         steps_per_epoch: optimizer steps of this worker per epoch (equal on all workers).
         frame_rate_hz: audio frames per second of the shards (start_s -> frame index).
         train_batches: epoch -> tensor batches (audio, targets, vad, mask) on `device`.
@@ -161,20 +160,6 @@ def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     names = parts[0]["per_channel_mae"].keys()
     out["per_channel_mae"] = {n: float(np.average([p["per_channel_mae"][n] for p in parts], weights=w)) for n in names}
     return out
-
-
-def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
-    # Test hook: kill this worker process once per run folder, as a crashed node would.
-    if tc.fail_once_at_epoch != epoch or ctx.rank != min(tc.fail_once_rank, ctx.world_size - 1):
-        return
-    marker = storage.join(ctx.run_dir, FAULT_MARKER)
-    if storage.exists(marker):
-        return
-    # Die like a crashed node mid-run: after the previous epoch's checkpoint is committed (dying
-    # right after ray.train.report could beat the controller to registering it).
-    ctx.committed()
-    storage.atomic_write_text(marker, json.dumps({"epoch": epoch, "rank": ctx.rank, "time": time.time()}))
-    os._exit(1)
 
 
 def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any]:
@@ -307,7 +292,10 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
                  f"{ctx.steps_per_epoch} steps/epoch/worker on {ctx.device}")
     try:
         for epoch in range(start_epoch, end_epoch):
-            _maybe_fail(tc, ctx, epoch)
+            # A test can kill a worker here; it waits for the last checkpoint to be committed first, so the
+            # restarted worker group resumes from it (a crash right after ray.train.report could beat the
+            # controller to registering it).
+            fault_point("train.epoch_start", prepare=ctx.committed, epoch=epoch, rank=ctx.rank)
             t0 = time.perf_counter()
             train_stats = _train_epoch(model, optimizer, scheduler, scaler, cfg, ctx, epoch, amp, total_steps)
             t1 = time.perf_counter()

@@ -130,7 +130,7 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
 
     Args:
         info: shard files and sizes (:func:`a2bs.train.data.shard_info`).
-        run_dir: folder for history, TensorBoard and the fault-injection marker.
+        run_dir: folder for history and TensorBoard.
         cfg: resolved config.
         callbacks: Ray Train ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback``).
         storage_path: Ray Train storage (default `run_dir`).

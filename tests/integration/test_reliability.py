@@ -8,8 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import media_factory as mf
@@ -22,7 +20,7 @@ from a2bs.build.shards import load_split
 from a2bs.config import ConfigError, load_config, save_config
 from a2bs.errors import InputError
 from a2bs.extract.pipeline import run_extract
-from a2bs.runtime import storage
+from a2bs.runtime import faults, storage
 from a2bs.runtime.inputs import list_inputs
 
 MEDIA_CASES = [n for n, c in mf.CASES.items() if c.kind == "media" and n != "missing"]
@@ -78,87 +76,77 @@ def test_corrupt_shard_is_named_on_the_training_side(tmp_path: Path) -> None:
         load_split(str(tmp_path / "shards"), "train")
 
 
-def _extract_actor_pids() -> list[int]:
-    pids = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "ClipExtractor" in cmd and p.pid != os.getpid():
-            pids.append(p.pid)
-    return pids
+def _copy_clips(tmp_path: Path, n: int) -> Path:
+    """`n` demo clips under one speaker folder; returns the input root."""
+    src = tmp_path / "in" / "spk"
+    src.mkdir(parents=True)
+    for c in demo_clips()[:n]:
+        shutil.copy(c, src / f"{c.parent.name}_{c.name}")
+    return src.parent
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by its parent
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.mark.ray
 def test_killed_extraction_worker_loses_nothing(tmp_path: Path, ray_cluster) -> None:
-    src = tmp_path / "in" / "spk"
-    src.mkdir(parents=True)
-    clips = demo_clips()[:6]
-    for c in clips:
-        shutil.copy(c, src / f"{c.parent.name}_{c.name}")
+    """An actor is SIGKILLed with its second clip extracted but not yet written: Ray replaces the
+    actor and retries the clip, which is then written exactly once."""
+    src, n_clips = _copy_clips(tmp_path, 6), 6
     out = tmp_path / "clips"
-    killed: list[int] = []
-
-    def killer() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            done = list((out / "clips").glob("*.parquet")) if (out / "clips").exists() else []
-            pids = _extract_actor_pids()
-            if done and pids:  # one clip finished, others in flight: kill a worker mid-clip
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.2)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    summary = run_extract([str(src.parent)], str(out), load_config(None, ["ray.extract_actors=2"]), progress=False)
-    t.join()
-    assert killed, "no extraction worker was killed"
-    assert (summary.ok, summary.failed) == (len(clips), 0)
-    files = sorted((out / "clips").glob("*.parquet"))
-    assert len(files) == len(clips)  # each clip exactly once
+    with faults.armed("extract.before_write", skip=1):
+        summary = run_extract([str(src)], str(out), load_config(None, ["ray.extract_actors=2"]), progress=False)
+    (crash,) = faults.fired()
+    assert crash["pid"] != os.getpid() and _gone(crash["pid"])  # a Ray worker, killed
+    assert (summary.ok, summary.failed) == (n_clips, 0)
+    files = sorted(p.stem for p in (out / "clips").glob("*.parquet"))
+    assert len(files) == len(set(files)) == n_clips  # each clip exactly once
+    assert crash["context"]["clip_id"] in files  # the clip lost with the worker was redone
     assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
-    src = tmp_path / "in" / "spk"
-    src.mkdir(parents=True)
-    clips = demo_clips()[:5]
-    for c in clips:
-        shutil.copy(c, src / f"{c.parent.name}_{c.name}")
+    """Ctrl-C reaches `a2bs extract` while its third clip is extracted but not written: exactly two
+    clips are on disk, and the rerun skips them and extracts the other three."""
+    src, n_clips = _copy_clips(tmp_path, 5), 5
     out = tmp_path / "clips"
-    cmd = [sys.executable, "-m", "a2bs.cli", "extract", str(src.parent), "--out", str(out), "--no-ray", "--quiet"]
-    # Default SIGINT in the child even when the suite runs as a background job (bash starts those with
-    # SIGINT ignored, and Python then never installs its KeyboardInterrupt handler).
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "clips").glob("*.parquet")) if (out / "clips").exists() else []) < 2:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
-    done = len(list((out / "clips").glob("*.parquet")))
-    assert 2 <= done < len(clips)
-    rerun = run_extract([str(src.parent)], str(out), load_config(), use_ray=False, progress=False)
-    assert (rerun.skipped, rerun.ok, rerun.failed) == (done, len(clips) - done, 0)
-    assert len(list((out / "clips").glob("*.parquet"))) == len(clips)
+    cmd = [sys.executable, "-m", "a2bs.cli", "extract", str(src), "--out", str(out), "--no-ray", "--quiet"]
+    with faults.armed("extract.before_write", signal_name="SIGINT", skip=2):
+        # Default SIGINT in the child even when the suite runs as a background job (bash starts those with
+        # SIGINT ignored, and Python then never installs its KeyboardInterrupt handler).
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc.wait(300)
+    (interrupt,) = faults.fired()
+    assert interrupt["pid"] == proc.pid and proc.returncode == -signal.SIGINT  # died of the Ctrl-C
+    done = sorted(p.stem for p in (out / "clips").glob("*.parquet"))
+    assert len(done) == 2 and interrupt["context"]["clip_id"] not in done
+    rerun = run_extract([str(src)], str(out), load_config(), use_ray=False, progress=False)
+    assert (rerun.skipped, rerun.ok, rerun.failed) == (2, n_clips - 2, 0)
+    assert len(list((out / "clips").glob("*.parquet"))) == n_clips
 
 
 def test_killed_writer_leaves_no_file_a_reader_takes_for_valid(tmp_path: Path) -> None:
+    """A writer SIGKILLed after its temporary file is complete and before the rename leaves that hidden
+    file only: the target never exists half-written and no listing returns the temp file."""
     target = tmp_path / "shards" / "train" / "part-00000.parquet"
     code = (
         "import numpy as np, pyarrow as pa, sys\n"
         "from a2bs.runtime.storage import write_parquet_atomic\n"
-        "t = pa.table({'x': np.random.default_rng(0).random(60_000_000)})\n"
-        "write_parquet_atomic(t, sys.argv[1])\n"
+        "write_parquet_atomic(pa.table({'x': np.arange(100_000)}), sys.argv[1])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if target.parent.exists() and any(p.name.endswith(".tmp") for p in target.parent.iterdir()):
-            break
-        time.sleep(0.005)
-    proc.kill()
-    proc.wait()
+    with faults.armed("storage.before_replace", when={"path": str(target)}):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+        proc.wait(120)
+    (crash,) = faults.fired()
+    assert crash["pid"] == proc.pid and proc.returncode == -signal.SIGKILL
     assert not target.exists()
+    (temp,) = target.parent.iterdir()
+    assert temp.name.startswith(f".{target.name}.") and temp.name.endswith(".tmp")
     assert storage.list_files(str(tmp_path / "shards")) == []  # the hidden temp file is not a shard
 
 

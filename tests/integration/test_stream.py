@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import socket
 import sys
 import threading
@@ -24,42 +25,53 @@ DURATION_S = 2.013
 
 
 class UdpReceiver:
-    """A real UDP socket on 127.0.0.1 collecting datagrams in a thread."""
+    """A real UDP socket on 127.0.0.1; a thread hands each datagram to a queue as it arrives."""
+
+    END = b"end-of-test"
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.packets: list[bytes] = []
-        self._stop = threading.Event()
+        self.datagrams: queue.Queue[bytes] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.packets.append(self.sock.recv(4096))
-            except socket.timeout:
-                continue
+        while True:
+            data = self.sock.recv(4096)
+            self.datagrams.put(data)
+            if data == self.END:
+                return
 
-    def close(self, settle_s: float = 0.5) -> list[bytes]:
-        time.sleep(settle_s)
-        self._stop.set()
+    def take(self, n: int, timeout_s: float = 60.0) -> list[bytes]:
+        """The next `n` datagrams, waiting for each as long as `timeout_s` (a failure guard, not a pace)."""
+        return [self.datagrams.get(timeout=timeout_s) for _ in range(n)]
+
+    def rest(self, timeout_s: float = 60.0) -> list[bytes]:
+        """Send END from another socket and return what arrived before it; closes the receiver."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(self.END, ("127.0.0.1", self.port))
+        rest = []
+        while (data := self.datagrams.get(timeout=timeout_s)) != self.END:
+            rest.append(data)
         self._thread.join()
         self.sock.close()
-        return self.packets
+        return rest
 
 
 def test_livelink_udp_packets(causal_model, speech_wav, tmp_path, capsys):
     rx = UdpReceiver()
     code = main(["stream", str(causal_model), str(speech_wav), "--livelink", f"127.0.0.1:{rx.port}",
                  "--no-realtime", "--fps", "60", "infer.livelink_subject=TestFace"])
-    packets = rx.close()
     assert code == 0
     assert "stream: 121 frames" in capsys.readouterr().out
-    assert len(packets) == math.ceil(DURATION_S * 60) == 121  # as many frames as the audio implies
+    n_frames = math.ceil(DURATION_S * 60)  # as many frames as the audio implies
+    packets = rx.take(n_frames)  # every packet the stream sent is delivered; wait for each
+    assert rx.rest() == []  # and nothing after them
+    assert len(packets) == n_frames == 121
+    packets.sort(key=lambda p: decode_packet(p).frame_number)  # UDP may reorder; the frame number says where
     decoded = [decode_packet(p) for p in packets]
     assert {p.subject for p in decoded} == {"TestFace"}
     assert len({p.device_id for p in decoded}) == 1
@@ -147,7 +159,7 @@ def test_realtime_stream_catches_up_after_a_stall(causal_model, speech_wav):
     def slow_consumer(chunk: Curves) -> None:
         got.append(chunk)
         if len(got) == 3:
-            time.sleep(0.2)  # a stall of 20 blocks
+            time.sleep(0.2)  # the stall under test (20 blocks): every later block is late, whatever the load
 
     report = run_stream(model.stream(fps=60), file_blocks(samples, model.sample_rate, 10.0),
                         [CallbackSink(slow_consumer)], realtime=True)

@@ -2,8 +2,9 @@
 
 One module fixture runs the scenario once (each TorchTrainer start costs ~15 s on 2 CPUs):
 
-1. 2 CPU workers, 3 epochs, but at most 2 epochs in this invocation; rank 1 kills its process at the
-   start of epoch 1 (once): FailureConfig restarts the worker group from the epoch-0 checkpoint.
+1. 2 CPU workers, 3 epochs, but at most 2 epochs in this invocation; the fault point
+   ``train.epoch_start`` SIGKILLs rank 1 at the start of epoch 1 (once): FailureConfig restarts the
+   worker group from the epoch-0 checkpoint.
 2. ``a2bs train --resume`` continues with epoch 2.
 """
 
@@ -18,8 +19,8 @@ import torch
 
 from a2bs.cli import EXIT_CONFIG, main
 from a2bs.models.model_file import load_model_file
+from a2bs.runtime import faults
 from a2bs.train.checkpoint import STATE_FILE, state_digest
-from a2bs.train.loop import FAULT_MARKER
 from a2bs.train.trainer import RAY_RUN_NAME, read_history
 
 pytestmark = pytest.mark.ray
@@ -32,14 +33,16 @@ def scenario(demo_shards, ray_cluster, tmp_path_factory):
     shards, _ = demo_shards
     run = tmp_path_factory.mktemp("train") / "run"
     out1, out2 = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out1):
+    with contextlib.redirect_stdout(out1), faults.armed("train.epoch_start", when={"epoch": 1, "rank": 1}):
         first = main(["train", str(shards), "--out", str(run), "train.epochs=3", "train.num_workers=2",
-                      "train.max_epochs_per_run=2", "train.fail_once_at_epoch=1", "train.fail_once_rank=1", *SMALL])
+                      "train.max_epochs_per_run=2", *SMALL])
+    crashes = faults.fired()
     history_first = read_history(str(run))
     with contextlib.redirect_stdout(out2):
         second = main(["train", str(shards), "--out", str(run), "--resume"])
     return {"run": run, "shards": shards, "rc": (first, second), "history_first": history_first,
-            "history": read_history(str(run)), "lines": (out1.getvalue(), out2.getvalue())}
+            "history": read_history(str(run)), "lines": (out1.getvalue(), out2.getvalue()),
+            "crashes": crashes}
 
 
 def test_both_invocations_succeed_with_a_summary_line(scenario):
@@ -85,9 +88,9 @@ def test_checkpoints_metrics_and_exported_model(scenario):
 
 
 def test_worker_failure_restarts_from_last_checkpoint(scenario):
-    run, history = scenario["run"], scenario["history"]
-    marker = json.loads((run / FAULT_MARKER).read_text())
-    assert marker == {**marker, "epoch": 1, "rank": 1}
+    history = scenario["history"]
+    (crash,) = scenario["crashes"]  # rank 1 died once (the restarted group does not die again)
+    assert crash["context"] == {"epoch": 1, "rank": 1} and crash["signal"] == "SIGKILL"
     row0, row1 = history[0], history[1]
     assert row0["start"] == 0 and row0["resumed_from_epoch"] == -1
     # epoch 1 ran in the restarted worker group, which loaded the epoch-0 checkpoint

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import REPO
 
 from a2bs.config import (
     AudioConfig,
@@ -63,7 +63,7 @@ def test_presets() -> None:
 
 @pytest.mark.parametrize("yaml_name, name", [("poc.yaml", "tcn_poc"), ("full.yaml", "tcn_full")])
 def test_job_configs_match_the_presets(yaml_name: str, name: str) -> None:
-    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / yaml_name
+    path = REPO / "jobs" / "configs" / yaml_name
     assert path.is_file(), f"{path} is a shipped preset"
     assert load_config(path).model == preset(name)
 

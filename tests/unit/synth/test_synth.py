@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import DEMO_CORPUS
 
 from a2bs.synth import visemes as V
 
-CORPUS = Path(__file__).resolve().parents[2] / "a2bs" / "demo" / "corpus"
+CORPUS = DEMO_CORPUS
 DEMO = CORPUS.parent
 
 # Real `flite -voice slt -psdur -t "Hello world, my pop." -o x.wav` output.
