@@ -31,8 +31,15 @@ from a2bs.config import config_to_dict
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
-from a2bs.train.data import VAL_COLUMNS, arrow_to_arrays, scored_mask, shard_info
-from a2bs.train.metrics import MetricAccumulator, format_target_table, target_table
+from a2bs.train.data import (
+    VAL_COLUMNS,
+    LocalBatches,
+    arrow_to_arrays,
+    scored_mask,
+    shard_info,
+)
+from a2bs.train.metrics import format_target_table, target_table
+from a2bs.train.validation import score_batches
 
 PLOT_CHANNELS: tuple[str, ...] = ("jawOpen", "mouthClose", "mouthFunnel", "mouthSmileLeft", "eyeBlinkLeft")
 POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -85,18 +92,9 @@ def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_
     info = shard_info(shards_dir)
     files = info.val_files if split == "val" else info.train_files
     device = torch.device(device)
-    model = model.to(device).eval()
-    acc = MetricAccumulator()
-    frames: dict[str, int] = {}
-    for uri in files:
-        a = arrow_to_arrays(_read(uri), info.n_mels)
-        pred = _predict(model, a["audio"], batch_size, device)
-        scored = scored_mask(a["mask"], info.overlap_frames)
-        starts = np.rint(a["start_s"] * info.frame_rate_hz).astype(np.int64)
-        acc.update(pred, a["targets"], scored, list(a["clip_id"]), starts)
-        for cid, n in zip(a["clip_id"], (scored > 0.5).sum(axis=1)):
-            frames[str(cid)] = frames.get(str(cid), 0) + int(n)
-    return acc.compute(), frames
+    batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS).arrays()
+    scored = score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device)
+    return scored.metrics, scored.clip_frames
 
 
 def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val", batch_size: int = 256,

@@ -20,7 +20,6 @@ import csv
 import io as _pyio
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -42,9 +41,10 @@ from a2bs.train.checkpoint import (
     state_digest,
     unwrap,
 )
-from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
+from a2bs.train.data import WindowCollate, clip_rank
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
-from a2bs.train.metrics import MetricAccumulator, seed_objective
+from a2bs.train.metrics import seed_objective
+from a2bs.train.validation import merge_metrics, score_batches
 
 log = logging.getLogger("a2bs.train")
 
@@ -142,27 +142,6 @@ def init_output_bias(model: nn.Module, target_mean: list[float]) -> bool:
     return True
 
 
-def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine per-worker validation metrics, weighting by each worker's valid frames.
-
-    MAEs merge exactly; a correlation becomes the frame-weighted mean of the workers' values (each of
-    which follows the whole-clip definition on that worker's clips). With one worker it is the identity.
-    """
-    parts = [p for p in parts if p.get("n_frames")]
-    if len(parts) <= 1:
-        return parts[0] if parts else {"n_frames": 0, "n_clips": 0, **{k: math.nan for k in VAL_SCALARS},
-                                       "per_channel_mae": {}}
-    w = np.array([p["n_frames"] for p in parts], dtype=np.float64)
-    out: dict[str, Any] = {"n_frames": int(w.sum()), "n_clips": int(sum(p["n_clips"] for p in parts))}
-    for key in VAL_SCALARS:
-        vals = np.array([p.get(key, math.nan) for p in parts], dtype=np.float64)
-        ok = ~np.isnan(vals)
-        out[key] = float(np.average(vals[ok], weights=w[ok])) if ok.any() else math.nan
-    names = parts[0]["per_channel_mae"].keys()
-    out["per_channel_mae"] = {n: float(np.average([p["per_channel_mae"][n] for p in parts], weights=w)) for n in names}
-    return out
-
-
 def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
     # Test hook: kill this worker process once per run folder, as a crashed node would.
     if tc.fail_once_at_epoch != epoch or ctx.rank != min(tc.fail_once_rank, ctx.world_size - 1):
@@ -179,28 +158,12 @@ def _maybe_fail(tc: TrainConfig, ctx: WorkerContext, epoch: int) -> None:
 
 def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any]:
     """Validation loss and whole-clip metrics of this worker's clips, merged over all workers."""
-    model.eval()
-    acc = MetricAccumulator()
-    final_epoch = final_stage_epoch(cfg)
-    sums = np.zeros(len(TERMS) + 2)  # base, temporal, silence, pose, total, valid frames
-    with torch.no_grad():
-        for arrays in ctx.val_arrays():
-            keep = np.array([clip_rank(str(c), ctx.world_size) == ctx.rank for c in arrays["clip_id"]], dtype=bool)
-            if not keep.any():
-                continue
-            arrays = {k: v[keep] for k, v in arrays.items()}
-            batch = to_tensors(arrays, ctx.device)
-            pred = model(batch["audio"]).float()  # (B, T, 59)
-            terms = compute_loss(pred, batch["targets"], cfg.loss, final_epoch, batch["mask"], batch["vad"])
-            frames = float(batch["mask"].sum())
-            sums += np.array([float(terms[k]) for k in (*TERMS, "total")] + [1.0]) * frames
-            starts = np.rint(arrays["start_s"] * ctx.frame_rate_hz).astype(np.int64)
-            scored = scored_mask(arrays["mask"], ctx.overlap_frames)
-            acc.update(pred, batch["targets"], scored, list(arrays["clip_id"]), starts)
-    metrics = acc.compute()
-    gathered = ctx.all_gather({"sums": sums.tolist(), "metrics": metrics})
+    scored = score_batches(model, ctx.val_arrays(), ctx.frame_rate_hz, ctx.overlap_frames, ctx.device,
+                           loss_cfg=cfg.loss, loss_epoch=final_stage_epoch(cfg),
+                           keep_clip=lambda clip_id: clip_rank(clip_id, ctx.world_size) == ctx.rank)
+    gathered = ctx.all_gather({"sums": scored.loss_sums.tolist(), "metrics": scored.metrics})
     total = np.sum([g["sums"] for g in gathered], axis=0)
-    merged = merge_metrics([g["metrics"] for g in gathered])
+    merged = merge_metrics([g["metrics"] for g in gathered], VAL_SCALARS)
     n = max(total[-1], 1e-12)
     out = {f"val_{k}_loss": float(total[i] / n) for i, k in enumerate(TERMS)}
     out["val_loss"] = float(total[len(TERMS)] / n)
