@@ -30,7 +30,7 @@ from torch import nn
 from a2bs.config import config_to_dict
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
-from a2bs.schema import N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
+from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
 from a2bs.train.data import (
     VAL_COLUMNS,
     LocalBatches,
@@ -173,7 +173,7 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
 
     names = list(per_channel_mae)
     values = [per_channel_mae[n] for n in names]
-    colors = ["tab:red" if n.startswith(("mouth", "jaw")) else "tab:gray" if TARGET_INDEX[n] < N_BLENDSHAPES
+    colors = ["tab:red" if n in MOUTH_CHANNELS else "tab:gray" if TARGET_INDEX[n] < N_BLENDSHAPES
               else "tab:blue" for n in names]
     fig, ax = plt.subplots(figsize=(12, 4.5))
     ax.bar(range(len(names)), values, color=colors)

@@ -34,6 +34,7 @@ from torch import nn
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.models.registry import build_model
 from a2bs.runtime import storage
+from a2bs.schema import N_BLENDSHAPES, N_TARGETS, POSE_BOUNDED_INDICES
 from a2bs.train.checkpoint import (
     checkpoint_dir_name,
     load_checkpoint,
@@ -132,11 +133,12 @@ def init_output_bias(model: nn.Module, target_mean: list[float]) -> bool:
         return True
     head = getattr(model, "head", None)
     proj = getattr(head, "proj", None)
-    if not isinstance(proj, nn.Conv1d) or proj.bias is None or proj.out_channels != 58 or mean.numel() != 59:
+    n_out = N_BLENDSHAPES + len(POSE_BOUNDED_INDICES)
+    if not isinstance(proj, nn.Conv1d) or proj.bias is None or proj.out_channels != n_out or mean.numel() != N_TARGETS:
         return False
-    shapes = mean[:52].clamp(1e-3, 1 - 1e-3)
+    shapes = mean[:N_BLENDSHAPES].clamp(1e-3, 1 - 1e-3)
     scale = float(getattr(head, "pose_scale", 0.2)) or 0.2
-    pose = (mean[[52, 53, 54, 56, 57, 58]] / scale).clamp(-0.95, 0.95)
+    pose = (mean[list(POSE_BOUNDED_INDICES)] / scale).clamp(-0.95, 0.95)
     with torch.no_grad():
         proj.bias.copy_(torch.cat([torch.log(shapes / (1 - shapes)), torch.atanh(pose)]).to(proj.bias))
     return True

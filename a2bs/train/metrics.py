@@ -33,22 +33,14 @@ from a2bs.schema import (
     BLENDSHAPE_INDEX,
     JAW_CHANNEL,
     LIP_CHANNELS,
-    MOUTH_CHANNELS,
+    MOUTH_INDICES,
     N_BLENDSHAPES,
     N_TARGETS,
-    POSE_BOUNDED_SLOTS,
+    OBSERVED_BLENDSHAPE_INDICES,
+    POSE_BOUNDED_INDICES,
     SMILE_CHANNELS,
     TARGET_NAMES,
-    UNOBSERVED_BLENDSHAPES,
 )
-
-OBSERVED_BLENDSHAPES: tuple[int, ...] = tuple(
-    i for i in range(N_BLENDSHAPES) if TARGET_NAMES[i] not in UNOBSERVED_BLENDSHAPES
-)
-MOUTH_INDICES: tuple[int, ...] = tuple(
-    BLENDSHAPE_INDEX[n] for n in MOUTH_CHANNELS if n not in UNOBSERVED_BLENDSHAPES
-)
-POSE_INDICES: tuple[int, ...] = tuple(N_BLENDSHAPES + s for s in POSE_BOUNDED_SLOTS)
 
 # The seed's targets for good performance: (metric, comparison, threshold).
 SEED_TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -165,16 +157,16 @@ class MetricAccumulator:
         p_all = np.concatenate([p for p, _ in arrays.values()], axis=0)  # (F, 59)
         t_all = np.concatenate([t for _, t in arrays.values()], axis=0)
         abs_err = np.abs(p_all - t_all)  # (F, 59)
-        out["mae"] = float(abs_err[:, OBSERVED_BLENDSHAPES].mean())
+        out["mae"] = float(abs_err[:, OBSERVED_BLENDSHAPE_INDICES].mean())
         out["mouth_mae"] = float(abs_err[:, MOUTH_INDICES].mean())
-        out["pose_mae"] = float(abs_err[:, POSE_INDICES].mean())
+        out["pose_mae"] = float(abs_err[:, POSE_BOUNDED_INDICES].mean())
         out["pose_translation_mae_m"] = float(abs_err[:, N_BLENDSHAPES : N_BLENDSHAPES + 3].mean())
         q = slice(N_BLENDSHAPES + 3, N_BLENDSHAPES + 7)
         out["pose_rotation_deg_mae"] = float(quaternion_angle_deg(p_all[:, q], t_all[:, q]).mean())
         out["jaw_corr"] = self._group_corr(arrays, (JAW_CHANNEL,))
         out["lip_corr"] = self._group_corr(arrays, LIP_CHANNELS)
         out["smile_corr"] = self._group_corr(arrays, SMILE_CHANNELS)
-        keep = list(OBSERVED_BLENDSHAPES) + list(range(N_BLENDSHAPES, N_TARGETS))
+        keep = list(OBSERVED_BLENDSHAPE_INDICES) + list(range(N_BLENDSHAPES, N_TARGETS))
         out["per_channel_mae"] = {TARGET_NAMES[i]: float(abs_err[:, i].mean()) for i in keep}
         return out
 
