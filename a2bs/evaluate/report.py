@@ -38,7 +38,17 @@ from a2bs.train.data import (
     scored_mask,
     shard_info,
 )
-from a2bs.train.metrics import format_target_table, target_table
+from a2bs.train.metrics import (
+    JAW_CORR,
+    LIP_CORR,
+    MAE,
+    MOUTH_MAE,
+    POSE_MAE,
+    SMILE_CORR,
+    format_metrics,
+    format_target_table,
+    target_table,
+)
 from a2bs.train.validation import score_batches
 
 PLOT_CHANNELS: tuple[str, ...] = ("jawOpen", "mouthClose", "mouthFunnel", "mouthSmileLeft", "eyeBlinkLeft")
@@ -65,10 +75,9 @@ class EvalReport:
         """One-line summary."""
         m = self.metrics
         passed = sum(r["passed"] for r in self.targets)
-        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: mae {m['mae']:.4f} "
-                f"mouth_mae {m['mouth_mae']:.4f} jaw_corr {m['jaw_corr']:.3f} lip_corr {m['lip_corr']:.3f} "
-                f"smile_corr {m['smile_corr']:.3f} pose_mae {m['pose_mae']:.4f} ({passed}/{len(self.targets)} seed "
-                f"targets) -> {self.report_dir} in {self.wall_s:.1f} s")
+        shown = format_metrics(m, (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE))
+        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: {shown} ({passed}/{len(self.targets)} "
+                f"seed targets) -> {self.report_dir} in {self.wall_s:.1f} s")
 
 
 def _read(uri: str, clip_id: str | None = None) -> Any:

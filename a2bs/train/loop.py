@@ -44,7 +44,14 @@ from a2bs.train.checkpoint import (
 )
 from a2bs.train.data import WindowCollate, clip_rank
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
-from a2bs.train.metrics import seed_objective
+from a2bs.train.metrics import (
+    SCALAR_METRICS,
+    VAL_LOSS,
+    VAL_OBJECTIVE,
+    format_metrics,
+    seed_objective,
+    val_key,
+)
 from a2bs.train.validation import merge_metrics, score_batches
 
 log = logging.getLogger("a2bs.train")
@@ -54,9 +61,6 @@ HISTORY_CSV = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 FAULT_MARKER = "_fault_injected"
 INVOCATION_FILE = "_invocation.json"
-# Scalar validation metrics copied into the epoch report as ``val_<name>``.
-VAL_SCALARS = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
-               "jaw_corr", "lip_corr", "smile_corr")
 
 
 @dataclass
@@ -165,12 +169,12 @@ def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any
                            keep_clip=lambda clip_id: clip_rank(clip_id, ctx.world_size) == ctx.rank)
     gathered = ctx.all_gather({"sums": scored.loss_sums.tolist(), "metrics": scored.metrics})
     total = np.sum([g["sums"] for g in gathered], axis=0)
-    merged = merge_metrics([g["metrics"] for g in gathered], VAL_SCALARS)
+    merged = merge_metrics([g["metrics"] for g in gathered])
     n = max(total[-1], 1e-12)
-    out = {f"val_{k}_loss": float(total[i] / n) for i, k in enumerate(TERMS)}
-    out["val_loss"] = float(total[len(TERMS)] / n)
-    out.update({f"val_{k}": merged[k] for k in VAL_SCALARS})
-    out["val_objective"] = seed_objective(out)
+    out = {val_key(f"{k}_loss"): float(total[i] / n) for i, k in enumerate(TERMS)}
+    out[VAL_LOSS] = float(total[len(TERMS)] / n)
+    out.update({val_key(k): merged[k] for k in SCALAR_METRICS})
+    out[VAL_OBJECTIVE] = seed_objective(out)
     out["val_clips"] = merged["n_clips"]
     out["val_frames"] = merged["n_frames"]
     out["per_channel_mae"] = merged["per_channel_mae"]
@@ -321,9 +325,8 @@ def _stop_epoch(tc: TrainConfig, ctx: WorkerContext, start_epoch: int) -> int:
 
 
 def _epoch_line(m: dict[str, Any]) -> str:
-    return (f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
-            f"mae {m['val_mae']:.4f} mouth_mae {m['val_mouth_mae']:.4f} jaw_corr {m['val_jaw_corr']:.3f} "
-            f"lip_corr {m['val_lip_corr']:.3f} ({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
+    return (f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_loss {m[VAL_LOSS]:.4f} {format_metrics(m)} "
+            f"({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, cfg: Config,

@@ -63,7 +63,7 @@ from a2bs.train.loop import (
     run_loop,
     train_loop_per_worker,
 )
-from a2bs.train.metrics import target_table
+from a2bs.train.metrics import VAL_LOSS, format_metrics, target_table
 
 log = logging.getLogger("a2bs.train")
 
@@ -99,9 +99,7 @@ class TrainResult:
         passed = sum(r["passed"] for r in self.targets)
         done = "finished" if self.last_epoch + 1 >= self.epochs else "stopped"
         return (f"train: {done} at epoch {self.last_epoch + 1}/{self.epochs} on {self.world_size} worker(s); "
-                f"best epoch {self.best_epoch}: val_loss {m.get('val_loss', math.nan):.4f} "
-                f"mae {m.get('val_mae', math.nan):.4f} mouth_mae {m.get('val_mouth_mae', math.nan):.4f} "
-                f"jaw_corr {m.get('val_jaw_corr', math.nan):.3f} lip_corr {m.get('val_lip_corr', math.nan):.3f} "
+                f"best epoch {self.best_epoch}: val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
                 f"({passed}/{len(self.targets)} seed targets) -> {self.model_path} in {self.wall_s:.1f} s")
 
 

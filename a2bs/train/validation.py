@@ -20,7 +20,7 @@ from torch import nn
 from a2bs.config import LossConfig
 from a2bs.train.data import scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss
-from a2bs.train.metrics import MetricAccumulator
+from a2bs.train.metrics import SCALAR_METRICS, MetricAccumulator
 
 
 @dataclass
@@ -85,20 +85,19 @@ def score_batches(
     return ScoredPass(acc.compute(), sums, clip_frames)
 
 
-def merge_metrics(parts: list[dict[str, Any]], scalars: Iterable[str]) -> dict[str, Any]:
+def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine per-worker validation metrics, weighting by each worker's valid frames.
 
     MAEs merge exactly; a correlation becomes the frame-weighted mean of the workers' values (each of
     which follows the whole-clip definition on that worker's clips). With one worker it is the identity.
     """
-    scalars = tuple(scalars)
     parts = [p for p in parts if p.get("n_frames")]
     if len(parts) <= 1:
-        return parts[0] if parts else {"n_frames": 0, "n_clips": 0, **{k: math.nan for k in scalars},
+        return parts[0] if parts else {"n_frames": 0, "n_clips": 0, **{k: math.nan for k in SCALAR_METRICS},
                                        "per_channel_mae": {}}
     w = np.array([p["n_frames"] for p in parts], dtype=np.float64)
     out: dict[str, Any] = {"n_frames": int(w.sum()), "n_clips": int(sum(p["n_clips"] for p in parts))}
-    for key in scalars:
+    for key in SCALAR_METRICS:
         vals = np.array([p.get(key, math.nan) for p in parts], dtype=np.float64)
         ok = ~np.isnan(vals)
         out[key] = float(np.average(vals[ok], weights=w[ok])) if ok.any() else math.nan

@@ -44,7 +44,19 @@ from a2bs.config import (
     save_config,
 )
 from a2bs.runtime import storage
-from a2bs.train.metrics import SEED_TARGETS
+from a2bs.train.metrics import (
+    JAW_CORR,
+    LIP_CORR,
+    MAE,
+    MOUTH_MAE,
+    POSE_MAE,
+    SEED_TARGETS,
+    SMILE_CORR,
+    VAL_LOSS,
+    format_metrics,
+    metric_value,
+    val_key,
+)
 from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
 
 log = logging.getLogger("a2bs.tune")
@@ -53,6 +65,8 @@ FULL_DILATIONS = [1, 2, 4, 8, 16, 32, 64, 128, 128, 128]
 RESULTS_NAME = "results.csv"
 BEST_NAME = "best.yaml"
 EXPERIMENT_NAME = "tune"
+# Validation metrics copied from each trial's best epoch into the results table.
+TABLE_METRICS: tuple[str, ...] = tuple(val_key(n) for n in (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE))
 
 
 def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
@@ -184,8 +198,8 @@ class TuneResult:
             return f"tune: no trial finished an epoch ({len(self.rows)} trials) in {self.wall_s:.1f} s"
         b = self.best
         return (f"tune: {len(self.rows)} trials, best {b['trial_id']} objective {b['objective']:.3f} "
-                f"({b['targets_met']}/{len(SEED_TARGETS)} seed targets, mae {b['val_mae']:.4f} "
-                f"jaw_corr {b['val_jaw_corr']:.3f}) -> {self.best_yaml} in {self.wall_s:.1f} s")
+                f"({b['targets_met']}/{len(SEED_TARGETS)} seed targets, {format_metrics(b, (MAE, JAW_CORR))}) "
+                f"-> {self.best_yaml} in {self.wall_s:.1f} s")
 
 
 def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
@@ -193,7 +207,7 @@ def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
     cfg = result.config or {}
     row: dict[str, Any] = {"trial_id": str((result.metrics or {}).get("trial_id", "?")),
                            "status": "error" if result.error else "ok"}
-    if df is None or df.empty or "val_mae" not in df:
+    if df is None or df.empty or val_key(MAE) not in df:
         return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0, "stopped_early": True,
                 **{k: cfg.get(k) for k in keys}}
     records = df.to_dict("records")
@@ -205,8 +219,7 @@ def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
         "objective": best_obj, "targets_met": sum(met.values()),
         **{f"met_{k}": v for k, v in met.items()},
         "best_epoch": int(best.get("epoch", -1)), "epochs": len(records), "stopped_early": len(records) < max_epochs,
-        **{k: best.get(k, math.nan) for k in ("val_mae", "val_mouth_mae", "val_jaw_corr", "val_lip_corr",
-                                              "val_smile_corr", "val_pose_mae", "val_base_loss", "val_loss")},
+        **{k: best.get(k, math.nan) for k in (*TABLE_METRICS, val_key("base_loss"), VAL_LOSS)},
         **{k: cfg.get(k) for k in keys},
     })
     return row
@@ -323,8 +336,8 @@ def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
         flags = "".join("Y" if r.get(f"met_{n}") else "." for n, _, _ in SEED_TARGETS)
         sampled = " ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys)
         lines.append(f"{r['rank']:>4} {r['trial_id']:>12} {r['objective']:>9.3f} {flags:>7} "
-                     f"{r.get('val_mae', math.nan):>7.4f} {r.get('val_jaw_corr', math.nan):>6.3f} "
-                     f"{r.get('val_lip_corr', math.nan):>6.3f} {r.get('val_mouth_mae', math.nan):>7.4f} "
+                     f"{metric_value(r, MAE):>7.4f} {metric_value(r, JAW_CORR):>6.3f} "
+                     f"{metric_value(r, LIP_CORR):>6.3f} {metric_value(r, MOUTH_MAE):>7.4f} "
                      f"{r.get('epochs', 0):>3}  {sampled}")
     return "\n".join(lines)
 

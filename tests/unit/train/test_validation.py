@@ -12,6 +12,7 @@ from torch import nn
 from a2bs.config import LossConfig
 from a2bs.schema import N_BLENDSHAPES, N_TARGETS
 from a2bs.train.losses import TERMS, compute_loss
+from a2bs.train.metrics import SCALAR_METRICS
 from a2bs.train.validation import merge_metrics, score_batches
 
 T = 8  # frames per window
@@ -72,13 +73,15 @@ def test_no_rows_kept_gives_empty_metrics() -> None:
 
 
 def test_merge_metrics_weights_by_frames() -> None:
-    a = {"n_frames": 30, "n_clips": 1, "mae": 0.1, "jaw_corr": math.nan, "per_channel_mae": {"jawOpen": 0.2}}
-    b = {"n_frames": 10, "n_clips": 2, "mae": 0.5, "jaw_corr": 0.8, "per_channel_mae": {"jawOpen": 0.6}}
-    merged = merge_metrics([a, b, {"n_frames": 0}], ("mae", "jaw_corr"))
+    a = {"n_frames": 30, "n_clips": 1, **dict.fromkeys(SCALAR_METRICS, 0.1), "jaw_corr": math.nan,
+         "per_channel_mae": {"jawOpen": 0.2}}
+    b = {"n_frames": 10, "n_clips": 2, **dict.fromkeys(SCALAR_METRICS, 0.5), "jaw_corr": 0.8,
+         "per_channel_mae": {"jawOpen": 0.6}}
+    merged = merge_metrics([a, b, {"n_frames": 0}])
     assert merged["n_frames"] == 40 and merged["n_clips"] == 3
-    assert merged["mae"] == pytest.approx(0.2)
+    assert merged["mae"] == merged["lip_corr"] == pytest.approx(0.2)
     assert merged["jaw_corr"] == pytest.approx(0.8)  # NaN parts are left out
     assert merged["per_channel_mae"]["jawOpen"] == pytest.approx(0.3)
-    assert merge_metrics([a], ("mae",)) is a
-    empty = merge_metrics([], ("mae",))
+    assert merge_metrics([a]) is a
+    empty = merge_metrics([])
     assert empty["n_frames"] == 0 and math.isnan(empty["mae"])
