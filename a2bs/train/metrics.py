@@ -214,6 +214,16 @@ class MetricAccumulator:
         return float(np.mean(values)) if values else math.nan
 
 
+def target_met(value: float, op: str, threshold: float) -> bool:
+    """Whether `value` meets a seed target (``op`` is "<" or ">"); NaN never does."""
+    return not math.isnan(value) and (value < threshold if op == "<" else value > threshold)
+
+
+def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
+    """{metric name: met?} for :data:`SEED_TARGETS` (keys of `metrics` may carry the ``val_`` prefix)."""
+    return {name: target_met(metric_value(metrics, name), op, threshold) for name, op, threshold in SEED_TARGETS}
+
+
 def seed_objective(metrics: dict[str, Any]) -> float:
     """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">").
 
@@ -223,7 +233,7 @@ def seed_objective(metrics: dict[str, Any]) -> float:
     """
     terms = []
     for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
+        v = metric_value(metrics, name)
         if op == "<":
             terms.append(v / threshold if not math.isnan(v) else math.inf)
         else:
@@ -232,12 +242,14 @@ def seed_objective(metrics: dict[str, Any]) -> float:
 
 
 def target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed."""
+    """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed.
+
+    Keys of `metrics` may carry the ``val_`` prefix."""
     rows = []
     for name, op, threshold in SEED_TARGETS:
-        value = float(metrics.get(name, math.nan))
-        passed = not math.isnan(value) and (value < threshold if op == "<" else value > threshold)
-        rows.append({"metric": name, "value": value, "target": f"{op} {threshold:g}", "passed": passed})
+        value = metric_value(metrics, name)
+        rows.append({"metric": name, "value": value, "target": f"{op} {threshold:g}",
+                     "passed": target_met(value, op, threshold)})
     return rows
 
 

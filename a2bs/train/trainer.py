@@ -91,7 +91,7 @@ class TrainResult:
     @property
     def targets(self) -> list[dict[str, Any]]:
         """Pass/fail rows of the best epoch against the seed's targets."""
-        return target_table({k.removeprefix("val_"): v for k, v in self.best_metrics.items()})
+        return target_table(self.best_metrics)
 
     def line(self) -> str:
         """One-line summary."""

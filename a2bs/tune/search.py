@@ -13,7 +13,7 @@ Each trial is one of (``tune.workers_per_trial``):
 
 ASHA stops trials on ``tune.metric`` (default ``val_base_loss``: the smooth-L1 term does not depend on
 the loss weights being searched, so trials stay comparable). Trials are then ranked by a combined
-objective of the seed's targets (:func:`objective`). Outputs in TUNE_DIR::
+objective of the seed's targets (:func:`a2bs.train.metrics.seed_objective`). Outputs in TUNE_DIR::
 
     results.csv   one row per trial, best first: objective, targets met, metrics, sampled values
     best.yaml     overrides (vs the defaults) of the best trial: `a2bs train --config best.yaml`
@@ -55,9 +55,10 @@ from a2bs.train.metrics import (
     VAL_LOSS,
     format_metrics,
     metric_value,
+    seed_objective,
+    targets_met,
     val_key,
 )
-from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
 
 log = logging.getLogger("a2bs.tune")
 
@@ -124,15 +125,6 @@ def apply_sample(cfg: Config, sample: dict[str, Any]) -> Config:
             node = node.setdefault(part, {})
         node[leaf] = value
     return load_config(None, nested, base=cfg)
-
-
-def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
-    """{target name: met?} for the seed's targets."""
-    out = {}
-    for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", math.nan))
-        out[name] = not math.isnan(v) and (v < threshold if op == "<" else v > threshold)
-    return out
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +203,7 @@ def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
         return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0, "stopped_early": True,
                 **{k: cfg.get(k) for k in keys}}
     records = df.to_dict("records")
-    scored = [(objective(r), r) for r in records]
+    scored = [(seed_objective(r), r) for r in records]
     best_obj, best = min(scored, key=lambda x: x[0])
     met = targets_met(best)
     row.update({
@@ -328,7 +320,7 @@ def _write_table(rows: list[dict[str, Any]], uri: str) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """Plain-text ranking: objective, seed targets (✓/✗ for mae, jaw, lip, mouth), metrics, sampled values."""
+    """Plain-text ranking: objective, seed targets (Y met / . not, for mae, jaw, lip, mouth), metrics, sampled values."""
     head = f"{'rank':>4} {'trial':>12} {'objective':>9} {'targets':>7} {'mae':>7} {'jaw_r':>6} {'lip_r':>6} " \
            f"{'mouth':>7} {'ep':>3}  sampled"
     lines = [head]

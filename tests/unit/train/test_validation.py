@@ -68,7 +68,7 @@ def test_keep_clip_and_loss_sums() -> None:
 
 def test_no_rows_kept_gives_empty_metrics() -> None:
     scored = score_batches(nn.Identity(), [_window("a", 0, 0.1)], RATE_HZ, OVERLAP, torch.device("cpu"),
-                           keep_clip=lambda c: False)
+                           keep_clip=lambda _clip_id: False)
     assert scored.metrics["n_frames"] == 0 and math.isnan(scored.metrics["mae"])
 
 
