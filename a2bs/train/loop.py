@@ -16,8 +16,6 @@ epochs and the best checkpoint is not simply the last epoch before a new term is
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _pyio
 import json
 import logging
 import os
@@ -194,15 +192,9 @@ class _History:
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         storage.atomic_write_text(storage.join(self.run_dir, HISTORY_JSON), json.dumps(self.rows, indent=1, default=float))
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        buf = _pyio.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
-        storage.atomic_write_text(storage.join(self.run_dir, HISTORY_CSV), buf.getvalue())
+        storage.atomic_write_csv(storage.join(self.run_dir, HISTORY_CSV),
+                                 [{k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+                                  for r in self.rows])
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":

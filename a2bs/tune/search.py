@@ -24,8 +24,6 @@ objective of the seed's targets (:func:`a2bs.train.metrics.seed_objective`). Out
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _pyio
 import logging
 import math
 import os
@@ -301,22 +299,12 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         header = (f"# a2bs tune: best of {len(rows)} trials (space '{tc.space}'), trial {finished[0]['trial_id']}, "
                   f"objective {finished[0]['objective']:.4f}\n# use: a2bs train SHARDS --out RUN --config {BEST_NAME}\n")
         storage.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
-    _write_table(rows, storage.join(tune_dir, RESULTS_NAME))
+    storage.atomic_write_csv(storage.join(tune_dir, RESULTS_NAME),
+                             [{k: str(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows],
+                             header=["rank"])
     result.wall_s = time.perf_counter() - t0
     print(format_table(rows, keys))
     return result
-
-
-def _write_table(rows: list[dict[str, Any]], uri: str) -> None:
-    keys: list[str] = ["rank"]
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = _pyio.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (str(v) if isinstance(v, list) else v) for k, v in r.items()})
-    storage.atomic_write_text(uri, buf.getvalue())
 
 
 def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
