@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -38,6 +38,16 @@ CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
 def checkpoint_dir_name(epoch: int) -> str:
     """Folder name of an epoch's checkpoint (unique per run: an epoch is checkpointed once)."""
     return f"epoch_{epoch:04d}"
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """The checkpoint folders directly under `root` (local or URI), oldest epoch first.
+
+    A folder counts once its ``state.json`` exists: :func:`save_checkpoint` writes it last and
+    :func:`copy_checkpoint` copies it last, so a half-copied folder is never listed.
+    """
+    metas = (PurePosixPath(f.replace("\\", "/")) for f in storage.list_files(root, suffix=META_FILE))
+    return [storage.join(root, name) for name in sorted({m.parent.name for m in metas if m.name == META_FILE})]
 
 
 def state_digest(obj: Any) -> str:

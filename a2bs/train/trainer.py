@@ -40,9 +40,11 @@ from a2bs.config import (
 )
 from a2bs.runtime import storage
 from a2bs.train.checkpoint import (
+    CHECKPOINT_FILES,
     MODEL_FILE,
     checkpoint_dir_name,
     copy_checkpoint,
+    list_checkpoints,
     read_meta,
 )
 from a2bs.train.data import (
@@ -314,15 +316,15 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
 
     @contextlib.contextmanager
     def restore() -> Iterator[str | None]:
-        latest = _latest_local(ckpt_root)
-        if latest is None:
+        saved = list_checkpoints(ckpt_root)
+        if not saved:
             yield None
-        elif not storage.is_remote(latest):
-            yield latest
+        elif not storage.is_remote(saved[-1]):
+            yield saved[-1]
         else:
             with tempfile.TemporaryDirectory(prefix="a2bs-restore-") as tmp:
-                for name in ("model.safetensors", "train_state.pt", "state.json"):
-                    Path(tmp, name).write_bytes(storage.read_bytes(storage.join(latest, name)))
+                for name in CHECKPOINT_FILES:
+                    Path(tmp, name).write_bytes(storage.read_bytes(storage.join(saved[-1], name)))
                 yield tmp
 
     def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
@@ -340,19 +342,13 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     )
 
 
-def _latest_local(ckpt_root: str) -> str | None:
-    dirs = sorted({f.rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
-    return storage.join(ckpt_root, dirs[-1]) if dirs else None
-
-
 def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
     run_loop(cfg, local_context(info, run_dir, cfg))
-    dirs = sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
-    if not dirs:
+    saved = list_checkpoints(ckpt_root)
+    if not saved:
         raise RuntimeError(f"{run_dir}: training wrote no checkpoint")
-    candidates = [(storage.join(ckpt_root, d), read_meta(storage.join(ckpt_root, d))["metrics"]) for d in dirs]
-    return candidates, storage.join(ckpt_root, dirs[-1])
+    return [(d, read_meta(d)["metrics"]) for d in saved], saved[-1]
 
 
 def read_history(run_dir: str) -> list[dict[str, Any]]:
