@@ -219,8 +219,15 @@ def _summary_writer(logdir: str) -> Any:
     return SummaryWriter(logdir)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> Any:
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1))
+def one_cycle(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int,
+              done_steps: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The run's LR schedule: OneCycleLR peaking at ``train.lr`` over `total_steps` optimizer steps.
+
+    `done_steps` > 0 starts it that many steps in (a resumed run whose schedule length changed); the
+    optimizer's param groups must then hold ``initial_lr`` (set by a first call or a loaded state).
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1),
+                                               last_epoch=done_steps - 1)
 
 
 def run_loop(cfg: Config, ctx: WorkerContext) -> None:
@@ -242,7 +249,7 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
     model = ctx.wrap_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * ctx.steps_per_epoch
-    scheduler = _scheduler(optimizer, tc, total_steps)
+    scheduler = one_cycle(optimizer, tc, total_steps)
     amp = tc.mixed_precision and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     history: list[dict[str, Any]] = list(state.history) if state else []
@@ -255,8 +262,7 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
             scheduler.load_state_dict(state.scheduler)
         else:  # epochs or batch geometry changed on resume: continue the new schedule at the same step
             done = int(state.scheduler.get("last_epoch", 0))
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1),
-                                                            last_epoch=min(done, total_steps - 1) - 1)
+            scheduler = one_cycle(optimizer, tc, total_steps, done_steps=min(done, total_steps - 1))
         scaler.load_state_dict(state.scaler)
         loaded_digest = state_digest(optimizer.state_dict())
     end_epoch = _stop_epoch(tc, ctx, start_epoch)
