@@ -176,12 +176,18 @@ class RayConfig:
     cpus_per_actor: float = 1.0
 
 
+# Name of the model file in a run or checkpoint folder (train writes it; evaluate, infer and the demo
+# read it). It lives here, below every stage, so the default model path can use it; stages import it
+# from a2bs.models.model_file.
+MODEL_FILE_NAME = "model.safetensors"
+
+
 @dataclass(frozen=True)
 class InferConfig:
     """Inference output and post-processing."""
 
     fps: float = 30.0
-    model_path: str = "out/demo/train/model.safetensors"  # what `a2bs infer` uses when no MODEL is given
+    model_path: str = f"out/demo/train/{MODEL_FILE_NAME}"  # what `a2bs infer` uses when no MODEL is given
     format: str = "livelink-csv"  # livelink-csv | json | npy | parquet
     smoothing: bool = False  # One-Euro filter (causal: adds no lag in streaming)
     one_euro_min_cutoff_hz: float = 3.0

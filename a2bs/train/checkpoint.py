@@ -26,13 +26,12 @@ import torch
 from torch import nn
 
 from a2bs.config import ModelConfig
-from a2bs.models.model_file import load_model_file, save_model
+from a2bs.models.model_file import MODEL_FILE_NAME, load_model_file, save_model
 from a2bs.runtime import storage
 
-MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "state.json"
-CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
+CHECKPOINT_FILES = (MODEL_FILE_NAME, STATE_FILE, META_FILE)
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -119,7 +118,7 @@ def save_checkpoint(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     bare = unwrap(model)
-    save_model(d / MODEL_FILE, bare, model_cfg, {"epoch": epoch, "metrics": _scalars(metrics)})
+    save_model(d / MODEL_FILE_NAME, bare, model_cfg, {"epoch": epoch, "metrics": _scalars(metrics)})
     train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "epoch": epoch}
     torch.save(train_state, d / STATE_FILE)
@@ -134,7 +133,7 @@ def load_checkpoint(directory: str | os.PathLike) -> TrainState:
     """Read a checkpoint folder written by :func:`save_checkpoint` (no pickle: safetensors,
     ``torch.load(weights_only=True)`` and JSON)."""
     d = Path(directory)
-    model, model_cfg, _ = load_model_file(d / MODEL_FILE)
+    model, model_cfg, _ = load_model_file(d / MODEL_FILE_NAME)
     train_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
     meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     return TrainState(

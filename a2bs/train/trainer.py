@@ -38,10 +38,10 @@ from a2bs.config import (
     load_config,
     save_config,
 )
+from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.runtime import storage
 from a2bs.train.checkpoint import (
     CHECKPOINT_FILES,
-    MODEL_FILE,
     checkpoint_dir_name,
     copy_checkpoint,
     list_checkpoints,
@@ -73,7 +73,6 @@ RAY_RUN_NAME = "ray_train"
 LOCAL_CHECKPOINTS = "checkpoints"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.json"
-MODEL_NAME = "model.safetensors"
 
 
 @dataclass
@@ -237,8 +236,8 @@ def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], late
     best_dir, _ = _best(candidates, tc.best_metric, tc.best_mode)
     best_meta = read_meta(best_dir)
     latest_meta = read_meta(latest_dir)
-    model_path = storage.join(run_dir, MODEL_NAME)
-    storage.atomic_write_bytes(model_path, storage.read_bytes(storage.join(best_dir, MODEL_FILE)))
+    model_path = storage.join(run_dir, MODEL_FILE_NAME)
+    storage.atomic_write_bytes(model_path, storage.read_bytes(storage.join(best_dir, MODEL_FILE_NAME)))
     history = latest_meta.get("history", [])
     result = TrainResult(run_dir=run_dir, model_path=model_path, best_epoch=int(best_meta["epoch"]),
                          best_metrics=best_meta["metrics"], last_epoch=int(latest_meta["epoch"]),

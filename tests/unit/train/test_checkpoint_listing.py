@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from a2bs.config import ModelConfig
+from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import (
     META_FILE,
-    MODEL_FILE,
     checkpoint_dir_name,
     copy_checkpoint,
     list_checkpoints,
@@ -36,7 +36,7 @@ def test_lists_complete_folders_oldest_first(tmp_path: Path) -> None:
         copy_checkpoint(_save(tmp_path, epoch), str(root / checkpoint_dir_name(epoch)))
     half = root / checkpoint_dir_name(11)  # a copy cut short: the model is there, state.json is not
     half.mkdir()
-    (half / MODEL_FILE).write_bytes((root / checkpoint_dir_name(0) / MODEL_FILE).read_bytes())
+    (half / MODEL_FILE_NAME).write_bytes((root / checkpoint_dir_name(0) / MODEL_FILE_NAME).read_bytes())
     (root / "notes").mkdir()
     (root / "notes" / f"old_{META_FILE}").write_text("{}")  # ends like state.json, is not one
     saved = list_checkpoints(str(root))
