@@ -117,6 +117,9 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 64
+    # Windows per forward pass when scoring (training validation uses at least `batch_size`; also
+    # `a2bs evaluate`): larger than training batches since no gradients are kept.
+    val_batch_size: int = 256
     lr: float = 3e-3  # OneCycleLR peak
     weight_decay: float = 1e-2
     grad_clip_norm: float = 1.0

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from a2bs.config import config_to_dict
+from a2bs.config import TrainConfig, config_to_dict
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
@@ -95,7 +95,7 @@ def _predict(model: nn.Module, audio: np.ndarray, batch_size: int, device: torch
     return np.concatenate(out) if out else np.zeros((0, audio.shape[1], len(TARGET_NAMES)), np.float32)
 
 
-def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = 256,
+def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = TrainConfig.val_batch_size,
                    device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, int]]:
     """Whole-clip metrics of `model` on a split -> (metrics, scored frames per clip)."""
     info = shard_info(shards_dir)
@@ -106,7 +106,8 @@ def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_
     return scored.metrics, scored.clip_frames
 
 
-def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val", batch_size: int = 256,
+def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val",
+                batch_size: int = TrainConfig.val_batch_size,
                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """One clip's predictions and targets in time order: ``time_s`` (F,), ``pred``/``target`` (F, 59),
     NaN where no window scores the frame."""
@@ -196,7 +197,7 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
 
 
 def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "val", clip_id: str | None = None,
-             batch_size: int = 256, device: str = "cpu") -> EvalReport:
+             batch_size: int = TrainConfig.val_batch_size, device: str = "cpu") -> EvalReport:
     """Evaluate a model file on a shards split and write REPORT_DIR (report.json, targets.md, PNGs).
 
     Args:
@@ -205,7 +206,7 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
         report_dir: output folder, local or s3://.
         split: "val" (held-out clips) or "train".
         clip_id: clip for the curve plot (default: the clip with the most scored frames).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (``train.val_batch_size``).
         device: torch device for inference.
     """
     t0 = time.perf_counter()

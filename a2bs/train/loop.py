@@ -50,7 +50,7 @@ from a2bs.train.metrics import (
     seed_objective,
     val_key,
 )
-from a2bs.train.validation import merge_metrics, score_batches
+from a2bs.train.validation import merge_metrics, score_batches, val_batch_rows
 
 log = logging.getLogger("a2bs.train")
 
@@ -399,7 +399,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def val_arrays() -> Iterator[dict[str, np.ndarray]]:
         from a2bs.train.data import arrow_to_arrays
 
-        for table in val_it.iter_batches(batch_size=max(tc.batch_size, 256), batch_format="pyarrow"):
+        for table in val_it.iter_batches(batch_size=val_batch_rows(tc), batch_format="pyarrow"):
             yield arrow_to_arrays(table, n_mels)
 
     @contextlib.contextmanager

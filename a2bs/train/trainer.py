@@ -66,6 +66,7 @@ from a2bs.train.loop import (
     train_loop_per_worker,
 )
 from a2bs.train.metrics import VAL_LOSS, format_metrics, target_table
+from a2bs.train.validation import val_batch_rows
 
 log = logging.getLogger("a2bs.train")
 
@@ -310,7 +311,7 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     device = resolve_device(tc)
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
                              seed=tc.seed)
-    val_src = LocalBatches(info.val_files, info.n_mels, max(tc.batch_size, 256), columns=VAL_COLUMNS)
+    val_src = LocalBatches(info.val_files, info.n_mels, val_batch_rows(tc), columns=VAL_COLUMNS)
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
 
     @contextlib.contextmanager

@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from a2bs.config import LossConfig
+from a2bs.config import LossConfig, TrainConfig
 from a2bs.train.data import scored_mask, to_tensors
 from a2bs.train.losses import TERMS, compute_loss
 from a2bs.train.metrics import SCALAR_METRICS, MetricAccumulator
+
+
+def val_batch_rows(tc: TrainConfig) -> int:
+    """Windows per validation batch of a training run: ``train.val_batch_size``, at least ``train.batch_size``."""
+    return max(tc.batch_size, tc.val_batch_size)
 
 
 @dataclass
