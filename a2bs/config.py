@@ -191,7 +191,7 @@ class InferConfig:
 
     fps: float = 30.0
     model_path: str = f"out/demo/train/{MODEL_FILE_NAME}"  # what `a2bs infer` uses when no MODEL is given
-    format: str = "livelink-csv"  # livelink-csv | json | npy | parquet
+    format: str = "livelink-csv"  # livelink-csv | json | npz (an .npz archive; "npy" is an alias) | parquet
     smoothing: bool = False  # One-Euro filter (causal: adds no lag in streaming)
     one_euro_min_cutoff_hz: float = 3.0
     one_euro_beta: float = 0.5

@@ -118,7 +118,13 @@ CLIP_SCHEMA = pa.schema(
 
 
 def sequence_schema(n_mels: int) -> pa.Schema:
-    """Arrow schema of one sequence-window row (fixed-size lists recover (N, T, C) zero-copy)."""
+    """Arrow schema of one sequence-window row.
+
+    The window columns are variable-length lists (``pa.list_``), each holding one row's (T, C) values
+    flattened; a shard's rows all have the same T (``n_frames``), so a reader reshapes a column's
+    flattened values to (N, T, C) (:func:`a2bs.train.data.arrow_to_arrays`). The lengths are not
+    part of the schema: only that reshape checks them.
+    """
     return pa.schema(
         [
             ("clip_id", pa.string()),
