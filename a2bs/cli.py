@@ -51,6 +51,9 @@ def cmd_build(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
     from a2bs.synth.corpus import main as synth_main
 
+    if rest:
+        raise ConfigError(f"synth takes no inputs or overrides (got {' '.join(rest)})")
+
     return synth_main(["--out", args.out, "--clips", str(args.clips), "--seed", str(args.seed)])
 
 

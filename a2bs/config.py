@@ -117,6 +117,9 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 64
+    # Windows per forward pass when scoring (training validation uses at least `batch_size`; also
+    # `a2bs evaluate`): larger than training batches since no gradients are kept.
+    val_batch_size: int = 256
     lr: float = 3e-3  # OneCycleLR peak
     weight_decay: float = 1e-2
     grad_clip_norm: float = 1.0
@@ -173,13 +176,19 @@ class RayConfig:
     cpus_per_actor: float = 1.0
 
 
+# Name of the model file in a run or checkpoint folder (train writes it; evaluate, infer and the demo
+# read it). It lives here, below every stage, so the default model path can use it; stages import it
+# from a2bs.models.model_file.
+MODEL_FILE_NAME = "model.safetensors"
+
+
 @dataclass(frozen=True)
 class InferConfig:
     """Inference output and post-processing."""
 
     fps: float = 30.0
-    model_path: str = "out/demo/train/model.safetensors"  # what `a2bs infer` uses when no MODEL is given
-    format: str = "livelink-csv"  # livelink-csv | json | npy | parquet
+    model_path: str = f"out/demo/train/{MODEL_FILE_NAME}"  # what `a2bs infer` uses when no MODEL is given
+    format: str = "livelink-csv"  # livelink-csv | json | npz (an .npz archive; "npy" is an alias) | parquet
     smoothing: bool = False  # One-Euro filter (causal: adds no lag in streaming)
     one_euro_min_cutoff_hz: float = 3.0
     one_euro_beta: float = 0.5

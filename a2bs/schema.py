@@ -69,6 +69,14 @@ POSE_BOUNDED_SLOTS: tuple[int, ...] = (0, 1, 2, 4, 5, 6)
 # Rest value of the pose vector (no motion relative to the rest pose).
 POSE_REST: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 
+# The channel groups as indices into the 59-value target vector (used by the loss, metrics, inference).
+OBSERVED_BLENDSHAPE_INDICES: tuple[int, ...] = tuple(
+    i for i, n in enumerate(ARKIT_BLENDSHAPES) if n not in UNOBSERVED_BLENDSHAPES
+)
+MOUTH_INDICES: tuple[int, ...] = tuple(BLENDSHAPE_INDEX[n] for n in MOUTH_CHANNELS)  # all observed
+JAW_INDEX = BLENDSHAPE_INDEX[JAW_CHANNEL]
+POSE_BOUNDED_INDICES: tuple[int, ...] = tuple(N_BLENDSHAPES + s for s in POSE_BOUNDED_SLOTS)
+
 # Valid ranges: values outside are clipped by validation and counted (never z-scored).
 MEL_DB_RANGE = (-80.0, 10.0)
 BLENDSHAPE_RANGE = (0.0, 1.0)
@@ -110,7 +118,13 @@ CLIP_SCHEMA = pa.schema(
 
 
 def sequence_schema(n_mels: int) -> pa.Schema:
-    """Arrow schema of one sequence-window row (fixed-size lists recover (N, T, C) zero-copy)."""
+    """Arrow schema of one sequence-window row.
+
+    The window columns are variable-length lists (``pa.list_``), each holding one row's (T, C) values
+    flattened; a shard's rows all have the same T (``n_frames``), so a reader reshapes a column's
+    flattened values to (N, T, C) (:func:`a2bs.train.data.arrow_to_arrays`). The lengths are not
+    part of the schema: only that reshape checks them.
+    """
     return pa.schema(
         [
             ("clip_id", pa.string()),

@@ -18,6 +18,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from a2bs.config import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO = PACKAGE_DIR.parent
 STAGES = ("extract", "build", "train", "tune", "evaluate", "infer")
@@ -133,6 +135,8 @@ def cmd_submit(argv: list[str]) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, rest: list[str]) -> int:
+    if rest:
+        raise ConfigError(f"jobs {args.action} takes one job id (got also {' '.join(rest)})")
     client = _client(args.address)
     if args.action == "status":
         info = client.get_job_info(args.job_id)

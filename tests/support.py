@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 DEMO_CORPUS = REPO / "a2bs" / "demo" / "corpus"
@@ -20,3 +22,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def read_split(shards_dir: str, split: str) -> dict[str, np.ndarray]:
+    """Every window of a split as arrays, read the way training reads shards (LocalBatches)."""
+    from a2bs.build.shards import shard_files
+    from a2bs.config import AudioConfig
+    from a2bs.train.data import VAL_COLUMNS, LocalBatches
+
+    files = shard_files(shards_dir, split)
+    assert files, f"{shards_dir}: no {split!r} shards"
+    # One batch larger than any split: LocalBatches then yields the whole split at once.
+    (arrays,) = LocalBatches(files, AudioConfig().n_mels, batch_size=1 << 40, columns=VAL_COLUMNS).arrays()
+    return arrays

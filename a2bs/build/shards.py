@@ -1,4 +1,4 @@
-"""Sequence shards: split assignment, shard plans, writing one shard, reading splits back.
+"""Sequence shards: split assignment, shard plans, writing one shard, listing a split's files.
 
 Layout of a shards folder::
 
@@ -23,7 +23,6 @@ from a2bs.runtime import storage
 from a2bs.config import Config
 from a2bs.extract.clip import record_arrays
 from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
-from a2bs.errors import InputError
 from a2bs.schema import N_TARGETS, sequence_schema
 
 MANIFEST_NAME = "_manifest.json"
@@ -128,42 +127,3 @@ def shard_files(shards_dir: str, split: str) -> list[str]:
         manifest = json.loads(storage.read_text(manifest_uri))
         return [storage.join(shards_dir, s["name"]) for s in manifest["shards"] if s["split"] == split and s["rows"]]
     return storage.list_files(storage.join(shards_dir, split), suffix=".parquet")
-
-
-def table_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
-    """(N, T, n_mels) audio, (N, T, 59) targets, (N, T) vad/mask from a shard table (zero-copy)."""
-
-    def flat(name: str) -> np.ndarray:
-        col = table.column(name).combine_chunks()
-        return col.values.to_numpy(zero_copy_only=False)
-
-    n = table.num_rows
-    t = int(table.column("n_frames")[0].as_py()) if n else 0
-    return {
-        "audio": flat("audio").reshape(n, t, n_mels),
-        "targets": flat("targets").reshape(n, t, N_TARGETS),
-        "vad": flat("vad").reshape(n, t),
-        "mask": flat("mask").reshape(n, t),
-        "clip_id": np.asarray(table.column("clip_id").to_pylist()),
-        "start_s": table.column("start_s").to_numpy(),
-    }
-
-
-def read_shard(uri: str) -> pa.Table:
-    """Read one shard; a damaged file raises InputError naming it (not a bare Arrow error)."""
-    try:
-        return storage.read_parquet(uri)
-    except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise InputError(uri, "shard listed in the manifest is missing (rerun `a2bs build`)") from None
-        raise InputError(uri, f"corrupt or truncated Parquet shard ({' '.join(str(exc).split())[:160]}); "
-                              "rerun `a2bs build`") from None
-
-
-def load_split(shards_dir: str, split: str, n_mels: int = 80) -> dict[str, np.ndarray]:
-    """All rows of a split in memory (fine for evaluation and small corpora; training streams)."""
-    files = shard_files(shards_dir, split)
-    if not files:
-        raise FileNotFoundError(f"{shards_dir}: no '{split}' shards")
-    table = pa.concat_tables([read_shard(f) for f in files])
-    return table_arrays(table, n_mels)

@@ -17,7 +17,7 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     (model, shards), overrides = positionals(args, rest, ("MODEL", "SHARDS_DIR"))
     cfg = load_config(args.config, overrides)
     report = evaluate(model, shards, args.out, split=args.split, clip_id=args.clip,
-                      device=str(resolve_device(cfg.train)))
+                      batch_size=cfg.train.val_batch_size, device=str(resolve_device(cfg.train)))
     print(report.line())
     return 0
 

@@ -27,12 +27,29 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from a2bs.config import config_to_dict
+from a2bs.config import TrainConfig, config_to_dict
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
-from a2bs.schema import N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
-from a2bs.train.data import VAL_COLUMNS, arrow_to_arrays, scored_mask, shard_info
-from a2bs.train.metrics import MetricAccumulator, format_target_table, target_table
+from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
+from a2bs.train.data import (
+    VAL_COLUMNS,
+    LocalBatches,
+    arrow_to_arrays,
+    scored_mask,
+    shard_info,
+)
+from a2bs.train.metrics import (
+    JAW_CORR,
+    LIP_CORR,
+    MAE,
+    MOUTH_MAE,
+    POSE_MAE,
+    SMILE_CORR,
+    format_metrics,
+    format_target_table,
+    target_table,
+)
+from a2bs.train.validation import score_batches
 
 PLOT_CHANNELS: tuple[str, ...] = ("jawOpen", "mouthClose", "mouthFunnel", "mouthSmileLeft", "eyeBlinkLeft")
 POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -58,10 +75,9 @@ class EvalReport:
         """One-line summary."""
         m = self.metrics
         passed = sum(r["passed"] for r in self.targets)
-        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: mae {m['mae']:.4f} "
-                f"mouth_mae {m['mouth_mae']:.4f} jaw_corr {m['jaw_corr']:.3f} lip_corr {m['lip_corr']:.3f} "
-                f"smile_corr {m['smile_corr']:.3f} pose_mae {m['pose_mae']:.4f} ({passed}/{len(self.targets)} seed "
-                f"targets) -> {self.report_dir} in {self.wall_s:.1f} s")
+        shown = format_metrics(m, (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE))
+        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: {shown} ({passed}/{len(self.targets)} "
+                f"seed targets) -> {self.report_dir} in {self.wall_s:.1f} s")
 
 
 def _read(uri: str, clip_id: str | None = None) -> Any:
@@ -79,27 +95,19 @@ def _predict(model: nn.Module, audio: np.ndarray, batch_size: int, device: torch
     return np.concatenate(out) if out else np.zeros((0, audio.shape[1], len(TARGET_NAMES)), np.float32)
 
 
-def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = 256,
+def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = TrainConfig.val_batch_size,
                    device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, int]]:
     """Whole-clip metrics of `model` on a split -> (metrics, scored frames per clip)."""
     info = shard_info(shards_dir)
     files = info.val_files if split == "val" else info.train_files
     device = torch.device(device)
-    model = model.to(device).eval()
-    acc = MetricAccumulator()
-    frames: dict[str, int] = {}
-    for uri in files:
-        a = arrow_to_arrays(_read(uri), info.n_mels)
-        pred = _predict(model, a["audio"], batch_size, device)
-        scored = scored_mask(a["mask"], info.overlap_frames)
-        starts = np.rint(a["start_s"] * info.frame_rate_hz).astype(np.int64)
-        acc.update(pred, a["targets"], scored, list(a["clip_id"]), starts)
-        for cid, n in zip(a["clip_id"], (scored > 0.5).sum(axis=1)):
-            frames[str(cid)] = frames.get(str(cid), 0) + int(n)
-    return acc.compute(), frames
+    batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS).arrays()
+    scored = score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device)
+    return scored.metrics, scored.clip_frames
 
 
-def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val", batch_size: int = 256,
+def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val",
+                batch_size: int = TrainConfig.val_batch_size,
                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """One clip's predictions and targets in time order: ``time_s`` (F,), ``pred``/``target`` (F, 59),
     NaN where no window scores the frame."""
@@ -175,7 +183,7 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
 
     names = list(per_channel_mae)
     values = [per_channel_mae[n] for n in names]
-    colors = ["tab:red" if n.startswith(("mouth", "jaw")) else "tab:gray" if TARGET_INDEX[n] < N_BLENDSHAPES
+    colors = ["tab:red" if n in MOUTH_CHANNELS else "tab:gray" if TARGET_INDEX[n] < N_BLENDSHAPES
               else "tab:blue" for n in names]
     fig, ax = plt.subplots(figsize=(12, 4.5))
     ax.bar(range(len(names)), values, color=colors)
@@ -189,7 +197,7 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
 
 
 def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "val", clip_id: str | None = None,
-             batch_size: int = 256, device: str = "cpu") -> EvalReport:
+             batch_size: int = TrainConfig.val_batch_size, device: str = "cpu") -> EvalReport:
     """Evaluate a model file on a shards split and write REPORT_DIR (report.json, targets.md, PNGs).
 
     Args:
@@ -198,7 +206,7 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
         report_dir: output folder, local or s3://.
         split: "val" (held-out clips) or "train".
         clip_id: clip for the curve plot (default: the clip with the most scored frames).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (``train.val_batch_size``).
         device: torch device for inference.
     """
     t0 = time.perf_counter()

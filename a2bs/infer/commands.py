@@ -8,8 +8,6 @@ from typing import Callable
 
 from a2bs.config import ConfigError, load_config, split_overrides
 
-FORMATS = ("livelink-csv", "json", "npy", "parquet")
-
 
 def _cfg_and_inputs(args: argparse.Namespace, items: list[str]):
     inputs, overrides = split_overrides(items)
@@ -95,7 +93,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
     p.add_argument("model", help="model file (.safetensors, local or s3://) or 'default' (infer.model_path)")
     p.add_argument("inputs", nargs="*", help="files, folders, globs or s3:// prefixes (and key=value overrides)")
     p.add_argument("--out", required=True, help="output folder (local or s3://)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="output format (default infer.format)")
+    p.add_argument("--format", default=None, help="livelink-csv, json, npz (the curves as an .npz archive; "
+                   "npy is an alias) or parquet (default infer.format)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default infer.fps)")
     p.add_argument("--no-ray", action="store_true", help="run in this process even for many files")
     add_common(p)

@@ -22,7 +22,17 @@ from a2bs.infer.postprocess import renormalise_quaternions
 from a2bs.runtime import storage
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, TARGET_NAMES
 
-FORMAT_SUFFIXES = {"livelink-csv": ".csv", "json": ".json", "npy": ".npz", "parquet": ".parquet"}
+FORMAT_SUFFIXES = {"livelink-csv": ".csv", "json": ".json", "npz": ".npz", "parquet": ".parquet"}
+# "npy" was the first name of the npz format (which always wrote an .npz archive); still accepted.
+FORMAT_ALIASES = {"npy": "npz"}
+
+
+def output_format(fmt: str) -> str:
+    """The name of output format `fmt` with aliases resolved; ValueError for an unknown format."""
+    name = FORMAT_ALIASES.get(fmt, fmt)
+    if name not in FORMAT_SUFFIXES:
+        raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)}; npy = npz)")
+    return name
 
 
 def frame_count(duration_s: float, fps: float) -> int:
@@ -184,17 +194,16 @@ class Curves:
 
     def save(self, path: str | os.PathLike, fmt: str, eye_range_rad: float = 0.0,
              session_id: str = "a2bs_infer") -> str:
-        """Write in format `fmt` (``livelink-csv``, ``json``, ``npy``, ``parquet``); returns the path."""
+        """Write in format `fmt` (``livelink-csv``, ``json``, ``npz`` (alias ``npy``), ``parquet``); returns the path."""
+        fmt = output_format(fmt)
         if fmt == "livelink-csv":
             return self.to_livelink_csv(path, eye_range_rad)
         if fmt == "json":
             self.to_json(path, session_id)
             return str(path)
-        if fmt == "npy":
+        if fmt == "npz":
             return self.to_npz(path)
-        if fmt == "parquet":
-            return self.to_parquet(path)
-        raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)})")
+        return self.to_parquet(path)
 
 
 def load_npz(path: str | os.PathLike) -> Curves:

@@ -29,7 +29,7 @@ from a2bs.config import (
 )
 from a2bs.errors import InputError, ModelFileError
 from a2bs.extract.audio import features_from_samples, load_audio
-from a2bs.infer.curves import FORMAT_SUFFIXES, Curves
+from a2bs.infer.curves import FORMAT_SUFFIXES, Curves, output_format
 from a2bs.infer.postprocess import postprocess_offline
 from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME, error_reason, map_items, write_run_records
@@ -235,7 +235,8 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         inputs: files, folders, globs or ``s3://`` prefixes.
         out_dir: output folder (local or ``s3://``).
         cfg: resolved config.
-        fmt: ``livelink-csv``, ``json``, ``npy`` or ``parquet`` (default ``cfg.infer.format``).
+        fmt: ``livelink-csv``, ``json``, ``npz`` (an .npz archive; ``npy`` is an alias) or ``parquet``
+            (default ``cfg.infer.format``).
         fps: output frame rate (default ``cfg.infer.fps``).
         use_ray: None = Ray Data unless the input is one local file.
         progress: Ray Data's progress bars (or a line per input in this process).
@@ -243,10 +244,11 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
     from a2bs.runtime.inputs import list_inputs
 
     t0 = time.perf_counter()
-    fmt = fmt or cfg.infer.format
+    try:
+        fmt = output_format(fmt or cfg.infer.format)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     fps = float(cfg.infer.fps if fps is None else fps)
-    if fmt not in FORMAT_SUFFIXES:
-        raise ConfigError(f"unknown output format {fmt!r} (known: {', '.join(FORMAT_SUFFIXES)})")
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
     loaded = load_model(model, cfg)  # a bad model file is a configuration error: say so before any work

@@ -18,10 +18,9 @@ import math
 import numpy as np
 
 from a2bs.config import InferConfig
-from a2bs.schema import ARKIT_BLENDSHAPES, MOUTH_CHANNELS, N_BLENDSHAPES
+from a2bs.schema import ARKIT_BLENDSHAPES, MOUTH_INDICES, N_BLENDSHAPES
 
 _QUAT = slice(N_BLENDSHAPES + 3, N_BLENDSHAPES + 7)
-MOUTH_INDEX = np.array([i for i, n in enumerate(ARKIT_BLENDSHAPES) if n in MOUTH_CHANNELS], dtype=np.int64)
 UPPER_FACE_INDEX = np.array(
     [i for i, n in enumerate(ARKIT_BLENDSHAPES) if n.startswith(("eye", "brow", "cheek", "nose"))], dtype=np.int64
 )
@@ -93,7 +92,7 @@ def apply_gain_and_clip(targets: np.ndarray, rest: np.ndarray | None, cfg: Infer
     if rest is not None:
         shapes -= rest
     if cfg.mouth_gain != 1.0:
-        shapes[:, MOUTH_INDEX] *= cfg.mouth_gain
+        shapes[:, MOUTH_INDICES] *= cfg.mouth_gain
     if cfg.upper_face_gain != 1.0:
         shapes[:, UPPER_FACE_INDEX] *= cfg.upper_face_gain
     np.clip(shapes, 0.0, 1.0, out=shapes)

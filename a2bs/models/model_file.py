@@ -15,7 +15,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from a2bs.config import ConfigError, ModelConfig
+from a2bs.config import MODEL_FILE_NAME, ConfigError, ModelConfig  # noqa: F401  (MODEL_FILE_NAME: re-exported)
 from a2bs.errors import ModelFileError
 from a2bs.models.registry import (
     build_model,

@@ -19,9 +19,3 @@ def init_ray(cfg: RayConfig) -> None:
         # controller's resources would never be released. It also gives a UI on 127.0.0.1:8265.
         ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=True, log_to_driver=True)
 
-
-def cluster_cpus() -> int:
-    """CPUs in the connected Ray cluster (at least 1)."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -48,7 +48,7 @@ def content_id(uri: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _speaker_for(file_path: str, root: str, root_is_dir: bool) -> str:
+def _speaker_for(file_path: str, root: str) -> str:
     """Speaker id: the folder directly holding the file (the input folder's own name at top level)."""
     parent = PurePosixPath(file_path.replace(os.sep, "/")).parent
     return parent.name or PurePosixPath(root.rstrip("/")).name or "speaker"
@@ -73,8 +73,8 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
     entries: dict[str, ManifestEntry] = {}
     failures: list[dict] = []
 
-    def add(uri: str, root: str, is_dir: bool) -> None:
-        entries.setdefault(uri, ManifestEntry(uri, _speaker_for(uri, root, is_dir), root))
+    def add(uri: str, root: str) -> None:
+        entries.setdefault(uri, ManifestEntry(uri, _speaker_for(uri, root), root))
 
     for raw in inputs:
         item = str(raw)
@@ -83,9 +83,9 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
             if files:
                 for f in files:
                     if PurePosixPath(f).suffix.lower() in suffixes:
-                        add(f, item, True)
+                        add(f, item)
             elif storage.exists(item):
-                add(item, item, False)
+                add(item, item)
             else:
                 failures.append({"source": item, "reason": "not found"})
             continue
@@ -95,7 +95,7 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
                 failures.append({"source": item, "reason": "glob matched no files"})
             for m in matches:
                 if os.path.isfile(m) or os.path.islink(m):
-                    add(str(Path(m)), str(Path(m).parent), False)
+                    add(str(Path(m)), str(Path(m).parent))
             continue
         p = Path(item)
         if p.is_dir():
@@ -106,11 +106,11 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
                 if f.exists() and not _within(str(f), str(p)):  # a dangling link is reported later
                     failures.append({"source": str(f), "reason": f"resolves outside the input folder {p}"})
                     continue
-                add(str(f), str(p), True)
+                add(str(f), str(p))
             if len(entries) + len(failures) == before:
                 failures.append({"source": item, "reason": "is a directory with no media files in it"})
         elif p.exists() or p.is_symlink():
-            add(str(p), str(p.parent), False)
+            add(str(p), str(p.parent))
         else:
             failures.append({"source": item, "reason": "not found"})
     return [entries[k] for k in sorted(entries)], failures

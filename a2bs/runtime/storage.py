@@ -8,8 +8,11 @@ S3 credentials and endpoint come from the standard AWS environment (``AWS_ENDPOI
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,22 @@ def atomic_write_bytes(uri: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(uri: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(uri, text.encode("utf-8"))
+
+
+def atomic_write_csv(uri: str | os.PathLike, rows: Sequence[Mapping[str, Any]], header: Sequence[str] = ()) -> None:
+    """Write `rows` as one CSV table, atomically.
+
+    Columns: `header`, then every other key of the rows in the order first seen; a row without a
+    column leaves its cell empty. Values are written with ``str`` (the caller formats lists etc.).
+    """
+    columns = list(header)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(uri, buf.getvalue())
 
 
 def write_parquet_atomic(table: pa.Table, uri: str | os.PathLike) -> None:

@@ -20,11 +20,8 @@ FACES: tuple[str, ...] = ("astronaut", "hopper")
 # MediaPipe face-mesh landmark indices (canonical topology).
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-UPPER_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
-LOWER_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
 MOUTH_CORNERS = (61, 291, 78, 308)
 FACE_SIDES = (234, 454)
-CHIN = 152
 EYES = (  # (upper lid, lower lid), corner to corner
     ((33, 246, 161, 160, 159, 158, 157, 173, 133), (33, 7, 163, 144, 145, 153, 154, 155, 133)),
     ((263, 466, 388, 387, 386, 385, 384, 398, 362), (263, 249, 390, 373, 374, 380, 381, 382, 362)),

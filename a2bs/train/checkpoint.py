@@ -19,25 +19,34 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 from torch import nn
 
 from a2bs.config import ModelConfig
-from a2bs.models.model_file import load_model_file, save_model
+from a2bs.models.model_file import MODEL_FILE_NAME, load_model_file, save_model
 from a2bs.runtime import storage
 
-MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "state.json"
-CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
+CHECKPOINT_FILES = (MODEL_FILE_NAME, STATE_FILE, META_FILE)
 
 
 def checkpoint_dir_name(epoch: int) -> str:
     """Folder name of an epoch's checkpoint (unique per run: an epoch is checkpointed once)."""
     return f"epoch_{epoch:04d}"
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """The checkpoint folders directly under `root` (local or URI), oldest epoch first.
+
+    A folder counts once its ``state.json`` exists: :func:`save_checkpoint` writes it last and
+    :func:`copy_checkpoint` copies it last, so a half-copied folder is never listed.
+    """
+    metas = (PurePosixPath(f.replace("\\", "/")) for f in storage.list_files(root, suffix=META_FILE))
+    return [storage.join(root, name) for name in sorted({m.parent.name for m in metas if m.name == META_FILE})]
 
 
 def state_digest(obj: Any) -> str:
@@ -109,7 +118,7 @@ def save_checkpoint(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     bare = unwrap(model)
-    save_model(d / MODEL_FILE, bare, model_cfg, {"epoch": epoch, "metrics": _scalars(metrics)})
+    save_model(d / MODEL_FILE_NAME, bare, model_cfg, {"epoch": epoch, "metrics": _scalars(metrics)})
     train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "epoch": epoch}
     torch.save(train_state, d / STATE_FILE)
@@ -124,7 +133,7 @@ def load_checkpoint(directory: str | os.PathLike) -> TrainState:
     """Read a checkpoint folder written by :func:`save_checkpoint` (no pickle: safetensors,
     ``torch.load(weights_only=True)`` and JSON)."""
     d = Path(directory)
-    model, model_cfg, _ = load_model_file(d / MODEL_FILE)
+    model, model_cfg, _ = load_model_file(d / MODEL_FILE_NAME)
     train_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
     meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     return TrainState(

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from a2bs.build.shards import MANIFEST_NAME, shard_files
+from a2bs.errors import InputError
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS
 
@@ -161,6 +162,17 @@ def arrow_to_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
     return out
 
 
+def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one shard; a missing or damaged file raises InputError naming it (not a bare Arrow error)."""
+    try:
+        return storage.read_parquet(uri, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise InputError(uri, "shard listed in the manifest is missing (rerun `a2bs build`)") from None
+        raise InputError(uri, f"corrupt or truncated Parquet shard ({' '.join(str(exc).split())[:160]}); "
+                              "rerun `a2bs build`") from None
+
+
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """The float arrays of :func:`arrow_to_arrays` as tensors on `device` (ids are left out)."""
     # Arrow buffers are read-only; torch wants writable memory (np.require copies only when needed).
@@ -226,7 +238,7 @@ class LocalBatches:
         pool: list[pa.Table] = []
         rows = 0
         for i in order:
-            pool.append(storage.read_parquet(self.files[i], columns=self.columns))
+            pool.append(read_shard(self.files[i], self.columns))
             rows += pool[-1].num_rows
             if rows >= max(self.shuffle_rows, 1):
                 yield self._mix(pool, rng)

@@ -16,11 +16,8 @@ epochs and the best checkpoint is not simply the last epoch before a new term is
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _pyio
 import json
 import logging
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.models.registry import build_model
 from a2bs.runtime import storage
 from a2bs.runtime.faults import fault_point
+from a2bs.schema import N_BLENDSHAPES, N_TARGETS, POSE_BOUNDED_INDICES
 from a2bs.train.checkpoint import (
     checkpoint_dir_name,
     load_checkpoint,
@@ -42,9 +40,17 @@ from a2bs.train.checkpoint import (
     state_digest,
     unwrap,
 )
-from a2bs.train.data import WindowCollate, clip_rank, scored_mask, to_tensors
+from a2bs.train.data import WindowCollate, clip_rank
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
-from a2bs.train.metrics import MetricAccumulator, seed_objective
+from a2bs.train.metrics import (
+    SCALAR_METRICS,
+    VAL_LOSS,
+    VAL_OBJECTIVE,
+    format_metrics,
+    seed_objective,
+    val_key,
+)
+from a2bs.train.validation import merge_metrics, score_batches, val_batch_rows
 
 log = logging.getLogger("a2bs.train")
 
@@ -52,9 +58,6 @@ HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
 INVOCATION_FILE = "_invocation.json"
-# Scalar validation metrics copied into the epoch report as ``val_<name>``.
-VAL_SCALARS = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
-               "jaw_corr", "lip_corr", "smile_corr")
 
 
 @dataclass
@@ -131,66 +134,30 @@ def init_output_bias(model: nn.Module, target_mean: list[float]) -> bool:
         return True
     head = getattr(model, "head", None)
     proj = getattr(head, "proj", None)
-    if not isinstance(proj, nn.Conv1d) or proj.bias is None or proj.out_channels != 58 or mean.numel() != 59:
+    n_out = N_BLENDSHAPES + len(POSE_BOUNDED_INDICES)
+    if not isinstance(proj, nn.Conv1d) or proj.bias is None or proj.out_channels != n_out or mean.numel() != N_TARGETS:
         return False
-    shapes = mean[:52].clamp(1e-3, 1 - 1e-3)
+    shapes = mean[:N_BLENDSHAPES].clamp(1e-3, 1 - 1e-3)
     scale = float(getattr(head, "pose_scale", 0.2)) or 0.2
-    pose = (mean[[52, 53, 54, 56, 57, 58]] / scale).clamp(-0.95, 0.95)
+    pose = (mean[list(POSE_BOUNDED_INDICES)] / scale).clamp(-0.95, 0.95)
     with torch.no_grad():
         proj.bias.copy_(torch.cat([torch.log(shapes / (1 - shapes)), torch.atanh(pose)]).to(proj.bias))
     return True
 
 
-def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine per-worker validation metrics, weighting by each worker's valid frames.
-
-    MAEs merge exactly; a correlation becomes the frame-weighted mean of the workers' values (each of
-    which follows the whole-clip definition on that worker's clips). With one worker it is the identity.
-    """
-    parts = [p for p in parts if p.get("n_frames")]
-    if len(parts) <= 1:
-        return parts[0] if parts else {"n_frames": 0, "n_clips": 0, **{k: math.nan for k in VAL_SCALARS},
-                                       "per_channel_mae": {}}
-    w = np.array([p["n_frames"] for p in parts], dtype=np.float64)
-    out: dict[str, Any] = {"n_frames": int(w.sum()), "n_clips": int(sum(p["n_clips"] for p in parts))}
-    for key in VAL_SCALARS:
-        vals = np.array([p.get(key, math.nan) for p in parts], dtype=np.float64)
-        ok = ~np.isnan(vals)
-        out[key] = float(np.average(vals[ok], weights=w[ok])) if ok.any() else math.nan
-    names = parts[0]["per_channel_mae"].keys()
-    out["per_channel_mae"] = {n: float(np.average([p["per_channel_mae"][n] for p in parts], weights=w)) for n in names}
-    return out
-
-
 def validate(model: nn.Module, cfg: Config, ctx: WorkerContext) -> dict[str, Any]:
     """Validation loss and whole-clip metrics of this worker's clips, merged over all workers."""
-    model.eval()
-    acc = MetricAccumulator()
-    final_epoch = final_stage_epoch(cfg)
-    sums = np.zeros(len(TERMS) + 2)  # base, temporal, silence, pose, total, valid frames
-    with torch.no_grad():
-        for arrays in ctx.val_arrays():
-            keep = np.array([clip_rank(str(c), ctx.world_size) == ctx.rank for c in arrays["clip_id"]], dtype=bool)
-            if not keep.any():
-                continue
-            arrays = {k: v[keep] for k, v in arrays.items()}
-            batch = to_tensors(arrays, ctx.device)
-            pred = model(batch["audio"]).float()  # (B, T, 59)
-            terms = compute_loss(pred, batch["targets"], cfg.loss, final_epoch, batch["mask"], batch["vad"])
-            frames = float(batch["mask"].sum())
-            sums += np.array([float(terms[k]) for k in (*TERMS, "total")] + [1.0]) * frames
-            starts = np.rint(arrays["start_s"] * ctx.frame_rate_hz).astype(np.int64)
-            scored = scored_mask(arrays["mask"], ctx.overlap_frames)
-            acc.update(pred, batch["targets"], scored, list(arrays["clip_id"]), starts)
-    metrics = acc.compute()
-    gathered = ctx.all_gather({"sums": sums.tolist(), "metrics": metrics})
+    scored = score_batches(model, ctx.val_arrays(), ctx.frame_rate_hz, ctx.overlap_frames, ctx.device,
+                           loss_cfg=cfg.loss, loss_epoch=final_stage_epoch(cfg),
+                           keep_clip=lambda clip_id: clip_rank(clip_id, ctx.world_size) == ctx.rank)
+    gathered = ctx.all_gather({"sums": scored.loss_sums.tolist(), "metrics": scored.metrics})
     total = np.sum([g["sums"] for g in gathered], axis=0)
     merged = merge_metrics([g["metrics"] for g in gathered])
     n = max(total[-1], 1e-12)
-    out = {f"val_{k}_loss": float(total[i] / n) for i, k in enumerate(TERMS)}
-    out["val_loss"] = float(total[len(TERMS)] / n)
-    out.update({f"val_{k}": merged[k] for k in VAL_SCALARS})
-    out["val_objective"] = seed_objective(out)
+    out = {val_key(f"{k}_loss"): float(total[i] / n) for i, k in enumerate(TERMS)}
+    out[VAL_LOSS] = float(total[len(TERMS)] / n)
+    out.update({val_key(k): merged[k] for k in SCALAR_METRICS})
+    out[VAL_OBJECTIVE] = seed_objective(out)
     out["val_clips"] = merged["n_clips"]
     out["val_frames"] = merged["n_frames"]
     out["per_channel_mae"] = merged["per_channel_mae"]
@@ -210,15 +177,9 @@ class _History:
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         storage.atomic_write_text(storage.join(self.run_dir, HISTORY_JSON), json.dumps(self.rows, indent=1, default=float))
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        buf = _pyio.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
-        storage.atomic_write_text(storage.join(self.run_dir, HISTORY_CSV), buf.getvalue())
+        storage.atomic_write_csv(storage.join(self.run_dir, HISTORY_CSV),
+                                 [{k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+                                  for r in self.rows])
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
@@ -243,8 +204,15 @@ def _summary_writer(logdir: str) -> Any:
     return SummaryWriter(logdir)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> Any:
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1))
+def one_cycle(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int,
+              done_steps: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The run's LR schedule: OneCycleLR peaking at ``train.lr`` over `total_steps` optimizer steps.
+
+    `done_steps` > 0 starts it that many steps in (a resumed run whose schedule length changed); the
+    optimizer's param groups must then hold ``initial_lr`` (set by a first call or a loaded state).
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1),
+                                               last_epoch=done_steps - 1)
 
 
 def run_loop(cfg: Config, ctx: WorkerContext) -> None:
@@ -266,7 +234,7 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
     model = ctx.wrap_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * ctx.steps_per_epoch
-    scheduler = _scheduler(optimizer, tc, total_steps)
+    scheduler = one_cycle(optimizer, tc, total_steps)
     amp = tc.mixed_precision and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     history: list[dict[str, Any]] = list(state.history) if state else []
@@ -279,8 +247,7 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
             scheduler.load_state_dict(state.scheduler)
         else:  # epochs or batch geometry changed on resume: continue the new schedule at the same step
             done = int(state.scheduler.get("last_epoch", 0))
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.lr, total_steps=max(total_steps, 1),
-                                                            last_epoch=min(done, total_steps - 1) - 1)
+            scheduler = one_cycle(optimizer, tc, total_steps, done_steps=min(done, total_steps - 1))
         scaler.load_state_dict(state.scaler)
         loaded_digest = state_digest(optimizer.state_dict())
     end_epoch = _stop_epoch(tc, ctx, start_epoch)
@@ -344,9 +311,8 @@ def _stop_epoch(tc: TrainConfig, ctx: WorkerContext, start_epoch: int) -> int:
 
 
 def _epoch_line(m: dict[str, Any]) -> str:
-    return (f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
-            f"mae {m['val_mae']:.4f} mouth_mae {m['val_mouth_mae']:.4f} jaw_corr {m['val_jaw_corr']:.3f} "
-            f"lip_corr {m['val_lip_corr']:.3f} ({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
+    return (f"epoch {m['epoch']}: train_loss {m['train_loss']:.4f} val_loss {m[VAL_LOSS]:.4f} {format_metrics(m)} "
+            f"({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, cfg: Config,
@@ -421,7 +387,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def val_arrays() -> Iterator[dict[str, np.ndarray]]:
         from a2bs.train.data import arrow_to_arrays
 
-        for table in val_it.iter_batches(batch_size=max(tc.batch_size, 256), batch_format="pyarrow"):
+        for table in val_it.iter_batches(batch_size=val_batch_rows(tc), batch_format="pyarrow"):
             yield arrow_to_arrays(table, n_mels)
 
     @contextlib.contextmanager

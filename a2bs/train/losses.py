@@ -31,20 +31,15 @@ import torch.nn.functional as F
 from a2bs.config import LossConfig
 from a2bs.schema import (
     BLENDSHAPE_INDEX,
-    JAW_CHANNEL,
-    MOUTH_CHANNELS,
+    JAW_INDEX,
+    MOUTH_INDICES,
     N_BLENDSHAPES,
     N_TARGETS,
-    POSE_BOUNDED_SLOTS,
+    POSE_BOUNDED_INDICES,
     UNOBSERVED_BLENDSHAPES,
 )
 
 TERMS: tuple[str, ...] = ("base", "temporal", "silence", "pose")
-MOUTH_INDICES: tuple[int, ...] = tuple(
-    BLENDSHAPE_INDEX[n] for n in MOUTH_CHANNELS if n not in UNOBSERVED_BLENDSHAPES
-)
-JAW_INDEX = BLENDSHAPE_INDEX[JAW_CHANNEL]
-POSE_BOUNDED_INDICES: tuple[int, ...] = tuple(N_BLENDSHAPES + s for s in POSE_BOUNDED_SLOTS)
 
 
 def channel_weights(cfg: LossConfig, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

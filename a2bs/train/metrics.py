@@ -33,30 +33,53 @@ from a2bs.schema import (
     BLENDSHAPE_INDEX,
     JAW_CHANNEL,
     LIP_CHANNELS,
-    MOUTH_CHANNELS,
+    MOUTH_INDICES,
     N_BLENDSHAPES,
     N_TARGETS,
-    POSE_BOUNDED_SLOTS,
+    OBSERVED_BLENDSHAPE_INDICES,
+    POSE_BOUNDED_INDICES,
     SMILE_CHANNELS,
     TARGET_NAMES,
-    UNOBSERVED_BLENDSHAPES,
 )
 
-OBSERVED_BLENDSHAPES: tuple[int, ...] = tuple(
-    i for i in range(N_BLENDSHAPES) if TARGET_NAMES[i] not in UNOBSERVED_BLENDSHAPES
-)
-MOUTH_INDICES: tuple[int, ...] = tuple(
-    BLENDSHAPE_INDEX[n] for n in MOUTH_CHANNELS if n not in UNOBSERVED_BLENDSHAPES
-)
-POSE_INDICES: tuple[int, ...] = tuple(N_BLENDSHAPES + s for s in POSE_BOUNDED_SLOTS)
+# Metric names: the scalar keys of MetricAccumulator.compute(). Training reports each as
+# ``val_<name>`` (:func:`val_key`) next to the loss terms (``val_loss``, ``val_<term>_loss``).
+MAE = "mae"
+MOUTH_MAE = "mouth_mae"
+POSE_MAE = "pose_mae"
+POSE_TRANSLATION_MAE_M = "pose_translation_mae_m"
+POSE_ROTATION_DEG_MAE = "pose_rotation_deg_mae"
+JAW_CORR = "jaw_corr"
+LIP_CORR = "lip_corr"
+SMILE_CORR = "smile_corr"
+SCALAR_METRICS: tuple[str, ...] = (MAE, MOUTH_MAE, POSE_MAE, POSE_TRANSLATION_MAE_M, POSE_ROTATION_DEG_MAE,
+                                   JAW_CORR, LIP_CORR, SMILE_CORR)
+VAL_PREFIX = "val_"
+VAL_LOSS = "val_loss"
+VAL_OBJECTIVE = "val_objective"
 
 # The seed's targets for good performance: (metric, comparison, threshold).
 SEED_TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("mae", "<", 0.05),
-    ("jaw_corr", ">", 0.7),
-    ("lip_corr", ">", 0.6),
-    ("mouth_mae", "<", 0.04),
+    (MAE, "<", 0.05),
+    (JAW_CORR, ">", 0.7),
+    (LIP_CORR, ">", 0.6),
+    (MOUTH_MAE, "<", 0.04),
 )
+
+
+def val_key(name: str) -> str:
+    """The key under which training reports a validation metric: ``mae`` -> ``val_mae``."""
+    return VAL_PREFIX + name
+
+
+def metric_value(metrics: dict[str, Any], name: str) -> float:
+    """The value of metric `name` in `metrics`, keyed ``val_<name>`` (training) or ``<name>`` (evaluate); NaN if absent."""
+    return float(metrics.get(val_key(name), metrics.get(name, math.nan)))
+
+
+def format_metrics(metrics: dict[str, Any], names: Sequence[str] = (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR)) -> str:
+    """``"mae 0.0312 mouth_mae 0.0301 jaw_corr 0.812 lip_corr 0.700"``: correlations to 3 decimals, the rest to 4."""
+    return " ".join(f"{n} {metric_value(metrics, n):.{3 if n.endswith('_corr') else 4}f}" for n in names)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -159,22 +182,20 @@ class MetricAccumulator:
         n_frames = sum(len(p) for p, _ in arrays.values())
         out: dict[str, Any] = {"n_clips": len(clips), "n_frames": n_frames}
         if n_frames == 0:
-            nan_keys = ("mae", "mouth_mae", "pose_mae", "pose_translation_mae_m", "pose_rotation_deg_mae",
-                        "jaw_corr", "lip_corr", "smile_corr")
-            return {**out, **{k: math.nan for k in nan_keys}, "per_channel_mae": {}}
+            return {**out, **{k: math.nan for k in SCALAR_METRICS}, "per_channel_mae": {}}
         p_all = np.concatenate([p for p, _ in arrays.values()], axis=0)  # (F, 59)
         t_all = np.concatenate([t for _, t in arrays.values()], axis=0)
         abs_err = np.abs(p_all - t_all)  # (F, 59)
-        out["mae"] = float(abs_err[:, OBSERVED_BLENDSHAPES].mean())
-        out["mouth_mae"] = float(abs_err[:, MOUTH_INDICES].mean())
-        out["pose_mae"] = float(abs_err[:, POSE_INDICES].mean())
-        out["pose_translation_mae_m"] = float(abs_err[:, N_BLENDSHAPES : N_BLENDSHAPES + 3].mean())
+        out[MAE] = float(abs_err[:, OBSERVED_BLENDSHAPE_INDICES].mean())
+        out[MOUTH_MAE] = float(abs_err[:, MOUTH_INDICES].mean())
+        out[POSE_MAE] = float(abs_err[:, POSE_BOUNDED_INDICES].mean())
+        out[POSE_TRANSLATION_MAE_M] = float(abs_err[:, N_BLENDSHAPES : N_BLENDSHAPES + 3].mean())
         q = slice(N_BLENDSHAPES + 3, N_BLENDSHAPES + 7)
-        out["pose_rotation_deg_mae"] = float(quaternion_angle_deg(p_all[:, q], t_all[:, q]).mean())
-        out["jaw_corr"] = self._group_corr(arrays, (JAW_CHANNEL,))
-        out["lip_corr"] = self._group_corr(arrays, LIP_CHANNELS)
-        out["smile_corr"] = self._group_corr(arrays, SMILE_CHANNELS)
-        keep = list(OBSERVED_BLENDSHAPES) + list(range(N_BLENDSHAPES, N_TARGETS))
+        out[POSE_ROTATION_DEG_MAE] = float(quaternion_angle_deg(p_all[:, q], t_all[:, q]).mean())
+        out[JAW_CORR] = self._group_corr(arrays, (JAW_CHANNEL,))
+        out[LIP_CORR] = self._group_corr(arrays, LIP_CHANNELS)
+        out[SMILE_CORR] = self._group_corr(arrays, SMILE_CHANNELS)
+        keep = list(OBSERVED_BLENDSHAPE_INDICES) + list(range(N_BLENDSHAPES, N_TARGETS))
         out["per_channel_mae"] = {TARGET_NAMES[i]: float(abs_err[:, i].mean()) for i in keep}
         return out
 
@@ -193,6 +214,16 @@ class MetricAccumulator:
         return float(np.mean(values)) if values else math.nan
 
 
+def target_met(value: float, op: str, threshold: float) -> bool:
+    """Whether `value` meets a seed target (``op`` is "<" or ">"); NaN never does."""
+    return not math.isnan(value) and (value < threshold if op == "<" else value > threshold)
+
+
+def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
+    """{metric name: met?} for :data:`SEED_TARGETS` (keys of `metrics` may carry the ``val_`` prefix)."""
+    return {name: target_met(metric_value(metrics, name), op, threshold) for name, op, threshold in SEED_TARGETS}
+
+
 def seed_objective(metrics: dict[str, Any]) -> float:
     """Mean over the seed's targets of value/threshold ("<" targets) or (1-value)/(1-threshold) (">").
 
@@ -202,7 +233,7 @@ def seed_objective(metrics: dict[str, Any]) -> float:
     """
     terms = []
     for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", metrics.get(name, math.nan)))
+        v = metric_value(metrics, name)
         if op == "<":
             terms.append(v / threshold if not math.isnan(v) else math.inf)
         else:
@@ -211,12 +242,14 @@ def seed_objective(metrics: dict[str, Any]) -> float:
 
 
 def target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed."""
+    """Pass/fail rows against :data:`SEED_TARGETS`: metric, value, target (e.g. ``"< 0.05"``), passed.
+
+    Keys of `metrics` may carry the ``val_`` prefix."""
     rows = []
     for name, op, threshold in SEED_TARGETS:
-        value = float(metrics.get(name, math.nan))
-        passed = not math.isnan(value) and (value < threshold if op == "<" else value > threshold)
-        rows.append({"metric": name, "value": value, "target": f"{op} {threshold:g}", "passed": passed})
+        value = metric_value(metrics, name)
+        rows.append({"metric": name, "value": value, "target": f"{op} {threshold:g}",
+                     "passed": target_met(value, op, threshold)})
     return rows
 
 

@@ -38,11 +38,13 @@ from a2bs.config import (
     load_config,
     save_config,
 )
+from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.runtime import storage
 from a2bs.train.checkpoint import (
-    MODEL_FILE,
+    CHECKPOINT_FILES,
     checkpoint_dir_name,
     copy_checkpoint,
+    list_checkpoints,
     read_meta,
 )
 from a2bs.train.data import (
@@ -63,7 +65,8 @@ from a2bs.train.loop import (
     run_loop,
     train_loop_per_worker,
 )
-from a2bs.train.metrics import target_table
+from a2bs.train.metrics import VAL_LOSS, format_metrics, target_table
+from a2bs.train.validation import val_batch_rows
 
 log = logging.getLogger("a2bs.train")
 
@@ -71,7 +74,6 @@ RAY_RUN_NAME = "ray_train"
 LOCAL_CHECKPOINTS = "checkpoints"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.json"
-MODEL_NAME = "model.safetensors"
 
 
 @dataclass
@@ -91,7 +93,7 @@ class TrainResult:
     @property
     def targets(self) -> list[dict[str, Any]]:
         """Pass/fail rows of the best epoch against the seed's targets."""
-        return target_table({k.removeprefix("val_"): v for k, v in self.best_metrics.items()})
+        return target_table(self.best_metrics)
 
     def line(self) -> str:
         """One-line summary."""
@@ -99,9 +101,7 @@ class TrainResult:
         passed = sum(r["passed"] for r in self.targets)
         done = "finished" if self.last_epoch + 1 >= self.epochs else "stopped"
         return (f"train: {done} at epoch {self.last_epoch + 1}/{self.epochs} on {self.world_size} worker(s); "
-                f"best epoch {self.best_epoch}: val_loss {m.get('val_loss', math.nan):.4f} "
-                f"mae {m.get('val_mae', math.nan):.4f} mouth_mae {m.get('val_mouth_mae', math.nan):.4f} "
-                f"jaw_corr {m.get('val_jaw_corr', math.nan):.3f} lip_corr {m.get('val_lip_corr', math.nan):.3f} "
+                f"best epoch {self.best_epoch}: val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
                 f"({passed}/{len(self.targets)} seed targets) -> {self.model_path} in {self.wall_s:.1f} s")
 
 
@@ -237,8 +237,8 @@ def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], late
     best_dir, _ = _best(candidates, tc.best_metric, tc.best_mode)
     best_meta = read_meta(best_dir)
     latest_meta = read_meta(latest_dir)
-    model_path = storage.join(run_dir, MODEL_NAME)
-    storage.atomic_write_bytes(model_path, storage.read_bytes(storage.join(best_dir, MODEL_FILE)))
+    model_path = storage.join(run_dir, MODEL_FILE_NAME)
+    storage.atomic_write_bytes(model_path, storage.read_bytes(storage.join(best_dir, MODEL_FILE_NAME)))
     history = latest_meta.get("history", [])
     result = TrainResult(run_dir=run_dir, model_path=model_path, best_epoch=int(best_meta["epoch"]),
                          best_metrics=best_meta["metrics"], last_epoch=int(latest_meta["epoch"]),
@@ -311,20 +311,20 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     device = resolve_device(tc)
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
                              seed=tc.seed)
-    val_src = LocalBatches(info.val_files, info.n_mels, max(tc.batch_size, 256), columns=VAL_COLUMNS)
+    val_src = LocalBatches(info.val_files, info.n_mels, val_batch_rows(tc), columns=VAL_COLUMNS)
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
 
     @contextlib.contextmanager
     def restore() -> Iterator[str | None]:
-        latest = _latest_local(ckpt_root)
-        if latest is None:
+        saved = list_checkpoints(ckpt_root)
+        if not saved:
             yield None
-        elif not storage.is_remote(latest):
-            yield latest
+        elif not storage.is_remote(saved[-1]):
+            yield saved[-1]
         else:
             with tempfile.TemporaryDirectory(prefix="a2bs-restore-") as tmp:
-                for name in ("model.safetensors", "train_state.pt", "state.json"):
-                    Path(tmp, name).write_bytes(storage.read_bytes(storage.join(latest, name)))
+                for name in CHECKPOINT_FILES:
+                    Path(tmp, name).write_bytes(storage.read_bytes(storage.join(saved[-1], name)))
                 yield tmp
 
     def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
@@ -342,19 +342,13 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     )
 
 
-def _latest_local(ckpt_root: str) -> str | None:
-    dirs = sorted({f.rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
-    return storage.join(ckpt_root, dirs[-1]) if dirs else None
-
-
 def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
     run_loop(cfg, local_context(info, run_dir, cfg))
-    dirs = sorted({f.replace("\\", "/").rsplit("/", 2)[-2] for f in storage.list_files(ckpt_root, suffix="state.json")})
-    if not dirs:
+    saved = list_checkpoints(ckpt_root)
+    if not saved:
         raise RuntimeError(f"{run_dir}: training wrote no checkpoint")
-    candidates = [(storage.join(ckpt_root, d), read_meta(storage.join(ckpt_root, d))["metrics"]) for d in dirs]
-    return candidates, storage.join(ckpt_root, dirs[-1])
+    return [(d, read_meta(d)["metrics"]) for d in saved], saved[-1]
 
 
 def read_history(run_dir: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ Each trial is one of (``tune.workers_per_trial``):
 
 ASHA stops trials on ``tune.metric`` (default ``val_base_loss``: the smooth-L1 term does not depend on
 the loss weights being searched, so trials stay comparable). Trials are then ranked by a combined
-objective of the seed's targets (:func:`objective`). Outputs in TUNE_DIR::
+objective of the seed's targets (:func:`a2bs.train.metrics.seed_objective`). Outputs in TUNE_DIR::
 
     results.csv   one row per trial, best first: objective, targets met, metrics, sampled values
     best.yaml     overrides (vs the defaults) of the best trial: `a2bs train --config best.yaml`
@@ -24,8 +24,6 @@ objective of the seed's targets (:func:`objective`). Outputs in TUNE_DIR::
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _pyio
 import logging
 import math
 import os
@@ -44,8 +42,21 @@ from a2bs.config import (
     save_config,
 )
 from a2bs.runtime import storage
-from a2bs.train.metrics import SEED_TARGETS
-from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
+from a2bs.train.metrics import (
+    JAW_CORR,
+    LIP_CORR,
+    MAE,
+    MOUTH_MAE,
+    POSE_MAE,
+    SEED_TARGETS,
+    SMILE_CORR,
+    VAL_LOSS,
+    format_metrics,
+    metric_value,
+    seed_objective,
+    targets_met,
+    val_key,
+)
 
 log = logging.getLogger("a2bs.tune")
 
@@ -53,6 +64,8 @@ FULL_DILATIONS = [1, 2, 4, 8, 16, 32, 64, 128, 128, 128]
 RESULTS_NAME = "results.csv"
 BEST_NAME = "best.yaml"
 EXPERIMENT_NAME = "tune"
+# Validation metrics copied from each trial's best epoch into the results table.
+TABLE_METRICS: tuple[str, ...] = tuple(val_key(n) for n in (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE))
 
 
 def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
@@ -110,15 +123,6 @@ def apply_sample(cfg: Config, sample: dict[str, Any]) -> Config:
             node = node.setdefault(part, {})
         node[leaf] = value
     return load_config(None, nested, base=cfg)
-
-
-def targets_met(metrics: dict[str, Any]) -> dict[str, bool]:
-    """{target name: met?} for the seed's targets."""
-    out = {}
-    for name, op, threshold in SEED_TARGETS:
-        v = float(metrics.get(f"val_{name}", math.nan))
-        out[name] = not math.isnan(v) and (v < threshold if op == "<" else v > threshold)
-    return out
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +188,8 @@ class TuneResult:
             return f"tune: no trial finished an epoch ({len(self.rows)} trials) in {self.wall_s:.1f} s"
         b = self.best
         return (f"tune: {len(self.rows)} trials, best {b['trial_id']} objective {b['objective']:.3f} "
-                f"({b['targets_met']}/{len(SEED_TARGETS)} seed targets, mae {b['val_mae']:.4f} "
-                f"jaw_corr {b['val_jaw_corr']:.3f}) -> {self.best_yaml} in {self.wall_s:.1f} s")
+                f"({b['targets_met']}/{len(SEED_TARGETS)} seed targets, {format_metrics(b, (MAE, JAW_CORR))}) "
+                f"-> {self.best_yaml} in {self.wall_s:.1f} s")
 
 
 def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
@@ -193,11 +197,11 @@ def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
     cfg = result.config or {}
     row: dict[str, Any] = {"trial_id": str((result.metrics or {}).get("trial_id", "?")),
                            "status": "error" if result.error else "ok"}
-    if df is None or df.empty or "val_mae" not in df:
+    if df is None or df.empty or val_key(MAE) not in df:
         return {**row, "objective": math.inf, "targets_met": 0, "epochs": 0, "stopped_early": True,
                 **{k: cfg.get(k) for k in keys}}
     records = df.to_dict("records")
-    scored = [(objective(r), r) for r in records]
+    scored = [(seed_objective(r), r) for r in records]
     best_obj, best = min(scored, key=lambda x: x[0])
     met = targets_met(best)
     row.update({
@@ -205,8 +209,7 @@ def _row(result: Any, keys: list[str], max_epochs: int) -> dict[str, Any]:
         "objective": best_obj, "targets_met": sum(met.values()),
         **{f"met_{k}": v for k, v in met.items()},
         "best_epoch": int(best.get("epoch", -1)), "epochs": len(records), "stopped_early": len(records) < max_epochs,
-        **{k: best.get(k, math.nan) for k in ("val_mae", "val_mouth_mae", "val_jaw_corr", "val_lip_corr",
-                                              "val_smile_corr", "val_pose_mae", "val_base_loss", "val_loss")},
+        **{k: best.get(k, math.nan) for k in (*TABLE_METRICS, val_key("base_loss"), VAL_LOSS)},
         **{k: cfg.get(k) for k in keys},
     })
     return row
@@ -296,26 +299,16 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         header = (f"# a2bs tune: best of {len(rows)} trials (space '{tc.space}'), trial {finished[0]['trial_id']}, "
                   f"objective {finished[0]['objective']:.4f}\n# use: a2bs train SHARDS --out RUN --config {BEST_NAME}\n")
         storage.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
-    _write_table(rows, storage.join(tune_dir, RESULTS_NAME))
+    storage.atomic_write_csv(storage.join(tune_dir, RESULTS_NAME),
+                             [{k: str(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows],
+                             header=["rank"])
     result.wall_s = time.perf_counter() - t0
     print(format_table(rows, keys))
     return result
 
 
-def _write_table(rows: list[dict[str, Any]], uri: str) -> None:
-    keys: list[str] = ["rank"]
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = _pyio.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (str(v) if isinstance(v, list) else v) for k, v in r.items()})
-    storage.atomic_write_text(uri, buf.getvalue())
-
-
 def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """Plain-text ranking: objective, seed targets (✓/✗ for mae, jaw, lip, mouth), metrics, sampled values."""
+    """Plain-text ranking: objective, seed targets (Y met / . not, for mae, jaw, lip, mouth), metrics, sampled values."""
     head = f"{'rank':>4} {'trial':>12} {'objective':>9} {'targets':>7} {'mae':>7} {'jaw_r':>6} {'lip_r':>6} " \
            f"{'mouth':>7} {'ep':>3}  sampled"
     lines = [head]
@@ -323,8 +316,8 @@ def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
         flags = "".join("Y" if r.get(f"met_{n}") else "." for n, _, _ in SEED_TARGETS)
         sampled = " ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys)
         lines.append(f"{r['rank']:>4} {r['trial_id']:>12} {r['objective']:>9.3f} {flags:>7} "
-                     f"{r.get('val_mae', math.nan):>7.4f} {r.get('val_jaw_corr', math.nan):>6.3f} "
-                     f"{r.get('val_lip_corr', math.nan):>6.3f} {r.get('val_mouth_mae', math.nan):>7.4f} "
+                     f"{metric_value(r, MAE):>7.4f} {metric_value(r, JAW_CORR):>6.3f} "
+                     f"{metric_value(r, LIP_CORR):>6.3f} {metric_value(r, MOUTH_MAE):>7.4f} "
                      f"{r.get('epochs', 0):>3}  {sampled}")
     return "\n".join(lines)
 

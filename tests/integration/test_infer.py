@@ -52,7 +52,7 @@ def test_single_wav_to_livelink_csv(causal_model, speech_wav, tmp_path, capsys):
 
 
 def test_formats_agree(causal_model, speech_wav, tmp_path):
-    for fmt in ("livelink-csv", "json", "npy", "parquet"):
+    for fmt in ("livelink-csv", "json", "npz", "parquet"):  # "npy" (an alias of npz) in the tests below
         assert main(["infer", str(causal_model), str(speech_wav), "--out", str(tmp_path), "--format", fmt,
                      "--fps", "30"]) == 0
     curves = load_npz(tmp_path / "speech.npz")

@@ -11,11 +11,11 @@ import media_factory as mf
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from support import demo_clips
+from support import demo_clips, read_split
 
 from a2bs.build.pipeline import run_build
 from a2bs.build.sequences import expected_windows
-from a2bs.build.shards import load_split, shard_files
+from a2bs.build.shards import shard_files
 from a2bs.config import load_config
 from a2bs.extract.pipeline import run_extract
 from a2bs.runtime import storage
@@ -38,7 +38,7 @@ def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) 
         assert all(row["has_face"])  # every demo frame shows a face, so no window is filtered
         predicted += expected_windows(len(row["audio_time_s"]), demo_config.sequence, 100.0)
     assert sum(manifest["rows"].values()) == predicted == sum(build.rows.values())
-    train, val = load_split(str(shards_dir), "train"), load_split(str(shards_dir), "val")
+    train, val = read_split(str(shards_dir), "train"), read_split(str(shards_dir), "val")
     assert len(train["audio"]) + len(val["audio"]) == predicted
     assert train["audio"].shape[1:] == (24, 80) and train["targets"].shape[1:] == (24, 59)
     assert set(train["clip_id"]).isdisjoint(val["clip_id"])
@@ -89,7 +89,7 @@ def test_corrupt_clip_is_listed_and_the_rest_complete(tmp_path: Path, ray_cluste
     assert failures == [{"source": str(bad), "reason": "not a media file (no MP4/MOV structure in it)"}]
     shards = tmp_path / "shards"
     run_build(str(out), str(shards), load_config(None, ["sequence.split_by=clip"]), use_ray=True)
-    got = {f for split in ("train", "val") for f in load_split(str(shards), split)["clip_id"]}
+    got = {f for split in ("train", "val") for f in read_split(str(shards), split)["clip_id"]}
     assert len(got) == len(good) == 2
 
 
@@ -106,6 +106,6 @@ def test_s3_in_and_out(s3_server: str, ray_cluster, demo_config) -> None:
     assert sum(manifest["rows"].values()) == sum(build.rows.values()) > 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="a2bs-test", Prefix="shards/")["Contents"]}
     assert {f"shards/{s['name']}" for s in manifest["shards"]} <= keys
-    train = load_split("s3://a2bs-test/shards", "train")
+    train = read_split("s3://a2bs-test/shards", "train")
     assert train["audio"].dtype == np.float32 and train["audio"].shape[1:] == (24, 80)
     assert all(f.startswith("s3://") for f in shard_files("s3://a2bs-test/shards", "train"))

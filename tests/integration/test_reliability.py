@@ -13,10 +13,9 @@ from pathlib import Path
 import media_factory as mf
 import psutil
 import pytest
-from support import demo_clips
+from support import demo_clips, read_split
 
 from a2bs.build.pipeline import run_build
-from a2bs.build.shards import load_split
 from a2bs.config import ConfigError, load_config, save_config
 from a2bs.errors import InputError
 from a2bs.extract.pipeline import run_extract
@@ -73,7 +72,7 @@ def test_corrupt_shard_is_named_on_the_training_side(tmp_path: Path) -> None:
     bad = mf.CASES["corrupt_parquet"].build(tmp_path / "shards" / "train", None)
     bad.rename(tmp_path / "shards" / "train" / "part-00000.parquet")
     with pytest.raises(InputError, match="part-00000.parquet: corrupt or truncated Parquet shard"):
-        load_split(str(tmp_path / "shards"), "train")
+        read_split(str(tmp_path / "shards"), "train")
 
 
 def _copy_clips(tmp_path: Path, n: int) -> Path:

@@ -21,7 +21,7 @@ from a2bs.cli import main
 from a2bs.config import load_config
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
-from a2bs.tune.search import objective
+from a2bs.train.metrics import seed_objective
 
 pytestmark = pytest.mark.ray
 
@@ -62,7 +62,7 @@ def test_tune_writes_a_ranked_table(tuned, capsys):
     assert objectives == sorted(objectives) and all(math.isfinite(o) for o in objectives)
     for r in rows:
         metrics = {k: float(r[k]) for k in ("val_mae", "val_jaw_corr", "val_lip_corr", "val_mouth_mae")}
-        assert float(r["objective"]) == pytest.approx(objective(metrics))
+        assert float(r["objective"]) == pytest.approx(seed_objective(metrics))
         assert int(r["targets_met"]) == sum(r[f"met_{n}"] == "True" for n in ("mae", "jaw_corr", "lip_corr", "mouth_mae"))
         assert 1 <= int(r["epochs"]) <= MAX_EPOCHS
         assert int(r["model.channels"]) in (16, 32)

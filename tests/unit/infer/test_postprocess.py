@@ -11,7 +11,6 @@ from a2bs.config import AudioConfig, InferConfig
 from a2bs.extract.audio import features_from_samples
 from a2bs.infer.live import StreamingVAD
 from a2bs.infer.postprocess import (
-    MOUTH_INDEX,
     UPPER_FACE_INDEX,
     OneEuroFilter,
     PostProcessor,
@@ -19,7 +18,13 @@ from a2bs.infer.postprocess import (
     estimate_rest,
     postprocess_offline,
 )
-from a2bs.schema import ARKIT_BLENDSHAPES, BLENDSHAPE_INDEX, N_BLENDSHAPES, N_TARGETS
+from a2bs.schema import (
+    ARKIT_BLENDSHAPES,
+    BLENDSHAPE_INDEX,
+    MOUTH_INDICES,
+    N_BLENDSHAPES,
+    N_TARGETS,
+)
 
 RATE = 100.0
 
@@ -75,7 +80,7 @@ def test_gain_scales_mouth_and_upper_face_then_clips():
     assert y[0, blink] == pytest.approx(0.15) and y[0, cheek_puff] == pytest.approx(0.15)
     assert y[0, BLENDSHAPE_INDEX["tongueOut"]] == pytest.approx(0.3)  # neither group
     np.testing.assert_array_equal(y[:, N_BLENDSHAPES:], x[:, N_BLENDSHAPES:])  # pose untouched
-    assert {ARKIT_BLENDSHAPES[i][:3] for i in MOUTH_INDEX} == {"jaw", "mou"}
+    assert {ARKIT_BLENDSHAPES[i][:3] for i in MOUTH_INDICES} == {"jaw", "mou"}
     assert {ARKIT_BLENDSHAPES[i][:3] for i in UPPER_FACE_INDEX} == {"eye", "bro", "che", "nos"}
     assert y.min() >= 0.0
 

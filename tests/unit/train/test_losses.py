@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from a2bs.config import LossConfig
-from a2bs.schema import BLENDSHAPE_INDEX, N_BLENDSHAPES, N_TARGETS
+from a2bs.schema import BLENDSHAPE_INDEX, MOUTH_INDICES, N_BLENDSHAPES, N_TARGETS
 from a2bs.train.losses import TERMS, channel_weights, compute_loss, stage_weights
 
 JAW = BLENDSHAPE_INDEX["jawOpen"]
@@ -101,8 +101,6 @@ def test_silence_term_acts_only_where_vad_is_zero() -> None:
 
 
 def test_silence_term_exact_values() -> None:
-    from a2bs.train.losses import MOUTH_INDICES
-
     y, vad = _target(), _vad()
     pred = y.clone()
     pred[:, 1:10:2, BLENDSHAPE_INDEX["mouthFunnel"]] += 0.1  # each of the 9 silent pairs moves by 0.1

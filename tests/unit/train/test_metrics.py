@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from a2bs.schema import BLENDSHAPE_INDEX, N_BLENDSHAPES, N_TARGETS
+from a2bs.schema import BLENDSHAPE_INDEX, MOUTH_INDICES, N_BLENDSHAPES, N_TARGETS
 from a2bs.train.metrics import (
-    MOUTH_INDICES,
     MetricAccumulator,
     format_target_table,
     pearson,

@@ -1,0 +1,21 @@
+"""Commands without positional inputs refuse leftover arguments instead of ignoring them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a2bs.cli import EXIT_CONFIG, main
+
+
+@pytest.mark.parametrize("argv", [
+    ["synth", "--out", "{tmp}", "synth.faces=2"],
+    ["jobs", "status", "raysubmit_1", "--address", "http://127.0.0.1:1", "raysubmit_2"],
+])
+def test_leftover_arguments_are_a_configuration_error(argv: list[str], tmp_path: Path, capsys) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path / "out")) for a in argv]
+    assert main(argv) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"a2bs {argv[0]}: configuration error:" in err and argv[-1] in err
+    assert not (tmp_path / "out").exists()  # refused before any work
