@@ -18,6 +18,7 @@ from a2bs.config import (
     load_config,
 )
 from a2bs.errors import ModelFileError
+from a2bs.manifests import ModelCard
 from a2bs.extract.audio import features_from_samples
 from a2bs.models import (
     available_models,
@@ -161,9 +162,10 @@ def test_save_and_load_model_file(tmp_path) -> None:
     cfg = preset("tcn_full", channels=32, dilations=(1, 2, 4))
     model = build_model(cfg).eval()
     path = tmp_path / "model.safetensors"
-    save_model(path, model, cfg, {"epoch": 3, "val_loss": 0.25})
-    loaded, loaded_cfg, meta = load_model_file(path)
-    assert loaded_cfg == cfg and meta == {"epoch": 3, "val_loss": 0.25}
+    card = dataclasses.replace(ModelCard.for_untrained(cfg), epoch=3, metrics={"val": {"loss": 0.25}})
+    save_model(path, model, card)
+    loaded, loaded_card = load_model_file(path)
+    assert loaded_card == card and loaded_card.model == cfg
     assert not loaded.training
     mel = _mel(np.random.default_rng(4), 1, 50)
     with torch.no_grad():
@@ -182,7 +184,7 @@ def test_save_and_load_model_file(tmp_path) -> None:
 def test_weights_not_matching_config_are_refused(tmp_path) -> None:
     cfg = preset("tcn_poc", channels=16)
     model = build_model(dataclasses.replace(cfg, channels=24))
-    save_model(tmp_path / "m.safetensors", model, cfg)  # stored config lies about the width
+    save_model(tmp_path / "m.safetensors", model, ModelCard.for_untrained(cfg))  # the card lies about the width
     with pytest.raises(ModelFileError, match="do not match"):
         load_model_file(tmp_path / "m.safetensors")
 
