@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from support import demo_clips
+from support import demo_clips, listing_manifest
 
-from a2bs.config import AudioConfig, SequenceConfig
+from a2bs.config import AudioConfig
 from a2bs.demo.job import _held_out_clip
-from a2bs.manifests import ClipEntry, ClipsManifest, ShardsManifest, SplitStats
-
-
-def _split(clip_ids: list[str]) -> SplitStats:
-    return SplitStats(speakers=("s",), clips=tuple(clip_ids), hours=0.0, rows=0, shards=(), valid_frames=0.0,
-                      channels={}, mel_clipped=0)
+from a2bs.manifests import ClipEntry, ClipsManifest
 
 
 def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
@@ -21,7 +16,5 @@ def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
     ids = {c: f"clip{i:03d}" for i, c in enumerate(clips)}
     ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30)
                                   for c in clips}).write(tmp_path / "clips")
-    ShardsManifest("f", 100.0, 24, 12, AudioConfig(), SequenceConfig(),
-                   {"train": _split([ids[c] for c in clips if c != val]), "val": _split([ids[val]])}
-                   ).write(tmp_path / "shards")
+    listing_manifest({"train": [ids[c] for c in clips if c != val], "val": [ids[val]]}).write(tmp_path / "shards")
     assert _held_out_clip(str(tmp_path / "clips"), str(tmp_path / "shards"), clips) == val
