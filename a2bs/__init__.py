@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from a2bs.version import VERSION
+
+__version__ = VERSION
 
 _LAZY = {"load_model", "Model", "Curves", "StreamingSession", "plot_curves", "load_npz"}
 __all__ = sorted(_LAZY | {"__version__"})

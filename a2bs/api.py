@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from a2bs.config import Config, load_config
+from a2bs.config import Config, load_config, user_overrides
 from a2bs.infer.curves import Curves, load_npz
 from a2bs.infer.live import StreamingSession
 from a2bs.infer.offline import LoadedModel, predict_file, predict_samples
 from a2bs.infer.offline import load_model as _load
 from a2bs.infer.preview import plot_curves
+from a2bs.manifests import ModelCard
 from a2bs.runtime import storage
 
 __all__ = ["Curves", "Model", "StreamingSession", "load_model", "load_npz", "plot_curves"]
@@ -53,9 +55,9 @@ class Model:
         return self._loaded.model_cfg
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """Free metadata stored in the model file."""
-        return self._loaded.meta
+    def card(self) -> ModelCard:
+        """The model card stored in the model file (front end, training data, metrics, config)."""
+        return self._loaded.card
 
     @property
     def causal(self) -> bool:
@@ -87,13 +89,18 @@ def load_model(path: str | os.PathLike = "default", config: Config | str | os.Pa
                **overrides: Any) -> Model:
     """Load a self-contained model file (``"default"`` = ``InferConfig.model_path``).
 
+    The audio front end is the model card's; an ``audio.*`` setting that contradicts it is a ConfigError.
+
     Args:
         path: model file (local or ``s3://``) or ``"default"``.
-        config: a Config, or a YAML file of overrides.
+        config: a Config (its ``audio`` values that differ from the defaults count as set), or a YAML
+            file of overrides.
         overrides: dotted ``key=value`` overrides, e.g. ``**{"infer.smoothing": True}``.
     """
     items = [f"{k}={v}" for k, v in overrides.items()]
-    cfg = config if isinstance(config, Config) else load_config(config, items)
-    if isinstance(config, Config) and items:
-        cfg = load_config(None, items, base=config)
-    return Model(_load(str(path), cfg), cfg)
+    if isinstance(config, Config):
+        cfg, explicit = (load_config(None, items, base=config) if items else config), None
+    else:
+        cfg, explicit = load_config(config, items), user_overrides(config, items)
+    loaded = _load(str(path), cfg, explicit)
+    return Model(loaded, replace(cfg, audio=loaded.audio_cfg))

@@ -110,8 +110,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 # Modules that add their stage's subcommands: each has register(subparsers, handlers, add_common).
-STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.train.commands", "a2bs.tune.commands",
-                                          "a2bs.evaluate.commands", "a2bs.infer.commands")
+STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.models.commands", "a2bs.train.commands",
+                                          "a2bs.tune.commands", "a2bs.evaluate.commands", "a2bs.infer.commands")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,6 +311,20 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return nested
 
 
+def _read_yaml(path: str | os.PathLike) -> Mapping[str, Any]:
+    """The sections of a config file (a mapping), or ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+    return data
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
@@ -319,20 +333,32 @@ def load_config(
     """Defaults (or `base`) <- YAML file overrides <- key=value overrides."""
     cfg = base or Config()
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p}: not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p}: not valid YAML ({exc.__class__.__name__})") from None
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
-        cfg = _apply(cfg, data, "")
+        cfg = _apply(cfg, _read_yaml(path), "")
     if overrides:
         mapping = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
         cfg = _apply(cfg, mapping, "")
     return cfg
+
+
+def user_overrides(
+    path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """What the user set explicitly: the config file's sections with the key=value overrides on top.
+
+    The keys are the ones :func:`load_config` applies (it validates them); a stage that must not
+    contradict a recorded setting (e.g. a model's audio front end) checks exactly these.
+    """
+
+    def merge(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+        for key, value in new.items():
+            if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = merge({}, value) if isinstance(value, Mapping) else value
+        return into
+
+    out: dict[str, Any] = merge({}, _read_yaml(path)) if path else {}
+    return merge(out, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

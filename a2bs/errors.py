@@ -19,3 +19,10 @@ class InputError(Exception):
 
 class ModelFileError(Exception):
     """A model file is missing, tampered with or of the wrong kind."""
+
+
+class ManifestError(ValueError):
+    """A stage manifest or model card is missing, of another version, or does not match its schema.
+
+    ``str(err)`` is one line naming the file, what is wrong and which stage to rerun.
+    """

@@ -52,6 +52,7 @@ def bench_model(path: str | None, tmp: Path) -> tuple[str, str]:
     import torch
 
     from a2bs.config import Config
+    from a2bs.manifests import ModelCard
     from a2bs.models.model_file import save_model
     from a2bs.models.registry import build_model, count_parameters, preset
 
@@ -64,7 +65,7 @@ def bench_model(path: str | None, tmp: Path) -> tuple[str, str]:
     cfg = preset("tcn_full")
     model = build_model(cfg)
     out = tmp / "tcn_full.safetensors"
-    save_model(out, model, cfg)
+    save_model(out, model, ModelCard.for_untrained(cfg))
     return str(out), f"`tcn_full` preset, random weights ({count_parameters(model) / 1e6:.2f} M parameters)"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,3 +36,17 @@ def read_split(shards_dir: str, split: str) -> dict[str, np.ndarray]:
     # One batch larger than any split: LocalBatches then yields the whole split at once.
     (arrays,) = LocalBatches(files, AudioConfig().n_mels, batch_size=1 << 40, columns=VAL_COLUMNS).arrays()
     return arrays
+
+
+def listing_manifest(clips: dict[str, list[str]], shards: dict[str, list[str]] | None = None) -> Any:
+    """A shards manifest that lists the given clip ids and shard files (one row each) per split, with
+    default settings and empty statistics: for tests that need a manifest, not a build."""
+    from a2bs.config import AudioConfig, SequenceConfig
+    from a2bs.manifests import ShardFile, ShardsManifest, SplitStats
+
+    def split(name: str) -> SplitStats:
+        files = tuple(ShardFile(f, 1, 1) for f in (shards or {}).get(name, []))
+        return SplitStats(speakers=(), clips=tuple(clips.get(name, [])), hours=0.0, rows=len(files), shards=files,
+                          valid_frames=0.0, channels={}, mel_clipped=0)
+
+    return ShardsManifest("test", 100.0, 24, 12, AudioConfig(), SequenceConfig(), {s: split(s) for s in ("train", "val")})

@@ -1,27 +1,36 @@
 """The build graph: clip features -> sequence shards (Ray tasks or this process), manifest written last.
 
-Clip files are planned into shards; each shard task windows its clips and writes one Parquet file.
-A rerun with the same clips and settings rewrites nothing (the manifest's fingerprint says so).
+The clips come from the clips manifest (``CLIPS/_manifest.json``), never from a folder listing, and
+so does the audio front end. Clips are planned into shards; each shard task windows its clips and
+writes one Parquet file. A rerun with the same clips and settings rewrites nothing (the shards
+manifest's fingerprint says so).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from a2bs.build.sequences import expected_windows
-from a2bs.build.shards import MANIFEST_NAME, SPLITS, assign_splits, build_shard, plan_shards
+from a2bs.build.sequences import expected_windows, window_params
+from a2bs.build.shards import SPLITS, assign_splits, build_shard, plan_shards
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
-from a2bs.errors import InputError
-from a2bs.extract.pipeline import CLIPS_SUBDIR
+from a2bs.errors import InputError, ManifestError
+from a2bs.extract.pipeline import CLIPS_SUBDIR, clip_uri
+from a2bs.manifests import (
+    ChannelStats,
+    ClipsManifest,
+    ShardFile,
+    ShardsManifest,
+    SplitStats,
+)
 from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME
 from a2bs.runtime.cluster import init_ray
-from a2bs.schema import SCHEMA_VERSION, TARGET_NAMES
+from a2bs.schema import N_TARGETS, SCHEMA_VERSION, TARGET_NAMES
 
 
 @dataclass
@@ -40,24 +49,32 @@ class BuildSummary:
         return f"build: {self.clips} clips -> {self.shards} shards, sequences {counts} in {self.wall_s:.1f} s{state}"
 
 
-def _clip_index(clips_dir: str) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.filesystem(clips_dir)
-    out = []
-    for uri in storage.list_files(storage.join(clips_dir, CLIPS_SUBDIR), suffix=".parquet"):
-        _, path = storage.filesystem(uri)
-        t = pq.read_table(path, filesystem=fs, columns=["clip_id", "speaker_id", "duration_s", "mel_frame_rate"])
-        row = t.to_pylist()[0]
-        row["uri"] = uri
-        out.append(row)
-    return out
+def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
+    """The clips the manifest lists (by clip id), each of which must be on disk."""
+    on_disk = {uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+               for uri in storage.list_files(storage.join(clips_dir, CLIPS_SUBDIR), suffix=".parquet")}
+    missing = sorted(set(manifest.clips) - on_disk)
+    if missing:
+        raise InputError(clip_uri(clips_dir, missing[0]), f"listed in the clips manifest but missing ({len(missing)} "
+                                                          "clip(s) missing; rerun `a2bs extract`)")
+    return [{"clip_id": cid, "speaker_id": e.speaker_id, "duration_s": e.duration_s,
+             "mel_frame_rate": e.mel_frame_rate, "uri": clip_uri(clips_dir, cid)}
+            for cid, e in sorted(manifest.clips.items())]
 
 
 def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True) -> BuildSummary:
-    """Window every clip into sequence shards with a by-speaker/by-clip split; manifest written last."""
+    """Window every clip into sequence shards with a by-speaker/by-clip split; manifest written last.
+
+    The audio front end is the one the clips were extracted with (``cfg.audio`` is replaced by it).
+
+    Raises:
+        ManifestError: no clips manifest (or one of another version).
+        InputError: no clips, or a clip the manifest lists is missing.
+    """
     t0 = time.perf_counter()
-    clips = _clip_index(clips_dir)
+    clips_manifest = ClipsManifest.load(clips_dir)
+    cfg = replace(cfg, audio=clips_manifest.audio)
+    clips = _clip_index(clips_dir, clips_manifest)
     if not clips:
         raise InputError(clips_dir, "no clip features found (run `a2bs extract` first)")
     key = "speaker_id" if cfg.sequence.split_by == "speaker" else "clip_id"
@@ -69,13 +86,16 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
     settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence)}
-    fingerprint = json.dumps({"clips": sorted(c["clip_id"] for c in clips), "settings": settings,
-                              "schema_version": SCHEMA_VERSION}, sort_keys=True)
-    manifest_uri = storage.join(shards_dir, MANIFEST_NAME)
-    if storage.exists(manifest_uri):
-        old = json.loads(storage.read_text(manifest_uri))
-        if old.get("fingerprint") == fingerprint and all(storage.exists(storage.join(shards_dir, s["name"])) for s in old["shards"]):
-            return BuildSummary(len(clips), old["rows"], len(old["shards"]), True, time.perf_counter() - t0)
+    fingerprint = hashlib.sha256(json.dumps({"clips": sorted(c["clip_id"] for c in clips), "settings": settings,
+                                             "schema_version": SCHEMA_VERSION}, sort_keys=True).encode()).hexdigest()
+    try:
+        old = ShardsManifest.load(shards_dir)
+    except ManifestError:  # none yet, or of an older a2bs: build afresh
+        old = None
+    if old is not None and old.fingerprint == fingerprint:
+        names = [f.name for split in old.splits.values() for f in split.shards]
+        if all(storage.exists(storage.join(shards_dir, n)) for n in names):
+            return BuildSummary(len(clips), old.rows, len(names), True, time.perf_counter() - t0)
     plans = plan_shards(clips, cfg.sequence.rows_per_shard)
     if use_ray:
         import ray
@@ -96,27 +116,32 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
                 storage.delete(uri)
     manifest = _manifest(clips, stats, cfg, fingerprint)
     save_config(cfg, storage.join(shards_dir, CONFIG_NAME))
-    storage.atomic_write_text(manifest_uri, json.dumps(manifest, indent=1))
-    return BuildSummary(len(clips), manifest["rows"], len(stats), False, time.perf_counter() - t0)
+    manifest.write(shards_dir)
+    return BuildSummary(len(clips), manifest.rows, len(stats), False, time.perf_counter() - t0)
 
 
-def _manifest(clips: list[dict], stats: list[dict], cfg: Config, fingerprint: str) -> dict[str, Any]:
-    rows = {s: sum(x["rows"] for x in stats if x["split"] == s) for s in SPLITS}
+def _split_stats(clips: list[dict], stats: list[dict]) -> SplitStats:
+    """One split's statistics from its clips and the statistics of its shards."""
     n = max(sum(x["valid_frames"] for x in stats), 1.0)
-    mean = np.sum([x["target_sum"] for x in stats], axis=0) / n
-    var = np.sum([x["target_sq_sum"] for x in stats], axis=0) / n - mean**2
-    clipped = np.sum([x["target_clipped"] for x in stats], axis=0)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "fingerprint": fingerprint,
-        "config": config_to_dict(cfg),
-        "rows": rows,
-        "clips": {s: sorted(c["clip_id"] for c in clips if c["split"] == s) for s in SPLITS},
-        "speakers": {s: sorted({c["speaker_id"] for c in clips if c["split"] == s}) for s in SPLITS},
-        "shards": [{k: x[k] for k in ("name", "split", "rows", "clips")} for x in stats],
-        "channels": {
-            name: {"mean": float(mean[i]), "std": float(np.sqrt(max(var[i], 0.0))), "clipped": int(clipped[i])}
-            for i, name in enumerate(TARGET_NAMES)
-        },
-        "mel_clipped": int(sum(x["mel_clipped"] for x in stats)),
-    }
+    mean = np.zeros(N_TARGETS) + np.sum([x["target_sum"] for x in stats], axis=0) / n
+    var = np.zeros(N_TARGETS) + np.sum([x["target_sq_sum"] for x in stats], axis=0) / n - mean**2
+    clipped = np.zeros(N_TARGETS, np.int64) + np.sum([x["target_clipped"] for x in stats], axis=0, dtype=np.int64)
+    return SplitStats(
+        speakers=tuple(sorted({c["speaker_id"] for c in clips})),
+        clips=tuple(sorted(c["clip_id"] for c in clips)),
+        hours=sum(c["duration_s"] for c in clips) / 3600.0,
+        rows=sum(x["rows"] for x in stats),
+        shards=tuple(ShardFile(x["name"], x["rows"], x["clips"]) for x in stats),
+        valid_frames=float(sum(x["valid_frames"] for x in stats)),
+        channels={name: ChannelStats(float(mean[i]), float(np.sqrt(max(var[i], 0.0))), int(clipped[i]))
+                  for i, name in enumerate(TARGET_NAMES)},
+        mel_clipped=int(sum(x["mel_clipped"] for x in stats)),
+    )
+
+
+def _manifest(clips: list[dict], stats: list[dict], cfg: Config, fingerprint: str) -> ShardsManifest:
+    frame_rate_hz = cfg.audio.sample_rate / cfg.audio.hop_length
+    window_frames, step_frames = window_params(cfg.sequence, frame_rate_hz)
+    splits = {s: _split_stats([c for c in clips if c["split"] == s], [x for x in stats if x["split"] == s])
+              for s in SPLITS}
+    return ShardsManifest(fingerprint, frame_rate_hz, window_frames, step_frames, cfg.audio, cfg.sequence, splits)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from a2bs.config import SequenceConfig
-from a2bs.schema import BLENDSHAPE_RANGE, MEL_DB_RANGE, N_BLENDSHAPES, N_TARGETS, POSE_RANGE, POSE_REST
+from a2bs.schema import (
+    BLENDSHAPE_RANGE,
+    MEL_DB_RANGE,
+    N_BLENDSHAPES,
+    N_TARGETS,
+    POSE_RANGE,
+    POSE_REST,
+)
 
 
 @dataclass

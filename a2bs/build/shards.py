@@ -4,7 +4,8 @@ Layout of a shards folder::
 
     SHARDS/train/part-00000.parquet ...   rows in a2bs.schema.sequence_schema
     SHARDS/val/part-00000.parquet ...
-    SHARDS/_manifest.json                 written last: schema version, config, counts, stats
+    SHARDS/_manifest.json                 written last (a2bs.manifests.ShardsManifest): front end,
+                                          windows, splits (speakers, clips, rows, shards), channel stats
 
 A shard's name depends only on its split and its position in a plan sorted by clip id, so a rerun
 rewrites the same names (never appends) and the manifest lists exactly the files that belong.
@@ -19,13 +20,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from a2bs.runtime import storage
+from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
 from a2bs.config import Config
 from a2bs.extract.clip import record_arrays
-from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
+from a2bs.manifests import ShardsManifest
+from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS, sequence_schema
 
-MANIFEST_NAME = "_manifest.json"
 SPLITS = ("train", "val")
 
 
@@ -90,9 +91,9 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
         n = len(w["start_s"])
         if n == 0:
             continue
-        m = w["mask"][..., None]
+        m = w["mask"][..., None].astype(np.float64)  # float64 sums: the manifest's means initialise training
         sums += (w["targets"] * m).sum(axis=(0, 1))
-        sq_sums += ((w["targets"] ** 2) * m).sum(axis=(0, 1))
+        sq_sums += ((w["targets"].astype(np.float64) ** 2) * m).sum(axis=(0, 1))
         n_valid += float(m.sum())
         cols["clip_id"] += [row["clip_id"]] * n
         cols["speaker_id"] += [row["speaker_id"]] * n
@@ -119,11 +120,5 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
 
 
 def shard_files(shards_dir: str, split: str) -> list[str]:
-    """The shard files of a split, as listed by the manifest (falls back to the folder)."""
-    manifest_uri = storage.join(shards_dir, MANIFEST_NAME)
-    if storage.exists(manifest_uri):
-        import json
-
-        manifest = json.loads(storage.read_text(manifest_uri))
-        return [storage.join(shards_dir, s["name"]) for s in manifest["shards"] if s["split"] == split and s["rows"]]
-    return storage.list_files(storage.join(shards_dir, split), suffix=".parquet")
+    """The non-empty shard files of a split, as listed by the shards manifest."""
+    return ShardsManifest.load(shards_dir).files(shards_dir, split)

@@ -66,7 +66,7 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     print(trained.line(), flush=True)
     report = evaluate(trained.model_path, shards_dir, report_dir)
     print(report.line(), flush=True)
-    held_out = _held_out_clip(shards_dir, clips)
+    held_out = _held_out_clip(clips_dir, shards_dir, clips)
     inferred = run_infer(trained.model_path, [str(held_out)], storage.join(out_dir, "infer"), cfg, fmt="livelink-csv")
     print(inferred.line(), flush=True)
     print(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
@@ -74,12 +74,11 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     return 0
 
 
-def _held_out_clip(shards_dir: str, clips: list[Path]) -> Path:
-    """A demo clip of the validation split (by clip or by speaker: the manifest lists its clip ids)."""
-    import json
+def _held_out_clip(clips_dir: str, shards_dir: str, clips: list[Path]) -> Path:
+    """A demo clip of the validation split: the shards manifest lists its clip ids, the clips manifest
+    their source files (the first of `clips` if none of them is one of these)."""
+    from a2bs.manifests import ClipsManifest, ShardsManifest
 
-    from a2bs.build.shards import MANIFEST_NAME
-    from a2bs.runtime.inputs import content_id
-
-    val_ids = set(json.loads(storage.read_text(storage.join(shards_dir, MANIFEST_NAME)))["clips"]["val"])
-    return next((c for c in clips if content_id(str(c)) in val_ids), clips[0])
+    sources = ClipsManifest.load(clips_dir).clips
+    val = {sources[cid].source_uri for cid in ShardsManifest.load(shards_dir).splits["val"].clips if cid in sources}
+    return next((c for c in clips if str(c) in val), clips[0])

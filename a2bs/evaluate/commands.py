@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from a2bs.config import load_config
+from a2bs.config import load_config, user_overrides
 from a2bs.runtime.commands import positionals
 
 
@@ -17,7 +17,8 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     (model, shards), overrides = positionals(args, rest, ("MODEL", "SHARDS_DIR"))
     cfg = load_config(args.config, overrides)
     report = evaluate(model, shards, args.out, split=args.split, clip_id=args.clip,
-                      batch_size=cfg.train.val_batch_size, device=str(resolve_device(cfg.train)))
+                      batch_size=cfg.train.val_batch_size, device=str(resolve_device(cfg.train)), cfg=cfg,
+                      overrides=user_overrides(args.config, overrides))
     print(report.line())
     return 0
 

@@ -6,7 +6,7 @@ where it sits most central, see :func:`a2bs.train.data.scored_mask`), so the num
 
 Outputs in REPORT_DIR (local or s3://)::
 
-    report.json           metrics, seed-target table, per-channel MAE, model config, plot names
+    report.json           metrics, seed-target table, per-channel MAE, model card, plot names
     targets.md            the pass/fail table
     curves.png            predicted vs true jawOpen, mouthClose, mouthFunnel, mouthSmileLeft, eyeBlinkLeft
                           and head pose over one validation clip, stitched from its windows in time order
@@ -20,14 +20,15 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from a2bs.config import TrainConfig, config_to_dict
+from a2bs.config import Config, ConfigError, TrainConfig
+from a2bs.manifests import front_end_differences, resolve_front_end
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
@@ -197,8 +198,12 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
 
 
 def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "val", clip_id: str | None = None,
-             batch_size: int = TrainConfig.val_batch_size, device: str = "cpu") -> EvalReport:
+             batch_size: int = TrainConfig.val_batch_size, device: str = "cpu", cfg: Config | None = None,
+             overrides: Mapping[str, Any] | None = None) -> EvalReport:
     """Evaluate a model file on a shards split and write REPORT_DIR (report.json, targets.md, PNGs).
+
+    The shards must have the model card's audio front end, and so must the user's ``audio.*`` settings
+    (`cfg` and `overrides`, see :func:`a2bs.manifests.resolve_front_end`), else ConfigError before any work.
 
     Args:
         model_path: a2bs model file (e.g. RUN_DIR/model.safetensors), local or s3://.
@@ -212,7 +217,13 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
     t0 = time.perf_counter()
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    model, model_cfg, meta = load_model_file(model_path)
+    model, card = load_model_file(model_path)
+    if cfg is not None:
+        resolve_front_end(card.audio, cfg, overrides)
+    differ = front_end_differences(card.audio, shard_info(shards_dir).manifest.audio)
+    if differ:
+        raise ConfigError(f"{shards_dir}: built with another audio front end than the model {model_path} "
+                          f"(model vs shards: audio.{'; audio.'.join(differ)})")
     metrics, frames = evaluate_model(model, shards_dir, split, batch_size, device)
     if not frames or not metrics["n_frames"]:
         raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
@@ -230,8 +241,7 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "va
         "model_path": str(model_path), "shards_dir": str(shards_dir), "split": split,
         "metrics": metrics, "targets": targets, "all_targets_met": all(r["passed"] for r in targets),
         "per_channel_mae": per_channel, "plots": report.plots, "plot_clip": plot_clip,
-        "model_config": config_to_dict(model_cfg),
-        "model_meta": meta, "wall_s": report.wall_s,
+        "model_card": card.to_dict(), "wall_s": report.wall_s,
     }
     storage.atomic_write_text(storage.join(report_dir, REPORT_NAME), json.dumps(payload, indent=1, default=_json_default))
     return report

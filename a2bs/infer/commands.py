@@ -6,23 +6,25 @@ import argparse
 import sys
 from typing import Callable
 
-from a2bs.config import ConfigError, load_config, split_overrides
+from a2bs.config import ConfigError, load_config, split_overrides, user_overrides
 
 
 def _cfg_and_inputs(args: argparse.Namespace, items: list[str]):
+    """(resolved config, what the user set explicitly, the positional inputs)."""
     inputs, overrides = split_overrides(items)
-    return load_config(args.config, overrides), inputs
+    return load_config(args.config, overrides), user_overrides(args.config, overrides), inputs
 
 
 def cmd_infer(args: argparse.Namespace, rest: list[str]) -> int:
     """Offline inference over files, folders, globs or s3:// prefixes."""
     from a2bs.infer.offline import run_infer
 
-    cfg, inputs = _cfg_and_inputs(args, args.inputs + rest)
+    cfg, explicit, inputs = _cfg_and_inputs(args, args.inputs + rest)
     if not inputs:
         raise ConfigError("infer: give a model (or 'default') and at least one input file, folder or s3:// prefix")
     use_ray = False if args.no_ray else None
-    summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray)
+    summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray,
+                        overrides=explicit)
     for f in summary.failures:
         print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
     print(summary.line())
@@ -44,11 +46,11 @@ def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
     )
     from a2bs.infer.offline import load_model
 
-    cfg, extra = _cfg_and_inputs(args, rest)
+    cfg, explicit, extra = _cfg_and_inputs(args, rest)
     if extra:
         raise ConfigError(f"stream: unexpected arguments {' '.join(extra)}")
     torch.set_num_threads(1)  # one frame at a time: intra-op threads only add overhead and jitter
-    model = load_model(args.model, cfg)
+    model = load_model(args.model, cfg, explicit)
     fps = float(cfg.infer.fps if args.fps is None else args.fps)
     session = StreamingSession(model, cfg, fps)  # raises StreamingError for a non-causal model
     sinks: list = []
@@ -76,10 +78,10 @@ def cmd_preview(args: argparse.Namespace, rest: list[str]) -> int:
     from a2bs.infer.offline import load_model
     from a2bs.infer.preview import plot_curves, preview_file
 
-    cfg, extra = _cfg_and_inputs(args, rest)
+    cfg, explicit, extra = _cfg_and_inputs(args, rest)
     if extra:
         raise ConfigError(f"preview: unexpected arguments {' '.join(extra)}")
-    model = load_model(args.model, cfg)
+    model = load_model(args.model, cfg, explicit)
     path, curves = preview_file(model, args.input, args.out, cfg, args.fps)
     if args.plot:
         plot_curves(curves, args.plot)

@@ -8,8 +8,9 @@ Two graphs:
   and ``new_state_0 ..``. Start with zero states (:func:`initial_onnx_state`) and feed each step's new
   states to the next; B and n are dynamic.
 
-Each file carries the model config JSON in its metadata (``a2bs_model_config``) and is written
-atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
+Each file carries the model config JSON in its metadata (``a2bs_model_config``), and given the model
+file's card also the card (``a2bs_model_card``: the audio front end the ``mel`` input must be computed
+with, see :class:`a2bs.manifests.ModelCard`); it is written atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
 needs the extra ``onnxscript`` package.
 """
 
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from a2bs.errors import ManifestError
 from a2bs.infer.streaming import StreamingError, supports_streaming
+from a2bs.manifests import ModelCard
 from a2bs.models.registry import model_config_to_dict
 from a2bs.runtime.storage import atomic_write_bytes
 
@@ -60,7 +63,7 @@ def _export_bytes(module: nn.Module, args: tuple, input_names: list[str], output
     return buf.getvalue()
 
 
-def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str) -> bytes:
+def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str, card: ModelCard | None) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(onnx_bytes)
@@ -68,6 +71,8 @@ def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str) -> bytes:
     entries = {"a2bs_graph": kind}
     if cfg is not None:
         entries["a2bs_model_config"] = json.dumps(model_config_to_dict(cfg))
+    if card is not None:
+        entries["a2bs_model_card"] = card.to_json()
     for key, value in entries.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
@@ -75,8 +80,11 @@ def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str) -> bytes:
 
 
 def export_onnx_offline(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                        example_frames: int = 64) -> str:
-    """Export the whole-sequence model ``mel (B, T, n_mels) -> out (B, T, 59)``; returns the path."""
+                        example_frames: int = 64, card: ModelCard | None = None) -> str:
+    """Export the whole-sequence model ``mel (B, T, n_mels) -> out (B, T, 59)``; returns the path.
+
+    With `card` (the model file's), the ONNX file carries it: consumers take the front end from it.
+    """
     model = model.eval()
     n_mels = model.cfg.n_mels
     example = torch.zeros(1, example_frames, n_mels)
@@ -84,7 +92,7 @@ def export_onnx_offline(model: nn.Module, path: str | os.PathLike, opset: int = 
         model, (example,), ["mel"], ["out"], {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}},
         opset,
     )
-    atomic_write_bytes(path, _with_metadata(data, model, "offline"))
+    atomic_write_bytes(path, _with_metadata(data, model, "offline", card))
     return str(path)
 
 
@@ -99,8 +107,11 @@ def _check_step_exportable(model: nn.Module) -> None:
 
 
 def export_onnx_step(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                     example_frames: int = 1) -> str:
-    """Export one streaming step ``(mel, state_0..) -> (out, new_state_0..)``; returns the path."""
+                     example_frames: int = 1, card: ModelCard | None = None) -> str:
+    """Export one streaming step ``(mel, state_0..) -> (out, new_state_0..)``; returns the path.
+
+    With `card` (the model file's), the ONNX file carries it: consumers take the front end from it.
+    """
     _check_step_exportable(model)
     model = model.eval()
     state = model.init_state(1)
@@ -111,8 +122,18 @@ def export_onnx_step(model: nn.Module, path: str | os.PathLike, opset: int = DEF
         dyn[name] = {0: "batch"}
     example = torch.zeros(1, example_frames, model.cfg.n_mels)
     data = _export_bytes(_StepGraph(model), (example, *state), names_in, names_out, dyn, opset)
-    atomic_write_bytes(path, _with_metadata(data, model, "step"))
+    atomic_write_bytes(path, _with_metadata(data, model, "step", card))
     return str(path)
+
+
+def onnx_model_card(path: str | os.PathLike) -> ModelCard:
+    """The model card an exported ONNX file carries (ManifestError if it has none)."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "a2bs_model_card" not in meta:
+        raise ManifestError(f"{path}: carries no a2bs model card (export it with the model file's card)")
+    return ModelCard.from_json(meta["a2bs_model_card"], str(path))
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1) -> Any:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -31,17 +31,18 @@ from a2bs.errors import InputError, ModelFileError
 from a2bs.extract.audio import features_from_samples, load_audio
 from a2bs.infer.curves import FORMAT_SUFFIXES, Curves, output_format
 from a2bs.infer.postprocess import postprocess_offline
+from a2bs.manifests import ModelCard, resolve_front_end
 from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME, error_reason, map_items, write_run_records
 
 
 @dataclass
 class LoadedModel:
-    """A model file's network, its config, its metadata and the audio front end it expects."""
+    """A model file's network, its card, and the audio front end it expects (the card's)."""
 
     net: nn.Module
     model_cfg: ModelConfig
-    meta: dict[str, Any]
+    card: ModelCard
     audio_cfg: AudioConfig
     path: str
 
@@ -51,31 +52,27 @@ def resolve_model_path(model: str, cfg: Config) -> str:
     return cfg.infer.model_path if model in ("", "default") else model
 
 
-def audio_config_from_meta(meta: dict[str, Any], fallback: AudioConfig) -> AudioConfig:
-    """The audio front end a model was trained with, when its file records it (``meta["audio"]`` or
-    ``meta["config"]["audio"]``); else `fallback`."""
-    stored = meta.get("audio") or (meta.get("config") or {}).get("audio")
-    if isinstance(stored, dict):
-        return config_from_dict({"audio": stored}).audio
-    return fallback
+def load_model(model: str, cfg: Config, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load a self-contained model file (local or ``s3://``); ``"default"`` = ``cfg.infer.model_path``.
 
-
-def load_model(model: str, cfg: Config) -> LoadedModel:
-    """Load a self-contained model file (local or ``s3://``); ``"default"`` = ``cfg.infer.model_path``."""
+    The audio front end is the model card's; an ``audio.*`` setting of the user's that contradicts it
+    is a ConfigError naming the key (see :func:`a2bs.manifests.resolve_front_end` for `overrides`).
+    """
     from a2bs.models.model_file import load_model_file
 
     path = resolve_model_path(model, cfg)
     try:
-        net, model_cfg, meta = load_model_file(path)
+        net, card = load_model_file(path)
     except ModelFileError as exc:
         if model in ("", "default") and not storage.exists(path):
             raise ModelFileError(f"{exc}; the default model (infer.model_path) is written by `a2bs demo`, "
                                  "or give a model file") from None
         raise
-    audio_cfg = audio_config_from_meta(meta, cfg.audio)
-    if model_cfg.n_mels != audio_cfg.n_mels:
-        raise ConfigError(f"model {path} expects {model_cfg.n_mels} mel bands, audio.n_mels is {audio_cfg.n_mels}")
-    return LoadedModel(net.eval(), model_cfg, meta, audio_cfg, str(path))
+    audio_cfg = resolve_front_end(card.audio, cfg, overrides)
+    if card.model.n_mels != audio_cfg.n_mels:
+        raise ModelFileError(f"{path}: model card says {card.model.n_mels} mel bands for the model but "
+                             f"{audio_cfg.n_mels} for its front end")
+    return LoadedModel(net.eval(), card.model, card, audio_cfg, str(path))
 
 
 def to_mono_rate(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
@@ -227,7 +224,8 @@ def _single_local_file(inputs: list[str]) -> bool:
 
 
 def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str | None = None,
-              fps: float | None = None, use_ray: bool | None = None, progress: bool = True) -> InferSummary:
+              fps: float | None = None, use_ray: bool | None = None, progress: bool = True,
+              overrides: Mapping[str, Any] | None = None) -> InferSummary:
     """Infer every input into `out_dir` (one output per input); failures go to ``_failures.json``.
 
     Args:
@@ -240,6 +238,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         fps: output frame rate (default ``cfg.infer.fps``).
         use_ray: None = Ray Data unless the input is one local file.
         progress: Ray Data's progress bars (or a line per input in this process).
+        overrides: what the user set explicitly (checked against the model card, see :func:`load_model`).
     """
     from a2bs.runtime.inputs import list_inputs
 
@@ -251,7 +250,8 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
     fps = float(cfg.infer.fps if fps is None else fps)
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    loaded = load_model(model, cfg)  # a bad model file is a configuration error: say so before any work
+    loaded = load_model(model, cfg, overrides)  # a bad model file or setting: say so before any work
+    cfg = replace(cfg, audio=loaded.audio_cfg)  # the saved config and the workers use the card's front end
     model_path = loaded.path
     entries, failures = list_inputs(inputs)
     storage.makedirs(out_dir)

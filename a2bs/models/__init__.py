@@ -1,6 +1,6 @@
 """Model family (TCN PoC, full causal TCN, TCN + attention), registry and model files."""
 
-from a2bs.models.model_file import load_model_file, save_model
+from a2bs.models.model_file import load_model_file, read_model_card, save_model
 from a2bs.models.registry import (
     available_models,
     build_model,
@@ -18,5 +18,6 @@ __all__ = [
     "model_config_from_dict",
     "model_from_dict",
     "preset",
+    "read_model_card",
     "save_model",
 ]

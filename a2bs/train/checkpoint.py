@@ -2,7 +2,7 @@
 
 A checkpoint folder holds::
 
-    model.safetensors   weights + model config (a2bs.models.model_file format: rebuilds the model alone)
+    model.safetensors   weights + model card (a2bs.models.model_file: rebuilds the model and its front end alone)
     train_state.pt      optimizer / LR scheduler / grad-scaler state dicts (tensors, numbers, strings),
                         read back with ``torch.load(weights_only=True)``
     state.json          epoch, that epoch's metrics, the run history so far, the resolved config,
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from a2bs.config import ModelConfig
+from a2bs.manifests import ModelCard
 from a2bs.models.model_file import MODEL_FILE_NAME, load_model_file, save_model
 from a2bs.runtime import storage
 
@@ -104,7 +105,7 @@ class TrainState:
 def save_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,
-    model_cfg: ModelConfig,
+    card: ModelCard,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
@@ -114,11 +115,14 @@ def save_checkpoint(
     config: dict[str, Any],
     starts: int,
 ) -> dict[str, str]:
-    """Write an epoch's checkpoint into a local `directory`; returns the digests of what was saved."""
+    """Write an epoch's checkpoint into a local `directory`; returns the digests of what was saved.
+
+    `card` describes the weights (their config, this epoch and its metrics): the exported model is a copy.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     bare = unwrap(model)
-    save_model(d / MODEL_FILE_NAME, bare, model_cfg, {"epoch": epoch, "metrics": _scalars(metrics)})
+    save_model(d / MODEL_FILE_NAME, bare, card)
     train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "epoch": epoch}
     torch.save(train_state, d / STATE_FILE)
@@ -133,12 +137,12 @@ def load_checkpoint(directory: str | os.PathLike) -> TrainState:
     """Read a checkpoint folder written by :func:`save_checkpoint` (no pickle: safetensors,
     ``torch.load(weights_only=True)`` and JSON)."""
     d = Path(directory)
-    model, model_cfg, _ = load_model_file(d / MODEL_FILE_NAME)
+    model, card = load_model_file(d / MODEL_FILE_NAME)
     train_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
     meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     return TrainState(
         epoch=int(meta["epoch"]),
-        model_cfg=model_cfg,
+        model_cfg=card.model,
         model_state=model.state_dict(),
         optimizer=train_state["optimizer"],
         scheduler=train_state["scheduler"],
@@ -167,6 +171,3 @@ def copy_checkpoint(src_dir: str | os.PathLike, dest_uri: str) -> None:
             shutil.copyfile(src, tmp)
             os.replace(tmp, Path(dest_uri, name))
 
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}

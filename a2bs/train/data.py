@@ -15,7 +15,6 @@ Validation keeps whole clips together: worker ``rank`` of ``world_size`` validat
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from dataclasses import dataclass
@@ -23,11 +22,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from a2bs.build.shards import MANIFEST_NAME, shard_files
 from a2bs.errors import InputError
+from a2bs.manifests import ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS
 
@@ -37,16 +35,39 @@ VAL_COLUMNS: tuple[str, ...] = ("clip_id", "start_s") + TRAIN_COLUMNS
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """What the trainer needs to know about a shards folder before it starts."""
+    """What the trainer needs to know about a shards folder before it starts (from its manifest)."""
 
     shards_dir: str
+    manifest: ShardsManifest
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
-    train_rows: int
-    val_rows: int
-    n_mels: int
-    frame_rate_hz: float  # audio frames per second (start_s * frame_rate_hz = first frame index)
-    overlap_frames: int = 0  # frames shared by consecutive windows of a clip
+
+    @property
+    def train_rows(self) -> int:
+        return self.manifest.splits["train"].rows
+
+    @property
+    def val_rows(self) -> int:
+        return self.manifest.splits["val"].rows
+
+    @property
+    def n_mels(self) -> int:
+        return self.manifest.n_mels
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """Audio frames per second (start_s * frame_rate_hz = first frame index)."""
+        return self.manifest.frame_rate_hz
+
+    @property
+    def overlap_frames(self) -> int:
+        """Frames shared by consecutive windows of a clip."""
+        return self.manifest.overlap_frames
+
+    @property
+    def train_means(self) -> list[float]:
+        """(59,) mean of every target channel over the valid frames of the train split."""
+        return self.manifest.splits["train"].channel_means()
 
 
 def total_mb(files: tuple[str, ...] | list[str]) -> float:
@@ -58,37 +79,21 @@ def total_mb(files: tuple[str, ...] | list[str]) -> float:
     return total / 1e6
 
 
-def _rows(files: tuple[str, ...]) -> int:
-    total = 0
-    for f in files:
-        fs, path = storage.filesystem(f)
-        with fs.open_input_file(path) as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
-
-
-def shard_info(shards_dir: str, n_mels: int = 80, frame_rate_hz: float = 100.0) -> ShardInfo:
-    """Files, row counts and audio settings of a shards folder (audio settings from its manifest).
+def shard_info(shards_dir: str) -> ShardInfo:
+    """Files, row counts, audio settings and statistics of a shards folder, from its manifest.
 
     Raises:
+        ManifestError: no shards manifest, or one of another version.
         FileNotFoundError: no train or no val shards.
     """
-    train = tuple(shard_files(shards_dir, "train"))
-    val = tuple(shard_files(shards_dir, "val"))
+    manifest = ShardsManifest.load(shards_dir)
+    train = tuple(manifest.files(shards_dir, "train"))
+    val = tuple(manifest.files(shards_dir, "val"))
     if not train:
         raise FileNotFoundError(f"{shards_dir}: no 'train' shards (run `a2bs build` first)")
     if not val:
         raise FileNotFoundError(f"{shards_dir}: no 'val' shards (set sequence.val_fraction > 0 when building)")
-    manifest_uri = storage.join(shards_dir, MANIFEST_NAME)
-    overlap_frames = 0
-    if storage.exists(manifest_uri):
-        built = json.loads(storage.read_text(manifest_uri)).get("config", {})
-        audio = built.get("audio", {})
-        n_mels = int(audio.get("n_mels", n_mels))
-        if audio.get("sample_rate") and audio.get("hop_length"):
-            frame_rate_hz = float(audio["sample_rate"]) / float(audio["hop_length"])
-        overlap_frames = int(round(float(built.get("sequence", {}).get("overlap_ms", 0)) * frame_rate_hz / 1000.0))
-    return ShardInfo(shards_dir, train, val, _rows(train), _rows(val), n_mels, frame_rate_hz, overlap_frames)
+    return ShardInfo(shards_dir, manifest, train, val)
 
 
 def scored_mask(mask: np.ndarray, overlap_frames: int) -> np.ndarray:
@@ -105,25 +110,6 @@ def scored_mask(mask: np.ndarray, overlap_frames: int) -> np.ndarray:
     out[..., :edge] = 0.0
     out[..., mask.shape[-1] - (overlap_frames - edge):] = 0.0
     return out
-
-
-def target_means(files: tuple[str, ...] | list[str], max_files: int = 4) -> list[float]:
-    """(59,) mean of every target channel over the valid frames of up to `max_files` evenly spaced files."""
-    files = list(files)
-    if len(files) > max_files:
-        files = [files[int(i * len(files) / max_files)] for i in range(max_files)]
-    total = np.zeros(N_TARGETS)
-    count = 0.0
-    for f in files:
-        table = storage.read_parquet(f, columns=["targets", "mask"])
-        n = table.num_rows
-        if not n:
-            continue
-        mask = _flat(table.column("mask")).astype(np.float64)
-        targets = _flat(table.column("targets")).reshape(mask.size, N_TARGETS)
-        total += (targets * mask[:, None]).sum(axis=0)
-        count += float(mask.sum())
-    return (total / max(count, 1.0)).tolist()
 
 
 def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:

@@ -20,7 +20,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
+from a2bs.manifests import ModelCard
 from a2bs.models.registry import build_model
 from a2bs.runtime import storage
 from a2bs.runtime.faults import fault_point
@@ -75,6 +76,8 @@ class WorkerContext:
         wrap_model: model on `device` -> the model to train (DDP when world_size > 1).
         restore: context manager yielding the latest checkpoint folder, or None.
         report: (metrics, local checkpoint folder or None) -> None; called by every rank each epoch.
+        card: the run's model card (:meth:`a2bs.manifests.ModelCard.for_run`); each checkpoint's model file
+            carries it with that checkpoint's model config, epoch and metrics.
         all_gather: object -> list of every rank's object (identity list on one worker).
         committed: blocks until every reported checkpoint is persisted and registered.
         invocation: id of this `a2bs train` call (restarts after failures keep it; --resume makes a new one).
@@ -93,6 +96,7 @@ class WorkerContext:
     wrap_model: Callable[[nn.Module], nn.Module]
     restore: Callable[[], ContextManager[str | None]]
     report: Callable[[dict[str, Any], str | None], None]
+    card: ModelCard
     all_gather: Callable[[Any], list[Any]] = lambda obj: [obj]
     committed: Callable[[], None] = lambda: None
     invocation: str = ""
@@ -269,6 +273,8 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
             val = validate(model, cfg, ctx)
             t2 = time.perf_counter()
             per_channel = val.pop("per_channel_mae")
+            scores = {"train": {k.removeprefix("train_"): v for k, v in train_stats.items() if k.endswith("loss")},
+                      "val": {k.removeprefix("val_"): float(v) for k, v in val.items()}}
             digests = ctx.all_gather(state_digest(unwrap(model).state_dict()))
             metrics: dict[str, Any] = {
                 "epoch": epoch, **train_stats, **val,
@@ -282,7 +288,8 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
                 ckpt = None
                 if ctx.rank == 0:
                     row["optimizer_digest"] = metrics["optimizer_digest"] = state_digest(optimizer.state_dict())
-                    save_checkpoint(tmp, model, model_cfg, optimizer, scheduler, scaler, epoch,
+                    card = replace(ctx.card, model=model_cfg, epoch=epoch, metrics=scores)
+                    save_checkpoint(tmp, model, card, optimizer, scheduler, scaler, epoch,
                                     {**metrics, "per_channel_mae": per_channel}, history + [row], cfg_dict, starts)
                     ckpt = tmp
                 ctx.report(metrics, ckpt)
@@ -361,8 +368,8 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: build the worker's context and run :func:`run_loop`.
 
-    `loop_config` holds ``cfg`` (config dict), ``run_dir``, ``steps_per_epoch``, ``n_mels`` and
-    ``frame_rate_hz`` (see :func:`a2bs.train.trainer.make_trainer`).
+    `loop_config` holds ``cfg`` (config dict), ``run_dir``, ``steps_per_epoch``, ``n_mels``,
+    ``frame_rate_hz`` and the run's model ``card`` (see :func:`a2bs.train.trainer.make_trainer`).
     """
     import ray.train
     import ray.train.torch
@@ -419,7 +426,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steps_per_epoch=int(loop_config["steps_per_epoch"]), frame_rate_hz=float(loop_config["frame_rate_hz"]),
         train_batches=train_batches, val_arrays=val_arrays,
         wrap_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
-        restore=restore, report=report, all_gather=all_gather, committed=committed,
+        restore=restore, report=report, card=loop_config["card"], all_gather=all_gather, committed=committed,
         invocation=str(loop_config.get("invocation", "")), overlap_frames=int(loop_config.get("overlap_frames", 0)),
         target_mean=loop_config.get("target_mean"),
     )

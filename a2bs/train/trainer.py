@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -38,6 +38,7 @@ from a2bs.config import (
     load_config,
     save_config,
 )
+from a2bs.manifests import ModelCard, resolve_front_end
 from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.runtime import storage
 from a2bs.train.checkpoint import (
@@ -55,7 +56,6 @@ from a2bs.train.data import (
     ray_dataset,
     shard_info,
     steps_per_epoch,
-    target_means,
     total_mb,
 )
 from a2bs.train.loop import (
@@ -156,7 +156,8 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         "frame_rate_hz": info.frame_rate_hz,
         "invocation": uuid.uuid4().hex,
         "overlap_frames": info.overlap_frames,
-        "target_mean": target_means(info.train_files) if tc.init_output_bias else None,
+        "target_mean": info.train_means if tc.init_output_bias else None,
+        "card": ModelCard.for_run(cfg, info.manifest),
     }
     datasets = {
         "train": ray_dataset(info.train_files, TRAIN_COLUMNS).randomize_block_order(seed=tc.seed),
@@ -274,7 +275,9 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
         raise ConfigError(f"{run_dir}: no run to resume")
     if not resume and run_exists(run_dir):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose a new --out")
-    info = shard_info(shards_dir, cfg.audio.n_mels, cfg.audio.sample_rate / cfg.audio.hop_length)
+    info = shard_info(shards_dir)
+    # The shards' front end is the run's (a setting that contradicts it is an error): the model card records it.
+    cfg = replace(cfg, audio=resolve_front_end(info.manifest.audio, cfg, source="the shards"))
     if info.n_mels != cfg.model.n_mels:
         raise ConfigError(f"model.n_mels={cfg.model.n_mels} but the shards hold {info.n_mels} mel bins")
     if cfg.train.best_mode not in ("min", "max"):
@@ -336,9 +339,9 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
         steps_per_epoch=steps_per_epoch(info.train_rows, 1, tc.batch_size), frame_rate_hz=info.frame_rate_hz,
         train_batches=lambda epoch: train_src.torch_batches(epoch, device),
         val_arrays=lambda: val_src.arrays(),
-        wrap_model=lambda m: m, restore=restore_fn or restore, report=report_fn or report, invocation=uuid.uuid4().hex,
-        overlap_frames=info.overlap_frames,
-        target_mean=target_means(info.train_files) if tc.init_output_bias else None,
+        wrap_model=lambda m: m, restore=restore_fn or restore, report=report_fn or report,
+        card=ModelCard.for_run(cfg, info.manifest), invocation=uuid.uuid4().hex, overlap_frames=info.overlap_frames,
+        target_mean=info.train_means if tc.init_output_bias else None,
     )
 
 

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import yaml
@@ -41,6 +41,7 @@ from a2bs.config import (
     load_config,
     save_config,
 )
+from a2bs.manifests import resolve_front_end
 from a2bs.runtime import storage
 from a2bs.train.metrics import (
     JAW_CORR,
@@ -139,7 +140,7 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], shards_dir: str, tune_d
 
     cfg = apply_sample(config_from_dict(base), sample)
     tcfg = cfg.tune
-    info = shard_info(shards_dir, cfg.audio.n_mels, cfg.audio.sample_rate / cfg.audio.hop_length)
+    info = shard_info(shards_dir)
     ctx = ray.tune.get_context()
     # History/TensorBoard of each trial go beside the experiment, not into the trial folder: Tune syncs
     # that folder in the background and trips over the history's temporary files.
@@ -252,7 +253,9 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     space = search_space(tc.space)
     shards_dir = shards_dir if storage.is_remote(shards_dir) else os.path.abspath(shards_dir)
     tune_dir = tune_dir if storage.is_remote(tune_dir) else os.path.abspath(tune_dir)
-    shard_info(shards_dir, cfg.audio.n_mels)  # fail early on a missing split
+    info = shard_info(shards_dir)  # fail early on a missing manifest or split
+    # The shards' front end is every trial's (a setting that contradicts it is an error).
+    cfg = replace(cfg, audio=resolve_front_end(info.manifest.audio, cfg, source="the shards"))
     storage.makedirs(tune_dir)
     base = load_config(None, {"train": {"epochs": tc.max_epochs, "max_epochs_per_run": 0}}, base=cfg)
     save_config(base, storage.join(tune_dir, "config.yaml"))

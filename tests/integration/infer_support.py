@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from a2bs.manifests import ModelCard
 from a2bs.models.model_file import save_model
 from a2bs.models.registry import build_model, preset
 
@@ -47,7 +48,7 @@ def make_model(path: Path, causal: bool = True, seed: int = 0) -> Path:
     model = build_model(cfg)
     with torch.no_grad():
         model.head.proj.weight.mul_(40.0)  # init std 0.01 would give nearly constant 0.5 curves
-    save_model(path, model, cfg, {"note": "test model"})
+    save_model(path, model, ModelCard.for_untrained(cfg))
     return path
 
 

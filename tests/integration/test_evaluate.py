@@ -9,6 +9,8 @@ import matplotlib.image as mpimg
 import pytest
 
 from a2bs.cli import main
+from a2bs.config import config_to_dict
+from a2bs.manifests import ShardsManifest
 from a2bs.schema import N_POSE, TARGET_NAMES, UNOBSERVED_BLENDSHAPES
 
 pytestmark = pytest.mark.ray
@@ -33,16 +35,17 @@ def test_evaluate_writes_report_and_plots(trained, tmp_path, capsys):
     assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith("evaluate: ")
     report = json.loads((out / "report.json").read_text())
-    manifest = json.loads((shards / "_manifest.json").read_text())
+    manifest = ShardsManifest.load(shards)
     m = report["metrics"]
-    assert m["n_clips"] == len(manifest["clips"]["val"])
+    assert m["n_clips"] == len(manifest.splits["val"].clips)
     assert 0 < m["mae"] < 0.5 and 0 < m["mouth_mae"] < 0.5
     assert -1 <= m["jaw_corr"] <= 1 and -1 <= m["lip_corr"] <= 1
     assert [r["metric"] for r in report["targets"]] == ["mae", "jaw_corr", "lip_corr", "mouth_mae"]
     assert report["all_targets_met"] == all(r["passed"] for r in report["targets"])
     expected = [n for n in TARGET_NAMES if n not in UNOBSERVED_BLENDSHAPES]
     assert list(report["per_channel_mae"]) == expected and len(expected) == 51 + N_POSE
-    assert report["plot_clip"] in manifest["clips"]["val"]
+    assert report["plot_clip"] in manifest.splits["val"].clips
+    assert report["model_card"]["audio"] == config_to_dict(manifest.audio)
     assert "| mae |" in (out / "targets.md").read_text()
     for name in ("curves.png", "per_channel_mae.png"):
         data = (out / name).read_bytes()
@@ -69,7 +72,6 @@ def test_evaluate_train_split_and_missing_model(trained, tmp_path, capsys):
     assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(tmp_path / "tr"),
                  "--split", "train"]) == 0
     train_report = json.loads((tmp_path / "tr" / "report.json").read_text())
-    manifest = json.loads((shards / "_manifest.json").read_text())
-    assert train_report["metrics"]["n_clips"] == len(manifest["clips"]["train"])
+    assert train_report["metrics"]["n_clips"] == len(ShardsManifest.load(shards).splits["train"].clips)
     assert main(["evaluate", str(tmp_path / "nope.safetensors"), str(shards), "--out", str(tmp_path / "x")]) == 1
     assert "cannot read model file" in capsys.readouterr().err

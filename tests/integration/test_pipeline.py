@@ -17,8 +17,9 @@ from a2bs.build.pipeline import run_build
 from a2bs.build.sequences import expected_windows
 from a2bs.build.shards import shard_files
 from a2bs.config import load_config
+from a2bs.errors import InputError
 from a2bs.extract.pipeline import run_extract
-from a2bs.runtime import storage
+from a2bs.manifests import ClipsManifest, ShardsManifest
 
 pytestmark = pytest.mark.ray
 
@@ -31,38 +32,60 @@ def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) 
     clips_dir, ex = demo_features
     shards_dir, build = demo_shards
     assert ex.ok == len(demo_clips()) and ex.failed == 0
-    manifest = json.loads((shards_dir / "_manifest.json").read_text())
+    manifest = ShardsManifest.load(shards_dir)
+    clips = ClipsManifest.load(clips_dir)
+    assert sorted(clips.clips) == sorted(p.stem for p in (clips_dir / "clips").glob("*.parquet"))
+    assert sorted(e.source_uri for e in clips.clips.values()) == [str(c) for c in demo_clips()]
     predicted = 0
     for f in sorted((clips_dir / "clips").glob("*.parquet")):
-        row = pq.read_table(f, columns=["audio_time_s", "has_face"]).to_pylist()[0]
+        row = pq.read_table(f, columns=["audio_time_s", "has_face", "speaker_id", "duration_s"]).to_pylist()[0]
         assert all(row["has_face"])  # every demo frame shows a face, so no window is filtered
+        entry = clips.clips[f.stem]
+        assert (entry.speaker_id, entry.duration_s) == (row["speaker_id"], row["duration_s"])
+        assert entry.frames == entry.face_frames == len(row["has_face"]) and entry.mel_frame_rate == 100.0
+        assert entry.face_fps == pytest.approx(30.0, abs=0.1) and Path(entry.source_uri).parent.name == entry.speaker_id
         predicted += expected_windows(len(row["audio_time_s"]), demo_config.sequence, 100.0)
-    assert sum(manifest["rows"].values()) == predicted == sum(build.rows.values())
+    assert sum(manifest.rows.values()) == predicted == sum(build.rows.values())
     train, val = read_split(str(shards_dir), "train"), read_split(str(shards_dir), "val")
     assert len(train["audio"]) + len(val["audio"]) == predicted
     assert train["audio"].shape[1:] == (24, 80) and train["targets"].shape[1:] == (24, 59)
     assert set(train["clip_id"]).isdisjoint(val["clip_id"])
-    assert set(manifest["speakers"]["train"]).isdisjoint(manifest["speakers"]["val"])
-    assert manifest["schema_version"] == 1 and manifest["config"]["sequence"]["sequence_ms"] == 240
-    assert manifest["channels"]["jawOpen"]["std"] > 0.02  # the driven mouth really moves
+    train_split, val_split = manifest.splits["train"], manifest.splits["val"]
+    assert set(train_split.speakers).isdisjoint(val_split.speakers)
+    assert set(train_split.clips) == set(train["clip_id"]) and set(val_split.clips) == set(val["clip_id"])
+    assert sorted(train_split.clips + val_split.clips) == sorted(clips.clips)
+    assert (manifest.window_frames, manifest.step_frames, manifest.frame_rate_hz) == (24, 12, 100.0)
+    assert manifest.audio == clips.audio == demo_config.audio and manifest.sequence.sequence_ms == 240
+    assert train_split.channels["jawOpen"].std > 0.02  # the driven mouth really moves
+    # The channel means are those of the rows written (what training initialises its output with).
+    mask = train["mask"].astype(np.float64)[..., None]
+    expected = (train["targets"] * mask).sum(axis=(0, 1)) / mask.sum()
+    np.testing.assert_allclose(train_split.channel_means(), expected, rtol=1e-12, atol=1e-15)
+    assert train_split.hours == pytest.approx(sum(clips.clips[c].duration_s for c in train_split.clips) / 3600)
 
 
 def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shards, demo_config) -> None:
     clips_dir, first = demo_features
     shards_dir, _ = demo_shards
     before_clips, before_shards = _tree(clips_dir / "clips"), _tree(shards_dir)
+    listed = ClipsManifest.load(clips_dir)
     again = run_extract([str(mf_root())], str(clips_dir), demo_config, use_ray=True, progress=False)
     assert (again.ok, again.skipped, again.failed) == (0, first.ok, 0)
-    assert _tree(clips_dir / "clips") == before_clips
+    assert _tree(clips_dir / "clips") == before_clips and ClipsManifest.load(clips_dir) == listed
+    # A rerun on one input keeps every earlier clip in the manifest.
+    one = run_extract([str(demo_clips()[0])], str(clips_dir), demo_config, use_ray=False, progress=False)
+    assert one.skipped == 1 and ClipsManifest.load(clips_dir) == listed
     rebuilt = run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=True)
     assert rebuilt.up_to_date and _tree(shards_dir) == before_shards
 
     victim = sorted((clips_dir / "clips").glob("*.parquet"))[3]
     original = pq.read_table(victim)
     victim.unlink()
+    with pytest.raises(InputError, match=f"{victim}: listed in the clips manifest but missing"):
+        run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=False)
     restored = run_extract([str(mf_root())], str(clips_dir), demo_config, use_ray=True, progress=False)
     assert (restored.ok, restored.skipped) == (1, first.ok - 1)
-    assert set(_tree(clips_dir / "clips")) == set(before_clips)
+    assert set(_tree(clips_dir / "clips")) == set(before_clips) and ClipsManifest.load(clips_dir) == listed
     again_row, first_row = pq.read_table(victim).to_pylist()[0], original.to_pylist()[0]
     assert again_row["clip_id"] == first_row["clip_id"] and again_row["frame_index"] == first_row["frame_index"]
     # A fresh landmarker per clip: the re-extracted labels are bit-identical, though this time the
@@ -87,10 +110,12 @@ def test_corrupt_clip_is_listed_and_the_rest_complete(tmp_path: Path, ray_cluste
     assert (summary.ok, summary.failed) == (2, 1)
     failures = json.loads((out / "_failures.json").read_text())
     assert failures == [{"source": str(bad), "reason": "not a media file (no MP4/MOV structure in it)"}]
+    # A clip file the manifest does not list (e.g. left by a crashed run) is not used.
+    shutil.copy(next((out / "clips").glob("*.parquet")), out / "clips" / "0000000000000000.parquet")
     shards = tmp_path / "shards"
-    run_build(str(out), str(shards), load_config(None, ["sequence.split_by=clip"]), use_ray=True)
+    build = run_build(str(out), str(shards), load_config(None, ["sequence.split_by=clip"]), use_ray=True)
     got = {f for split in ("train", "val") for f in read_split(str(shards), split)["clip_id"]}
-    assert len(got) == len(good) == 2
+    assert build.clips == len(got) == len(good) == 2 and got == set(ClipsManifest.load(out).clips)
 
 
 def test_s3_in_and_out(s3_server: str, ray_cluster, demo_config) -> None:
@@ -102,10 +127,11 @@ def test_s3_in_and_out(s3_server: str, ray_cluster, demo_config) -> None:
                           progress=False)
     assert (summary.ok, summary.failed) == (3, 0)
     build = run_build("s3://a2bs-test/clips", "s3://a2bs-test/shards", demo_config, use_ray=True)
-    manifest = json.loads(storage.read_text("s3://a2bs-test/shards/_manifest.json"))
-    assert sum(manifest["rows"].values()) == sum(build.rows.values()) > 0
+    manifest = ShardsManifest.load("s3://a2bs-test/shards")
+    assert sum(manifest.rows.values()) == sum(build.rows.values()) > 0
+    assert len(ClipsManifest.load("s3://a2bs-test/clips").clips) == 3
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="a2bs-test", Prefix="shards/")["Contents"]}
-    assert {f"shards/{s['name']}" for s in manifest["shards"]} <= keys
+    assert {f"shards/{f.name}" for s in manifest.splits.values() for f in s.shards} <= keys
     train = read_split("s3://a2bs-test/shards", "train")
     assert train["audio"].dtype == np.float32 and train["audio"].shape[1:] == (24, 80)
     assert all(f.startswith("s3://") for f in shard_files("s3://a2bs-test/shards", "train"))

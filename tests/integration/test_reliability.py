@@ -13,7 +13,7 @@ from pathlib import Path
 import media_factory as mf
 import psutil
 import pytest
-from support import demo_clips, read_split
+from support import demo_clips, listing_manifest, read_split
 
 from a2bs.build.pipeline import run_build
 from a2bs.config import ConfigError, load_config, save_config
@@ -71,6 +71,7 @@ def test_broken_media_corpus(broken_corpus, tmp_path: Path, use_ray: bool, reque
 def test_corrupt_shard_is_named_on_the_training_side(tmp_path: Path) -> None:
     bad = mf.CASES["corrupt_parquet"].build(tmp_path / "shards" / "train", None)
     bad.rename(tmp_path / "shards" / "train" / "part-00000.parquet")
+    listing_manifest({}, {"train": ["train/part-00000.parquet"]}).write(tmp_path / "shards")
     with pytest.raises(InputError, match="part-00000.parquet: corrupt or truncated Parquet shard"):
         read_split(str(tmp_path / "shards"), "train")
 

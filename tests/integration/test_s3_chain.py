@@ -9,6 +9,8 @@ import pytest
 from support import demo_clips
 
 from a2bs import cli
+from a2bs.manifests import ShardsManifest
+from a2bs.models.model_file import read_model_card
 from a2bs.runtime import storage
 
 pytestmark = pytest.mark.ray
@@ -31,8 +33,9 @@ def test_extract_build_train_evaluate_on_s3(s3_server: str, ray_cluster, capsys)
                      *common]) == 0
     out = capsys.readouterr().out
     assert "extract: 4 ok" in out and "build:" in out and "train:" in out and "evaluate:" in out
-    manifest = json.loads(storage.read_text(f"{root}/shards/_manifest.json"))
-    assert manifest["speakers"]["train"] and manifest["speakers"]["val"]
+    manifest = ShardsManifest.load(f"{root}/shards")
+    assert manifest.splits["train"].speakers and manifest.splits["val"].speakers
+    assert read_model_card(f"{root}/run/model.safetensors").data.fingerprint == manifest.fingerprint
     report = json.loads(storage.read_text(f"{root}/report/report.json"))
     assert report["metrics"]["n_frames"] > 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="a2bs-chain")["Contents"]}

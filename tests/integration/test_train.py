@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from a2bs.cli import EXIT_CONFIG, main
-from a2bs.models.model_file import load_model_file
+from a2bs.models.model_file import load_model_file, read_model_card
 from a2bs.runtime import faults
 from a2bs.train.checkpoint import STATE_FILE, state_digest
 from a2bs.train.trainer import RAY_RUN_NAME, read_history
@@ -70,8 +70,10 @@ def test_checkpoints_metrics_and_exported_model(scenario):
     run = scenario["run"]
     ckpts = sorted(p.name for p in (run / RAY_RUN_NAME).glob("epoch_*"))
     assert ckpts == ["epoch_0000", "epoch_0001", "epoch_0002"]
-    for name in ckpts:
+    for epoch, name in enumerate(ckpts):
         assert {p.name for p in (run / RAY_RUN_NAME / name).iterdir()} >= {"model.safetensors", STATE_FILE, "state.json"}
+        card = read_model_card(run / RAY_RUN_NAME / name / "model.safetensors")  # every checkpoint carries a card
+        assert card.epoch == epoch and card.metrics["val"]["loss"] == pytest.approx(scenario["history"][epoch]["val_loss"])
     assert (run / "config.yaml").is_file() and (run / "history.csv").is_file()
     assert len((run / "history.csv").read_text().strip().splitlines()) == 1 + 3
     metrics = json.loads((run / "metrics.json").read_text())
@@ -80,9 +82,9 @@ def test_checkpoints_metrics_and_exported_model(scenario):
     assert metrics["best_epoch"] == best["epoch"]
     assert metrics["best"]["val_loss"] == pytest.approx(best["val_loss"])
     assert {r["metric"] for r in metrics["targets"]} == {"mae", "jaw_corr", "lip_corr", "mouth_mae"}
-    model, cfg, meta = load_model_file(run / "model.safetensors")
-    assert cfg.channels == 32 and tuple(cfg.dilations) == (1, 2, 4)
-    assert meta["epoch"] == best["epoch"]
+    model, card = load_model_file(run / "model.safetensors")
+    assert card.model.channels == 32 and tuple(card.model.dilations) == (1, 2, 4)
+    assert card.epoch == best["epoch"] and card.training_config["train"]["num_workers"] == 2
     assert metrics["best"]["val_jaw_corr"] > 0.4  # it learned to open the jaw with speech (untrained: ~0)
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
 

@@ -87,9 +87,9 @@ def test_best_yaml_is_accepted_by_train(tuned, s3_server):
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}).mkdir("a2bs-tune-test")
     run = "s3://a2bs-tune-test/runs/best"
     assert main(["train", str(shards), "--out", run, "--config", str(out / "best.yaml"), "train.epochs=1"]) == 0
-    _, model_cfg, meta = load_model_file(f"{run}/model.safetensors")
-    assert model_cfg.channels == cfg.model.channels and model_cfg.dilations == cfg.model.dilations
-    assert meta["epoch"] == 0
+    _, card = load_model_file(f"{run}/model.safetensors")
+    assert card.model.channels == cfg.model.channels and card.model.dilations == cfg.model.dilations
+    assert card.epoch == 0
     stored = set(storage.list_files(run))
     assert {f"{run}/config.yaml", f"{run}/history.json", f"{run}/metrics.json",
             f"{run}/ray_train/epoch_0000/train_state.pt"} <= stored

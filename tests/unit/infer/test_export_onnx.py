@@ -9,15 +9,19 @@ import onnx
 import pytest
 import torch
 
+from a2bs.config import AudioConfig
+from a2bs.errors import ManifestError
 from a2bs.infer.export import (
     export_onnx_offline,
     export_onnx_step,
     initial_onnx_state,
+    onnx_model_card,
     onnx_session,
     verify_onnx_offline,
     verify_onnx_step,
 )
 from a2bs.infer.streaming import StreamingError
+from a2bs.manifests import ModelCard
 from a2bs.models import build_model, model_config_from_dict, preset
 
 ATOL = 1e-5
@@ -92,3 +96,15 @@ def test_step_export_refuses_unsupported_models(tmp_path) -> None:
     with pytest.raises(StreamingError, match="tcn_attn"):
         export_onnx_step(build_model(preset("tcn_attn", channels=16)), tmp_path / "y.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_exported_files_carry_the_model_card(tmp_path) -> None:
+    """The ONNX graph takes mel frames: its consumers read the front end they must compute from the card."""
+    cfg = preset("tcn_full", channels=16, dilations=(1, 2))
+    model = build_model(cfg).eval()
+    card = ModelCard.for_untrained(cfg, AudioConfig(hop_length=320, win_length=640, n_fft=1024))
+    offline = export_onnx_offline(model, tmp_path / "offline.onnx", card=card)
+    step = export_onnx_step(model, tmp_path / "step.onnx", card=card)
+    assert onnx_model_card(offline) == onnx_model_card(step) == card
+    with pytest.raises(ManifestError, match="bare.onnx: carries no a2bs model card"):
+        onnx_model_card(export_onnx_offline(model, tmp_path / "bare.onnx"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save as st_save
 from support import REPO
 
 from a2bs.config import (
@@ -19,6 +21,7 @@ from a2bs.config import (
 )
 from a2bs.errors import ModelFileError
 from a2bs.extract.audio import features_from_samples
+from a2bs.manifests import ModelCard
 from a2bs.models import (
     available_models,
     build_model,
@@ -27,6 +30,7 @@ from a2bs.models import (
     model_config_from_dict,
     model_from_dict,
     preset,
+    read_model_card,
     save_model,
 )
 from a2bs.models.registry import preset_overrides
@@ -161,9 +165,10 @@ def test_save_and_load_model_file(tmp_path) -> None:
     cfg = preset("tcn_full", channels=32, dilations=(1, 2, 4))
     model = build_model(cfg).eval()
     path = tmp_path / "model.safetensors"
-    save_model(path, model, cfg, {"epoch": 3, "val_loss": 0.25})
-    loaded, loaded_cfg, meta = load_model_file(path)
-    assert loaded_cfg == cfg and meta == {"epoch": 3, "val_loss": 0.25}
+    card = dataclasses.replace(ModelCard.for_untrained(cfg), epoch=3, metrics={"val": {"loss": 0.25}})
+    save_model(path, model, card)
+    loaded, loaded_card = load_model_file(path)
+    assert loaded_card == card and loaded_card.model == cfg
     assert not loaded.training
     mel = _mel(np.random.default_rng(4), 1, 50)
     with torch.no_grad():
@@ -179,10 +184,32 @@ def test_save_and_load_model_file(tmp_path) -> None:
         load_model_file(tmp_path / "pickled.pt")
 
 
+def test_model_file_without_a_card_is_refused(tmp_path) -> None:
+    """a2bs < 0.2 wrote weights + model config only: nothing says which audio front end the model expects."""
+    cfg = preset("tcn_poc", channels=16)
+    tensors = {k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(st_save(tensors, metadata={"format": "a2bs-model/1", "schema_version": "1",
+                                               "model_config": json.dumps(config_to_dict(cfg)), "meta": "{}"}))
+    for read in (load_model_file, read_model_card):
+        with pytest.raises(ModelFileError, match=r"old.safetensors: model file has no model card \(written by a2bs < 0.2\)"):
+            read(old)
+
+
+def test_card_is_read_from_the_header_alone(tmp_path) -> None:
+    cfg = preset("tcn_full", channels=16, dilations=(1, 2))
+    card = ModelCard.for_untrained(cfg, AudioConfig(hop_length=320))
+    save_model(tmp_path / "m.safetensors", build_model(cfg), card)
+    assert read_model_card(tmp_path / "m.safetensors") == card
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes()[:200])  # header cut short
+    with pytest.raises(ModelFileError, match="cut.safetensors: not a safetensors model file"):
+        read_model_card(tmp_path / "cut.safetensors")
+
+
 def test_weights_not_matching_config_are_refused(tmp_path) -> None:
     cfg = preset("tcn_poc", channels=16)
     model = build_model(dataclasses.replace(cfg, channels=24))
-    save_model(tmp_path / "m.safetensors", model, cfg)  # stored config lies about the width
+    save_model(tmp_path / "m.safetensors", model, ModelCard.for_untrained(cfg))  # the card lies about the width
     with pytest.raises(ModelFileError, match="do not match"):
         load_model_file(tmp_path / "m.safetensors")
 

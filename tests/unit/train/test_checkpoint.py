@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from a2bs.config import ModelConfig
+from a2bs.manifests import ModelCard
 from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import (
     CHECKPOINT_FILES,
@@ -47,7 +48,7 @@ def saved(tmp_path: Path) -> dict:
     metrics = {"val_loss": 0.25, "val_mae": 0.05, "per_channel_mae": {"jawOpen": 0.1}}
     history = [{"epoch": 3, "val_loss": 0.3}, {"epoch": 4, "val_loss": 0.25}]
     config = {"train": {"lr": 1e-3}, "model": {"channels": 16}}
-    digests = save_checkpoint(folder, model, MODEL_CFG, optimizer, scheduler, scaler, 4, metrics, history, config, 2)
+    digests = save_checkpoint(folder, model, ModelCard.for_untrained(MODEL_CFG), optimizer, scheduler, scaler, 4, metrics, history, config, 2)
     return {"folder": folder, "model": model, "optimizer": optimizer, "scheduler": scheduler, "digests": digests,
             "metrics": metrics, "history": history, "config": config}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from a2bs.config import ModelConfig
+from a2bs.manifests import ModelCard
 from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.models.registry import build_model
 from a2bs.train.checkpoint import (
@@ -26,7 +27,7 @@ def _save(tmp: Path, epoch: int) -> Path:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     folder = tmp / f"local-{epoch}"
-    save_checkpoint(folder, model, cfg, opt, sched, scaler, epoch, {"val_loss": 1.0 / (epoch + 1)}, [], {}, 0)
+    save_checkpoint(folder, model, ModelCard.for_untrained(cfg), opt, sched, scaler, epoch, {"val_loss": 1.0 / (epoch + 1)}, [], {}, 0)
     return folder
 
 

@@ -11,7 +11,13 @@ import torch
 
 from a2bs.runtime.storage import write_parquet_atomic
 from a2bs.schema import N_TARGETS, sequence_schema
-from a2bs.train.data import VAL_COLUMNS, LocalBatches, clip_rank, scored_mask, steps_per_epoch
+from a2bs.train.data import (
+    VAL_COLUMNS,
+    LocalBatches,
+    clip_rank,
+    scored_mask,
+    steps_per_epoch,
+)
 
 N_MELS = 4
 T = 6
