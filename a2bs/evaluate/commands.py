@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from a2bs.config import load_config
+from a2bs.runtime import console
 from a2bs.runtime.commands import positionals
 
 
@@ -18,7 +19,7 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     cfg = load_config(args.config, overrides)
     report = evaluate(model, shards, args.out, split=args.split, clip_id=args.clip,
                       device=str(resolve_device(cfg.train)))
-    print(report.line())
+    console.summary(report.line())
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from a2bs.config import ConfigError, load_config, split_overrides
+from a2bs.runtime import console
 
 FORMATS = ("livelink-csv", "json", "npy", "parquet")
 
@@ -24,10 +25,9 @@ def cmd_infer(args: argparse.Namespace, rest: list[str]) -> int:
     if not inputs:
         raise ConfigError("infer: give a model (or 'default') and at least one input file, folder or s3:// prefix")
     use_ray = False if args.no_ray else None
-    summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray)
-    for f in summary.failures:
-        print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
-    print(summary.line())
+    summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray,
+                        progress=not args.quiet)
+    console.summary(summary.line())  # each failure was shown (and logged) as it happened
     return 0 if summary.ok and not summary.failed else 1
 
 

@@ -43,7 +43,7 @@ from a2bs.config import (
     load_config,
     save_config,
 )
-from a2bs.runtime import storage
+from a2bs.runtime import console, storage
 from a2bs.train.metrics import SEED_TARGETS
 from a2bs.train.metrics import seed_objective as objective  # the trials' ranking
 
@@ -232,7 +232,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         shards_dir: shards folder (``a2bs build`` output).
         tune_dir: output folder, local or s3://.
         cfg: base config; each trial is this plus its sampled values, for ``tune.max_epochs`` epochs.
-        progress: show Ray Tune's progress table.
+        progress: show the trials on the console (Ray Tune's own status table goes to the log).
     """
     import ray
     from ray import tune
@@ -241,6 +241,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
 
     from a2bs.runtime.cluster import init_ray
     from a2bs.train.data import shard_info
+    from a2bs.tune.progress import TrialProgress
 
     t0 = time.perf_counter()
     tc = cfg.tune
@@ -280,7 +281,8 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME, failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0, **run_storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0,
+            callbacks=[TrialProgress(tc.num_samples, tc.metric)] if progress else [], **run_storage),
     )
     grid = tuner.fit()
     keys = sorted(space)
@@ -298,7 +300,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         storage.atomic_write_text(result.best_yaml, header + yaml.safe_dump(best_overrides(best_cfg), sort_keys=True))
     _write_table(rows, storage.join(tune_dir, RESULTS_NAME))
     result.wall_s = time.perf_counter() - t0
-    print(format_table(rows, keys))
+    console.say(format_table(rows, keys))
     return result
 
 
