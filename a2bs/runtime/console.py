@@ -34,8 +34,10 @@ from a2bs.runtime.logs import OWN_PREFIX, LogFollower, RunLog, alert
 T = TypeVar("T")
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 _SHOWN_LEVEL = {QUIET: logging.ERROR, NORMAL: logging.WARNING, VERBOSE: logging.INFO}
-# Set while a session runs: Ray's colour codes around the worker lines it relays make the log hard to read.
-_SESSION_ENV = {"RAY_COLOR_PREFIX": "0"}
+# Set while a session runs (read when Ray starts): no colour codes around the worker lines Ray relays to
+# the log, and every line kept (Ray's de-duplication folds lines that differ only in numbers, such as
+# the epoch lines of a training worker, into "[repeated Nx across cluster]").
+_SESSION_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
 
 _active: Session | None = None
 
@@ -107,15 +109,14 @@ class Session:
         elif self.log_problem:
             self._show(self.err, f"warning: {self.log_problem}", "yellow")
 
-    def close(self) -> str | None:
-        """End the session; returns a problem with the log upload, if any (already shown)."""
+    def close(self) -> None:
+        """End the session: close the displays, stop a Ray it started, give the fds back, store the log."""
         for tracker in list(self._trackers):
             tracker.close()
         if self._started_ray and _ray_initialized():
             import ray
 
             ray.shutdown()  # inside the capture: its farewell lines belong in the log, not after the summary
-        problem = None
         if self.log is not None:
             self.log.write(f"exit after {time.time() - self._t0:.1f} s")
             self.log.release()
@@ -136,7 +137,6 @@ class Session:
         for stream, own in ((self.out, self._own_out), (self.err, self._own_err)):
             with contextlib.suppress(Exception):
                 stream.close() if own else stream.flush()
-        return problem
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -199,6 +199,7 @@ class Session:
         if self.done and not force:
             return
         with self._lock:
+            # On a terminal, stdout's lines go through rich too: printed while a bar is live, they land above it.
             if self.rich is not None and (stream is self.err or _isatty(stream)):
                 from rich.text import Text
 
@@ -317,7 +318,8 @@ class Tracker:
                 SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
                 MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("eta"),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                TextColumn("{task.fields[info]}", markup=False,
+                           table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
                 console=session.rich, redirect_stdout=False, redirect_stderr=False, refresh_per_second=4,
                 expand=True)
             self._task = self._progress.add_task(label, total=total, completed=done, unit=unit, info="")
