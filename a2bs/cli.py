@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
     out_dir = args.out if args.command in LOGGED_COMMANDS else None
-    with console.session(args.command, out_dir, quiet=args.quiet, verbose=args.verbose, argv=argv) as session:
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)  # `jobs` has neither
+    with console.session(args.command, out_dir, quiet=quiet, verbose=verbose, argv=argv) as session:
         try:
             return handlers[args.command](args, rest)
         except ConfigError as exc:

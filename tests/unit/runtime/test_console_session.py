@@ -123,3 +123,20 @@ def test_error_line_finds_the_reason_in_a_ray_error() -> None:
     assert console.error_line(raised) == ("WorkerGroupError: Training failed due to worker errors: "
                                           "ValueError: shards hold 40 mel bins")
     assert console.error_line(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from a2bs import cli
+
+    clips = tmp_path / "clips"
+    (clips / "clips").mkdir(parents=True)  # a clip file from elsewhere, its duration written as text
+    pq.write_table(pa.table({"clip_id": ["c1"], "speaker_id": ["s"], "duration_s": ["3.0"], "mel_frame_rate": [100.0]}),
+                   clips / "clips" / "c1.parquet")
+    assert cli.main(["build", str(clips), "--out", str(tmp_path / "shards"), "--no-ray"]) == cli.EXIT_FAILED
+    (path,) = (tmp_path / "shards" / LOGS_DIR).glob("build-*.log")
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"a2bs build: TypeError: can't multiply sequence by non-int of type 'float' (details in {path})"
+    assert "Traceback (most recent call last)" in path.read_text()
