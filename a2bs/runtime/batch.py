@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -65,14 +65,16 @@ def map_items(items: list[dict[str, Any]], worker_cls: Callable[..., Worker], wo
     """
     if not items:
         return []
-    rows = tracked(_rows(items, worker_cls, worker_kwargs, use_ray, ray_cfg, n_actors, cpus_per_actor, local_worker),
-                   label, len(items), unit, describe or _failed_so_far, enabled=progress)
-    out = []
-    for row in rows:
+    rows = _rows(items, worker_cls, worker_kwargs, use_ray, ray_cfg, n_actors, cpus_per_actor, local_worker)
+    done = tracked(_log_failures(rows), label, len(items), unit, describe or _failed_so_far, enabled=progress)
+    return sorted(done, key=lambda r: r["source"])
+
+
+def _log_failures(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:  # the reason first, then the progress display that counts it
         if row["status"] == "failed":
             log.error(f"failed: {row['source']}: {row['reason']}")
-        out.append(row)
-    return sorted(out, key=lambda r: r["source"])
+        yield row
 
 
 def _failed_so_far(rows: list[dict[str, Any]], elapsed_s: float) -> str:
