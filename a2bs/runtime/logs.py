@@ -68,13 +68,14 @@ class RunLog:
         self.uri = storage.join(out_dir, LOGS_DIR, name)
         self._remote = storage.is_remote(out_dir)
         if self._remote:
-            fd, self.path = tempfile.mkstemp(prefix=f"a2bs-{stage}-", suffix=".log")
+            tmp_fd, self.path = tempfile.mkstemp(prefix=f"a2bs-{stage}-", suffix=".log")
+            os.close(tmp_fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         else:
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)
             self.path, fd = _exclusive(self.uri)
             self.uri = self.path
         self._fd = fd
-        os.set_blocking(fd, True)
         self._saved: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
@@ -82,7 +83,7 @@ class RunLog:
         """Point fd 1 and 2 at the log (children started from now on inherit it)."""
         _flush_std()
         self._saved = (os.dup(1), os.dup(2))
-        # O_APPEND (see _exclusive): every write lands at the end, whoever makes it.
+        # Opened with O_APPEND: every write lands at the end, whichever process makes it.
         os.dup2(self._fd, 1)
         os.dup2(self._fd, 2)
 
