@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
+import traceback
 from typing import Callable
 
 from a2bs.config import Config, ConfigError, load_config, split_overrides
 from a2bs.errors import InputError, ModelFileError
+from a2bs.runtime import console
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 def _config(args: argparse.Namespace, overrides: list[str]) -> Config:
@@ -32,9 +34,7 @@ def cmd_extract(args: argparse.Namespace, rest: list[str]) -> int:
     cfg = _config(args, overrides)
     summary = run_extract(inputs, args.out, cfg, write_json=args.json, use_ray=not args.no_ray,
                           progress=not args.quiet)
-    for f in summary.failures:
-        print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
-    print(summary.line())
+    console.summary(summary.line())  # each failure was shown (and logged) as it happened
     return EXIT_OK if (summary.ok or summary.skipped) else EXIT_FAILED
 
 
@@ -43,8 +43,8 @@ def cmd_build(args: argparse.Namespace, rest: list[str]) -> int:
 
     _, overrides = split_overrides(rest)
     cfg = _config(args, overrides)
-    summary = run_build(args.clips, args.out, cfg, use_ray=not args.no_ray)
-    print(summary.line())
+    summary = run_build(args.clips, args.out, cfg, use_ray=not args.no_ray, progress=not args.quiet)
+    console.summary(summary.line())
     return EXIT_OK if sum(summary.rows.values()) else EXIT_FAILED
 
 
@@ -67,7 +67,9 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of overrides (sections as in a2bs/config.py)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="show only the summary and errors")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show what goes to the log file (Ray, MediaPipe, workers) as it comes")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
@@ -112,12 +114,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 # Modules that add their stage's subcommands: each has register(subparsers, handlers, add_common).
 STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.models.commands", "a2bs.train.commands",
                                           "a2bs.tune.commands", "a2bs.evaluate.commands", "a2bs.infer.commands")
+# Commands whose --out is a folder: their process's other output goes to OUT/_logs/<command>-<time>.log.
+LOGGED_COMMANDS = ("extract", "build", "train", "tune", "evaluate", "infer", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2bs` console script."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noise for users
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Third-party Python logging: into the run log (fd 2 during a command), never on the console.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["submit"] and not {"-h", "--help"} & set(argv[1:2]):
         from a2bs.submit import cmd_submit
@@ -132,14 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rest if r.startswith("--")]
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-    try:
-        return handlers[args.command](args, rest)
-    except ConfigError as exc:
-        print(f"a2bs {args.command}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (InputError, ModelFileError, FileNotFoundError, ValueError) as exc:
-        print(f"a2bs {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    out_dir = args.out if args.command in LOGGED_COMMANDS else None
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)  # `jobs` has neither
+    with console.session(args.command, out_dir, quiet=quiet, verbose=verbose, argv=argv) as session:
+        try:
+            return handlers[args.command](args, rest)
+        except ConfigError as exc:
+            session.error(f"a2bs {args.command}: configuration error: {exc}")
+            return EXIT_CONFIG
+        except (InputError, ModelFileError, FileNotFoundError, ValueError) as exc:
+            session.error(f"a2bs {args.command}: {exc}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            session.error(f"a2bs {args.command}: interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # a crashed worker, a bug: one line here, the traceback in the log
+            if session.log is None:
+                raise
+            session.record(traceback.format_exc())
+            session.error(f"a2bs {args.command}: {console.error_line(exc)} (details in {session.log.uri})")
+            return EXIT_FAILED
 
 
 if __name__ == "__main__":

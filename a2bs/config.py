@@ -225,6 +225,12 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
 
 
+# The console (a2bs.runtime.console) is not part of a run's config: it changes what is shown, never
+# what is computed, so it is neither a section nor saved with the outputs.
+CONSOLE_LINE_INTERVAL_S = 10.0  # outside a terminal: at most one progress line per stage this often
+CONSOLE_POLL_S = 1.0  # how often progress kept in files (train's history.json) is read again
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the dataclass field type, or raise ConfigError."""
     origin = get_origin(typ)

@@ -29,7 +29,8 @@ from a2bs.manifests import (
 )
 from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME
-from a2bs.runtime.cluster import init_ray
+from a2bs.runtime.cluster import init_ray, rows_as_done
+from a2bs.runtime.console import tracked
 from a2bs.schema import N_TARGETS, SCHEMA_VERSION, TARGET_NAMES
 
 
@@ -62,10 +63,12 @@ def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
             for cid, e in sorted(manifest.clips.items())]
 
 
-def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True) -> BuildSummary:
+def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True,
+              progress: bool = True) -> BuildSummary:
     """Window every clip into sequence shards with a by-speaker/by-clip split; manifest written last.
 
     The audio front end is the one the clips were extracted with (``cfg.audio`` is replaced by it).
+    `progress` shows the shards done on the console (:mod:`a2bs.runtime.console`).
 
     Raises:
         ManifestError: no clips manifest (or one of another version).
@@ -103,9 +106,10 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         init_ray(cfg.ray)
         cfg_dict = config_to_dict(cfg)
         ds = ray.data.from_items([{"i": i} for i in range(len(plans))], override_num_blocks=max(1, len(plans)))
-        stats = ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict))).take_all()
+        done = rows_as_done(ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict))))
     else:
-        stats = [build_shard(p, shards_dir, cfg) for p in plans]
+        done = (build_shard(p, shards_dir, cfg) for p in plans)
+    stats = list(tracked(done, "build", len(plans), "shards", enabled=progress))
     stats.sort(key=lambda s: s["name"])
     # Remove shards a previous, larger run left behind, so the folder matches the manifest.
     keep = {s["name"] for s in stats}

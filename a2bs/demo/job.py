@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from a2bs.config import Config, load_config
-from a2bs.runtime import storage
+from a2bs.runtime import console, storage
 
 DEMO_CORPUS = Path(__file__).resolve().parent / "corpus"
 DEMO_PRESET = Path(__file__).resolve().parent / "demo.yaml"
@@ -39,7 +39,7 @@ def demo_clip_paths(clips_per_speaker: int = 0) -> list[Path]:
 
 
 def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
-    """Run every stage on the demo corpus; print one line per stage and a closing summary.
+    """Run every stage on the demo corpus; show one line per stage and a closing summary.
 
     `clips_per_speaker` > 0 runs on a subset (a quick smoke run; the full corpus is the demo).
 
@@ -59,18 +59,18 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     run_dir, report_dir = storage.join(out_dir, "train"), storage.join(out_dir, "report")
     inputs = [str(DEMO_CORPUS)] if clips_per_speaker <= 0 else [str(c) for c in clips]
     extract = run_extract(inputs, clips_dir, cfg, progress=True)
-    print(extract.line(), flush=True)
+    console.say(extract.line())
     build = run_build(clips_dir, shards_dir, cfg)
-    print(build.line(), flush=True)
+    console.say(build.line())
     trained = train(shards_dir, run_dir, cfg, resume=run_exists(run_dir))
-    print(trained.line(), flush=True)
+    console.say(trained.line())
     report = evaluate(trained.model_path, shards_dir, report_dir)
-    print(report.line(), flush=True)
+    console.say(report.line())
     held_out = _held_out_clip(clips_dir, shards_dir, clips)
     inferred = run_infer(trained.model_path, [str(held_out)], storage.join(out_dir, "infer"), cfg, fmt="livelink-csv")
-    print(inferred.line(), flush=True)
-    print(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
-          f"report {report_dir}/report.json, plots in {report_dir}")
+    console.say(inferred.line())
+    console.summary(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
+                    f"report {report_dir}/report.json, plots in {report_dir}")
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from a2bs.config import load_config, user_overrides
+from a2bs.runtime import console
 from a2bs.runtime.commands import positionals
 
 
@@ -19,7 +20,7 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     report = evaluate(model, shards, args.out, split=args.split, clip_id=args.clip,
                       batch_size=cfg.train.val_batch_size, device=str(resolve_device(cfg.train)), cfg=cfg,
                       overrides=user_overrides(args.config, overrides))
-    print(report.line())
+    console.summary(report.line())
     return 0
 
 

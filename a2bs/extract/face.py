@@ -12,19 +12,30 @@ The pose representation is documented in ``a2bs.schema``.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from a2bs.config import VideoConfig
 from a2bs.errors import ModelFileError
+from a2bs.runtime.logs import without_lines
 from a2bs.schema import BLENDSHAPE_INDEX, N_BLENDSHAPES, N_POSE, POSE_REST
 
 VENDORED_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "face_landmarker.task"
 CM_PER_M = 100.0
+# What MediaPipe (absl logging) and TensorFlow Lite print each time a landmarker starts. Nothing turns
+# them off in mediapipe 1.2 (GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL and GOOGLE_STDERRTHRESHOLD were
+# tried), so they are dropped where a landmarker is created: in every process, Ray workers included.
+STARTUP_NOTICES = tuple(re.compile(p) for p in (
+    rb"Logging before InitGoogle\(\) is written to STDERR",
+    rb"face_landmarker_graph\.cc:\d+\] Sets FaceBlendshapesGraph acceleration to xnnpack by default",
+    rb"Created TensorFlow Lite XNNPACK delegate for CPU",
+    rb"inference_feedback_manager\.cc:\d+\] Feedback manager requires a model with a single signature",
+))
 
 
 def load_model_bytes(cfg: VideoConfig) -> bytes:
@@ -80,12 +91,17 @@ class FaceTracker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        self._landmarker = self._create(self._options)
+        self._landmarker = self._start()
         self._used = False  # True once the current instance has seen a frame
         # MediaPipe's own __del__ fails noisily at interpreter shutdown (e.g. in Ray actors): its
         # dispatcher's thread pool is already shut down by then. threading's exit hooks run in
         # reverse order of registration, so this close runs while that pool is still alive.
         threading._register_atexit(self.close)
+
+    def _start(self) -> Any:
+        """A new FaceLandmarker, without its start-up notices."""
+        with without_lines(STARTUP_NOTICES):
+            return self._create(self._options)
 
     def close(self) -> None:
         """Release the landmarker (safe to call twice)."""
@@ -124,7 +140,7 @@ class FaceTracker:
         """Run over a clip's selected frames; frames without a face get placeholders."""
         if self._used:  # a fresh instance per clip: see the module docstring
             self.close()
-            self._landmarker = self._create(self._options)
+            self._landmarker = self._start()
             self._used = False
         indices: list[int] = []
         times: list[float] = []

@@ -160,6 +160,18 @@ def _earlier_clips(clips_dir: str, cfg: Config) -> dict[str, ClipEntry]:
     return dict(earlier.clips)
 
 
+def progress_text(rows: list[dict], elapsed_s: float, failed_before: int = 0) -> str:
+    """Status of a running extract: frames/s, footage done, skipped and failed clips so far."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    frames = sum(r["frames"] for r in ok)
+    minutes = sum(r["duration_s"] for r in ok) / 60.0
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    failed = failed_before + sum(r["status"] == "failed" for r in rows)
+    footage = f"{minutes / 60.0:.1f} h" if minutes >= 90 else f"{minutes:.1f} min"
+    text = f"{frames / max(elapsed_s, 1e-9):.0f} frames/s, {footage} of footage"
+    return text + (f", {skipped} skipped" if skipped else "") + (f", {failed} failed" if failed else "")
+
+
 def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool = False, use_ray: bool = True,
                 progress: bool = True) -> ExtractSummary:
     """Extract every input into ``clips_dir``; bad inputs are listed in ``_failures.json``.
@@ -178,7 +190,8 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
     rows = map_items([e.to_dict() for e in entries], ClipExtractor,
                      {"cfg_dict": config_to_dict(cfg), "clips_dir": clips_dir, "write_json": write_json},
                      use_ray=use_ray, ray_cfg=cfg.ray, n_actors=cfg.ray.extract_actors,
-                     cpus_per_actor=cfg.ray.cpus_per_actor, progress=progress)
+                     cpus_per_actor=cfg.ray.cpus_per_actor, progress=progress, label="extract", unit="clips",
+                     describe=lambda done, elapsed_s: progress_text(done, elapsed_s, len(failures)))
     summary = ExtractSummary(failures=list(failures), failed=len(failures))
     for r in rows:
         if r["status"] == "ok":

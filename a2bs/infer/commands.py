@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from a2bs.config import ConfigError, load_config, split_overrides, user_overrides
+from a2bs.runtime import console
 
 
 def _cfg_and_inputs(args: argparse.Namespace, items: list[str]):
@@ -24,10 +25,8 @@ def cmd_infer(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError("infer: give a model (or 'default') and at least one input file, folder or s3:// prefix")
     use_ray = False if args.no_ray else None
     summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray,
-                        overrides=explicit)
-    for f in summary.failures:
-        print(f"failed: {f['source']}: {f['reason']}", file=sys.stderr)
-    print(summary.line())
+                        overrides=explicit, progress=not args.quiet)
+    console.summary(summary.line())  # each failure was shown (and logged) as it happened
     return 0 if summary.ok and not summary.failed else 1
 
 

@@ -237,7 +237,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
             (default ``cfg.infer.format``).
         fps: output frame rate (default ``cfg.infer.fps``).
         use_ray: None = Ray Data unless the input is one local file.
-        progress: Ray Data's progress bars (or a line per input in this process).
+        progress: show the files done on the console (:mod:`a2bs.runtime.console`).
         overrides: what the user set explicitly (checked against the model card, see :func:`load_model`).
     """
     from a2bs.runtime.inputs import list_inputs
@@ -261,7 +261,8 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         use_ray = not _single_local_file(inputs)
     worker_kwargs = {"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps}
     rows = map_items(items, InferWorker, worker_kwargs, use_ray=use_ray, ray_cfg=cfg.ray, n_actors=cfg.infer.actors,
-                     progress=progress, local_worker=InferWorker(**worker_kwargs, loaded=loaded))
+                     progress=progress, label="infer", unit="files",
+                     local_worker=InferWorker(**worker_kwargs, loaded=loaded))
     summary = InferSummary(failures=list(failures), failed=len(failures))
     for r in rows:
         if r["status"] == "ok":

@@ -9,13 +9,17 @@ raises for a bad input; the rows come back sorted by ``source`` and the run's fo
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Protocol
+import logging
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from a2bs.config import RayConfig
 from a2bs.runtime import storage
-from a2bs.runtime.cluster import init_ray
+from a2bs.runtime.cluster import init_ray, rows_as_done
+from a2bs.runtime.console import tracked
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "_config.yaml"
 FAILURES_NAME = "_failures.json"
@@ -46,21 +50,46 @@ def _plain(value: Any) -> Any:
 
 def map_items(items: list[dict[str, Any]], worker_cls: Callable[..., Worker], worker_kwargs: dict[str, Any], *,
               use_ray: bool, ray_cfg: RayConfig, n_actors: int = 0, cpus_per_actor: float = 1.0,
-              progress: bool = True, local_worker: Worker | None = None) -> list[dict[str, Any]]:
+              progress: bool = True, label: str = "batch", unit: str = "files",
+              describe: Callable[[list[dict[str, Any]], float], str] | None = None,
+              local_worker: Worker | None = None) -> list[dict[str, Any]]:
     """Run ``worker.process`` over `items`; returns one status row per item, sorted by ``source``.
+
+    Each failed row is logged (``failed: SOURCE: REASON``) as it comes back.
 
     Args:
         n_actors: actor-pool size (0 = one per ``cpus_per_actor`` CPUs of the cluster), capped by the item count.
-        progress: Ray Data's progress bars, or one line per item in the local loop.
+        progress: show a progress display (``label``: ``done/total unit``) on the console.
+        describe: (rows so far, elapsed seconds) -> the display's status text (default: failures so far).
         local_worker: a worker the caller already built, for the local loop (else one is built here).
     """
     if not items:
         return []
+    rows = _rows(items, worker_cls, worker_kwargs, use_ray, ray_cfg, n_actors, cpus_per_actor, local_worker)
+    done = tracked(_log_failures(rows), label, len(items), unit, describe or _failed_so_far, enabled=progress)
+    return sorted(done, key=lambda r: r["source"])
+
+
+def _log_failures(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:  # the reason first, then the progress display that counts it
+        if row["status"] == "failed":
+            log.error(f"failed: {row['source']}: {row['reason']}")
+        yield row
+
+
+def _failed_so_far(rows: list[dict[str, Any]], elapsed_s: float) -> str:
+    failed = sum(r["status"] == "failed" for r in rows)
+    return f"{failed} failed" if failed else ""
+
+
+def _rows(items: list[dict[str, Any]], worker_cls: Callable[..., Worker], worker_kwargs: dict[str, Any],
+          use_ray: bool, ray_cfg: RayConfig, n_actors: int, cpus_per_actor: float,
+          local_worker: Worker | None) -> Iterator[dict[str, Any]]:
+    """Status rows as items finish (Ray Data streams them; not in input order)."""
     if use_ray:
         import ray
 
         init_ray(ray_cfg)
-        ray.data.DataContext.get_current().enable_progress_bars = progress
         if not n_actors:
             n_actors = max(1, int(float(ray.cluster_resources().get("CPU", 1)) // max(cpus_per_actor, 1e-3)))
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -71,20 +100,14 @@ def map_items(items: list[dict[str, Any]], worker_cls: Callable[..., Worker], wo
             # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a killed
             # actor is replaced and its item retried (tests/integration/test_reliability.py).
         )
-        rows = ds.take_all()
-    else:
-        worker = local_worker or worker_cls(**worker_kwargs)
-        rows = []
-        try:
-            for i, item in enumerate(items, 1):
-                rows.append(worker.process(item))
-                if progress:
-                    r = rows[-1]
-                    print(f"[{i}/{len(items)}] {r['status']:7s} {r['source']}"
-                          + (f": {r['reason']}" if r.get("reason") else ""), flush=True)
-        finally:
-            getattr(worker, "close", lambda: None)()
-    return sorted(rows, key=lambda r: r["source"])
+        yield from rows_as_done(ds)
+        return
+    worker = local_worker or worker_cls(**worker_kwargs)
+    try:
+        for item in items:
+            yield worker.process(item)
+    finally:
+        getattr(worker, "close", lambda: None)()
 
 
 def error_reason(exc: Exception) -> str:

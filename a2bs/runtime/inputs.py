@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,8 @@ ID_SAMPLE_BYTES = 4 << 20
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".opus"}
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
     that resolve outside the folder they were found in are refused (inputs cannot escape their root).
 
     Returns:
-        (entries sorted by uri, failures as ``{"source", "reason"}`` for inputs that do not exist).
+        (entries sorted by uri, failures as ``{"source", "reason"}`` for inputs that do not exist;
+        each is also logged).
     """
     suffixes = suffixes or MEDIA_SUFFIXES
     entries: dict[str, ManifestEntry] = {}
@@ -113,6 +117,8 @@ def list_inputs(inputs: list[str], suffixes: set[str] | None = None) -> tuple[li
             add(str(p), str(p.parent))
         else:
             failures.append({"source": item, "reason": "not found"})
+    for f in failures:  # as the batch loop does for inputs that fail later
+        log.error(f"failed: {f['source']}: {f['reason']}")
     return [entries[k] for k in sorted(entries)], failures
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from a2bs.config import load_config
+from a2bs.runtime import console
 from a2bs.runtime.commands import positionals
 
 
@@ -16,7 +17,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     (shards,), overrides = positionals(args, rest, ("SHARDS_DIR",))
     cfg = resume_config(args.out, args.config, overrides) if args.resume else load_config(args.config, overrides)
     result = train(shards, args.out, cfg, resume=args.resume, use_ray=not args.no_ray)
-    print(result.line())
+    console.summary(result.line())
     return 0
 
 

@@ -66,6 +66,7 @@ from a2bs.train.loop import (
     train_loop_per_worker,
 )
 from a2bs.train.metrics import VAL_LOSS, format_metrics, target_table
+from a2bs.train.progress import track_epochs
 from a2bs.train.validation import val_batch_rows
 
 log = logging.getLogger("a2bs.train")
@@ -284,10 +285,8 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
         raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
     storage.makedirs(run_dir)
     save_config(cfg, storage.join(run_dir, CONFIG_NAME))
-    if use_ray:
-        candidates, latest = _fit_ray(info, run_dir, cfg)
-    else:
-        candidates, latest = _fit_local(info, run_dir, cfg)
+    with track_epochs(run_dir, cfg.train.epochs, resume):
+        candidates, latest = (_fit_ray if use_ray else _fit_local)(info, run_dir, cfg)
     return export_best(run_dir, candidates, latest, cfg, time.perf_counter() - t0)
 
 

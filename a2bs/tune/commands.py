@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from a2bs.config import load_config
+from a2bs.runtime import console
 from a2bs.runtime.commands import positionals
 
 
@@ -15,7 +16,7 @@ def cmd_tune(args: argparse.Namespace, rest: list[str]) -> int:
 
     (shards,), overrides = positionals(args, rest, ("SHARDS_DIR",))
     result = run_tune(shards, args.out, load_config(args.config, overrides), progress=not args.quiet)
-    print(result.line())
+    console.summary(result.line())
     return 0 if result.best is not None else 1
 
 

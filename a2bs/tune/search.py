@@ -42,7 +42,7 @@ from a2bs.config import (
     save_config,
 )
 from a2bs.manifests import resolve_front_end
-from a2bs.runtime import storage
+from a2bs.runtime import console, storage
 from a2bs.train.metrics import (
     JAW_CORR,
     LIP_CORR,
@@ -236,7 +236,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         shards_dir: shards folder (``a2bs build`` output).
         tune_dir: output folder, local or s3://.
         cfg: base config; each trial is this plus its sampled values, for ``tune.max_epochs`` epochs.
-        progress: show Ray Tune's progress table.
+        progress: show the trials on the console (Ray Tune's own status table goes to the log).
     """
     import ray
     from ray import tune
@@ -245,6 +245,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
 
     from a2bs.runtime.cluster import init_ray
     from a2bs.train.data import shard_info
+    from a2bs.tune.progress import TrialProgress
 
     t0 = time.perf_counter()
     tc = cfg.tune
@@ -286,7 +287,8 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME, failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0, **run_storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1 if progress else 0,
+            callbacks=[TrialProgress(tc.num_samples, tc.metric)] if progress else [], **run_storage),
     )
     grid = tuner.fit()
     keys = sorted(space)
@@ -306,7 +308,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
                              [{k: str(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows],
                              header=["rank"])
     result.wall_s = time.perf_counter() - t0
-    print(format_table(rows, keys))
+    console.say(format_table(rows, keys))
     return result
 
 
