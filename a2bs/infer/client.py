@@ -91,9 +91,12 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
         body = exc.response.body.decode("utf-8", "replace").strip()
         raise ServeError(body or "refused", exc.response.status_code) from None
     async with ws:
-        await ws.send(json.dumps({"sample_rate": int(sample_rate), "encoding": encoding, "fps": fps,
-                                  **(start or {})}))
-        ready = json.loads(await ws.recv())
+        try:
+            await ws.send(json.dumps({"sample_rate": int(sample_rate), "encoding": encoding, "fps": fps,
+                                      **(start or {})}))
+            ready = json.loads(await ws.recv())
+        except ConnectionClosed as exc:  # refused before the start message (e.g. the server is full)
+            raise ServeError(_close_reason(exc)) from None
         if ready.get("event") != "ready":
             raise ServeError(ready.get("reason", f"unexpected reply {ready!r}"))
         names, out_fps = list(ready["names"]), float(ready["fps"])
@@ -124,7 +127,7 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
                 try:
                     msg = json.loads(await ws.recv())
                 except ConnectionClosed as exc:
-                    raise ServeError(f"connection closed before the end ({exc.rcvd.reason if exc.rcvd else 'no reason'})")
+                    raise ServeError(f"connection closed before the end: {_close_reason(exc)}") from None
                 now = time.perf_counter()
                 event = msg.get("event")
                 if event == "frames":
@@ -149,6 +152,11 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
                     raise ServeError(msg.get("reason", "error"))
         finally:
             sender.cancel()
+
+
+def _close_reason(exc: Exception) -> str:
+    rcvd = getattr(exc, "rcvd", None)
+    return (rcvd.reason if rcvd is not None and rcvd.reason else "") or "connection closed"
 
 
 def stream_samples(url: str, samples: np.ndarray, sample_rate: int, chunk_ms: float = 20.0,

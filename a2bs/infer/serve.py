@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -107,16 +107,50 @@ class ServeMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class SendQueue:
+    """Messages waiting to be sent to one client, in order.
+
+    Beyond `limit` messages, queuing frames drops the oldest waiting frames messages (a live rig wants
+    the newest frames; the client sees the gap in ``start``); other messages are never dropped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.items: collections.deque = collections.deque()  # (kind, n_frames, text)
+        self.dropped_frames = 0
+        self.ready = asyncio.Event()
+
+    def put(self, kind: str, n_frames: int, text: str) -> int:
+        """Queue a message; returns the frames dropped to make room."""
+        dropped = 0
+        if kind == "frames":
+            while len(self.items) >= self.limit:
+                old = next((m for m in self.items if m[0] == "frames"), None)
+                if old is None:
+                    break
+                self.items.remove(old)
+                dropped += old[1]
+        self.dropped_frames += dropped
+        self.items.append((kind, n_frames, text))
+        self.ready.set()
+        return dropped
+
+    async def get(self) -> tuple[str, int, str]:
+        """The next message (waits for one)."""
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.items.popleft()
+
+
 @dataclass
 class Session:
     """The event-loop side of one connection."""
 
     stream: EngineStream
     ws: Any
-    outbox: collections.deque = field(default_factory=collections.deque)  # (kind, n_frames, text)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox: SendQueue
     sink: LiveLinkSink | None = None
-    dropped: int = 0
     finished: bool = False  # "done" queued
 
 
@@ -188,6 +222,7 @@ class Server:
         try:
             first = await asyncio.wait_for(ws.recv(), s.idle_timeout_s)
         except TimeoutError:
+            self.metrics.refused.labels("no_start").inc()
             await self._refuse(ws, f"no start message within {s.idle_timeout_s:g} s")
             return None
         try:
@@ -211,12 +246,9 @@ class Server:
             await self._refuse(ws, f"server full: {self.engine.capacity} sessions in use; try again later",
                                CLOSE_TRY_LATER)
             return None
-        session = Session(stream, ws, sink=sink)
+        session = Session(stream, ws, SendQueue(self.cfg.serve.send_queue_messages), sink=sink)
         self._sessions[stream.slot] = session
         self.metrics.sessions.set(self.engine.active)
-        await ws.send(json.dumps({"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps,
-                                  "sample_rate": spec.sample_rate, "model_sample_rate":
-                                  self.model.audio_cfg.sample_rate}))
         return session
 
     def _livelink(self, address: str, fps: float, ws: Any) -> LiveLinkSink:
@@ -229,8 +261,8 @@ class Server:
                               "unless the server sets serve.livelink_any_host=true")
         return sink
 
-    async def _reader(self, session: Session) -> str:
-        """Receive audio until the end message; returns the outcome."""
+    async def _reader(self, session: Session) -> None:
+        """Receive audio until the end message."""
         ws, stream, s = session.ws, session.stream, self.cfg.serve
         while True:
             try:
@@ -253,15 +285,12 @@ class Server:
                                   "binary messages")
             stream.ending = True
             self._wake.set()
-            return "done"
+            return
 
     async def _sender(self, session: Session) -> None:
         """Send queued messages in order; after "done", close the connection."""
         while True:
-            while not session.outbox:
-                session.wake.clear()
-                await session.wake.wait()
-            kind, _, text = session.outbox.popleft()
+            kind, _, text = await session.outbox.get()
             await session.ws.send(text)
             if kind == "done":
                 await session.ws.close()
@@ -271,48 +300,46 @@ class Server:
         """One WebSocket connection (the websockets library calls this after the handshake)."""
         from websockets.exceptions import ConnectionClosed
 
-        session = await self._start(ws)
-        if session is None:
-            return
-        sender = asyncio.create_task(self._sender(session))
+        session: Session | None = None
         outcome = "done"
         try:
-            await self._reader(session)
-            await sender  # until "done" is sent (or the client goes)
+            session = await self._start(ws)
+            if session is None:
+                return
+            spec = session.stream.spec
+            await ws.send(json.dumps({"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps,
+                                      "sample_rate": spec.sample_rate,
+                                      "model_sample_rate": self.model.audio_cfg.sample_rate}))
+            sender = asyncio.create_task(self._sender(session))
+            try:
+                await self._reader(session)
+                await sender  # until "done" is sent (or the client goes)
+            finally:
+                sender.cancel()
         except StreamError as exc:
             outcome = "error"
-            sender.cancel()
             await self._refuse(ws, str(exc))
         except ConnectionClosed:
-            outcome = "vanished" if not session.finished else "done"
+            outcome = "vanished"
         finally:
-            sender.cancel()
-            session.stream.closed = True
-            if session.sink is not None:
-                session.sink.close()
-            self._sessions.pop(session.stream.slot, None)
-            self.sessions_served += 1
-            self.metrics.ended.labels(outcome).inc()
-            self._wake.set()  # the next prepare frees the slot
+            if session is not None:
+                session.stream.closed = True
+                if session.sink is not None:
+                    session.sink.close()
+                self._sessions.pop(session.stream.slot, None)
+                self.sessions_served += 1
+                self.metrics.ended.labels(outcome).inc()
+                self._wake.set()  # the next prepare frees the slot
 
     # ---- ticks ---------------------------------------------------------------------------------
-
-    def _queue(self, session: Session, kind: str, n_frames: int, text: str) -> None:
-        limit = max(1, self.cfg.serve.send_queue_messages)
-        while kind == "frames" and len(session.outbox) >= limit:
-            # Drop policy: the oldest unsent frames go first (a live rig wants the newest).
-            old_kind, old_n, _ = session.outbox.popleft()
-            session.dropped += old_n
-            self.metrics.dropped.inc(old_n)
-        session.outbox.append((kind, n_frames, text))
-        session.wake.set()
 
     def _deliver(self, session: Session, out: TickOutput) -> None:
         n = len(out.values)
         if n:
             values = np.round(out.values.astype(np.float64), VALUE_DECIMALS).tolist()
-            self._queue(session, "frames", n, json.dumps({"event": "frames", "start": out.start_frame,
-                                                          "values": values}, separators=(",", ":")))
+            dropped = session.outbox.put("frames", n, json.dumps({"event": "frames", "start": out.start_frame,
+                                                                  "values": values}, separators=(",", ":")))
+            self.metrics.dropped.inc(dropped)
             self.metrics.frames.inc(n)
             if out.wait_s * 1000.0 > self.cfg.serve.late_frame_ms:
                 self.metrics.late.inc(n)
@@ -321,8 +348,8 @@ class Server:
                                    np.full(n, np.nan))
         if out.done and not session.finished:
             session.finished = True
-            self._queue(session, "done", 0, json.dumps({"event": "done", "frames": out.start_frame + n,
-                                                        "dropped": session.dropped}))
+            session.outbox.put("done", 0, json.dumps({"event": "done", "frames": out.start_frame + n,
+                                                      "dropped": session.outbox.dropped_frames}))
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
