@@ -93,7 +93,7 @@ class TickOutput:
     wait_s: float = 0.0  # longest time one of the stepped frames' audio waited for this tick
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: a stream is itself, hashable
 class EngineStream:
     """One live stream: its spec, slot, inbox (event-loop side) and pipeline state (tick side)."""
 

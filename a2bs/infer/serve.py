@@ -110,13 +110,14 @@ class ServeMetrics:
 class SendQueue:
     """Messages waiting to be sent to one client, in order.
 
-    Beyond `limit` messages, queuing frames drops the oldest waiting frames messages (a live rig wants
-    the newest frames; the client sees the gap in ``start``); other messages are never dropped.
+    At most `limit` frames messages wait: queuing one more drops the oldest waiting frames (a live rig
+    wants the newest; the client sees the gap in ``start``). Other messages are never dropped.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, int(limit))
         self.items: collections.deque = collections.deque()  # (kind, n_frames, text)
+        self.waiting_frames_messages = 0
         self.dropped_frames = 0
         self.ready = asyncio.Event()
 
@@ -124,12 +125,12 @@ class SendQueue:
         """Queue a message; returns the frames dropped to make room."""
         dropped = 0
         if kind == "frames":
-            while len(self.items) >= self.limit:
-                old = next((m for m in self.items if m[0] == "frames"), None)
-                if old is None:
-                    break
+            while self.waiting_frames_messages >= self.limit:
+                old = next(m for m in self.items if m[0] == "frames")
                 self.items.remove(old)
+                self.waiting_frames_messages -= 1
                 dropped += old[1]
+            self.waiting_frames_messages += 1
         self.dropped_frames += dropped
         self.items.append((kind, n_frames, text))
         self.ready.set()
@@ -140,7 +141,9 @@ class SendQueue:
         while not self.items:
             self.ready.clear()
             await self.ready.wait()
-        return self.items.popleft()
+        item = self.items.popleft()
+        self.waiting_frames_messages -= item[0] == "frames"
+        return item
 
 
 @dataclass
