@@ -315,6 +315,23 @@ class PerStreamStepper:
         return outs
 
 
+class SingleStream:
+    """One stream through a slot stepper, with :class:`~a2bs.infer.streaming.StreamingModel`'s interface
+    (``reset()``, ``step(mel (n, n_mels)) -> (n, 59)``): what `a2bs stream` runs with the ONNX backend."""
+
+    def __init__(self, stepper: Stepper) -> None:
+        self.stepper = stepper
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self.stepper.reset(0)
+
+    def step(self, mel: np.ndarray) -> np.ndarray:
+        """Advance by (n, n_mels) mel frames -> (n, 59) outputs."""
+        return self.stepper.step([0], [np.asarray(mel, np.float32)])[0]
+
+
 def make_batched_stepper(model: nn.Module, capacity: int, backend: str = "torch", max_batch: int = 0,
                          threads: int = 1) -> Any:
     """The serving stepper for `model`: :class:`BatchedStepper`, or :class:`PerStreamStepper` for attention.
