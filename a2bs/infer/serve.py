@@ -223,7 +223,8 @@ class Server:
                                    "in use; try again later", CLOSE_TRY_LATER)
             return None
         try:
-            first = await asyncio.wait_for(ws.recv(), s.idle_timeout_s)
+            async with asyncio.timeout(s.idle_timeout_s):
+                first = await ws.recv()
         except TimeoutError:
             self.metrics.refused.labels("no_start").inc()
             await self._refuse(ws, f"no start message within {s.idle_timeout_s:g} s")
@@ -269,7 +270,8 @@ class Server:
         ws, stream, s = session.ws, session.stream, self.cfg.serve
         while True:
             try:
-                msg = await asyncio.wait_for(ws.recv(), s.idle_timeout_s)
+                async with asyncio.timeout(s.idle_timeout_s):  # no task per message, unlike wait_for
+                    msg = await ws.recv()
             except TimeoutError:
                 raise StreamError(f"idle for {s.idle_timeout_s:g} s: closing") from None
             if isinstance(msg, bytes):
@@ -463,14 +465,14 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True) -> int:
     async def main() -> None:
         server = Server(model, cfg, token)
         await server.start(cfg.serve.host, cfg.serve.port)
-        stop = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         if ready_line:
             print(f"serve: listening on ws://{cfg.serve.host}:{server.port}{STREAM_PATH} "
                   f"({model.model_cfg.name}, {cfg.infer.stream_backend}, up to {server.engine.capacity} sessions"
                   f"{', token required' if token else ''}); /healthz, /metrics", flush=True)
-        await stop
+        await stop.wait()
         await server.stop()
         print(f"serve: stopped after {server.sessions_served} sessions", flush=True)
 
