@@ -225,6 +225,9 @@ class ServeConfig:
     # Per session: frame messages waiting to be sent beyond this drop the oldest (counted; a live rig
     # wants the newest frames), so a slow reader never holds up the others.
     send_queue_messages: int = 64
+    # Kernel send buffer per connection (0 = the OS's, autotuned up to MBs): smaller makes the drop
+    # policy start sooner for a slow reader, so the frames it does get are fresher.
+    socket_send_buffer_bytes: int = 0
     # Batch policy: each tick steps at most this many pending 10 ms frames per session (a client far
     # ahead of real time cannot stall the others), in calls of at most `max_batch_streams` (0 = all).
     max_step_frames: int = 8

@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -250,7 +251,11 @@ class Server:
             await self._refuse(ws, f"server full: {self.engine.capacity} sessions in use; try again later",
                                CLOSE_TRY_LATER)
             return None
-        session = Session(stream, ws, SendQueue(self.cfg.serve.send_queue_messages), sink=sink)
+        if s.socket_send_buffer_bytes > 0:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.socket_send_buffer_bytes)
+        session = Session(stream, ws, SendQueue(s.send_queue_messages), sink=sink)
         self._sessions[stream.slot] = session
         self.metrics.sessions.set(self.engine.active)
         return session
