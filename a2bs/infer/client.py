@@ -12,6 +12,7 @@ and collects the frames while it sends. Needs numpy and ``websockets`` only (no 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import time
 from dataclasses import dataclass, field
@@ -132,11 +133,10 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
                 event = msg.get("event")
                 if event == "frames":
                     values = np.asarray(msg["values"], np.float32).reshape(-1, len(names))
-                    k = msg["start"] + np.arange(len(values))
-                    sample = np.floor(k / out_fps * sample_rate).astype(np.int64)
-                    idx = np.searchsorted(np.asarray(sent_end), sample, side="right")
-                    at = np.asarray(sent_at + [np.nan])  # a frame past the last message: no send time
-                    lat = (now - at[np.minimum(idx, len(sent_at))]) * 1000.0
+                    # The message holding each frame's sample (none past the last one: NaN).
+                    held = [bisect.bisect_right(sent_end, int((msg["start"] + i) / out_fps * sample_rate))
+                            for i in range(len(values))]
+                    lat = np.array([(now - sent_at[j]) * 1000.0 if j < len(sent_at) else np.nan for j in held])
                     chunks.append(values)
                     latencies.append(lat)
                     starts.append(int(msg["start"]))
