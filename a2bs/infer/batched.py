@@ -254,7 +254,7 @@ class BatchedStepper:
         self.state = SlotRings(self.layout, self.capacity, model.cfg.channels)
         self.n_mels = model.cfg.n_mels
         self.max_batch = int(max_batch)
-        self.calls = 0
+        self.calls = 0  # model calls made (each holds one frame of up to max_batch streams)
         if backend == "torch":
             self.runner: FrameRunner = TorchFrameRunner(model)
         elif backend == "onnx":

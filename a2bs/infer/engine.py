@@ -29,7 +29,7 @@ import numpy as np
 from a2bs.config import Config, ConfigError
 from a2bs.extract.audio import log_mel_frames, mel_filterbank, stft_window
 from a2bs.infer.batched import make_batched_stepper
-from a2bs.infer.curves import StreamResampler, frame_count
+from a2bs.infer.curves import StreamResampler
 from a2bs.infer.live import StreamingVAD
 from a2bs.infer.offline import LoadedModel
 from a2bs.infer.postprocess import PostProcessor
@@ -103,7 +103,6 @@ class EngineStream:
     inbox_samples: int = 0
     ending: bool = False  # the client asked to flush
     closed: bool = False  # gone (vanished, error or done): results are dropped, the slot is freed
-    frames_out: int = 0
     # Tick side (only touched inside ticks after the first prepare).
     taken: list = field(default_factory=list)
     pipeline: Any = None
@@ -242,7 +241,7 @@ class ServeEngine:
         now = time.perf_counter()
         raw_of = {s.slot: r for s, r in zip(stepping, raws)}
         for s in streams:
-            results[s.slot] = self._finish(s, raw_of.get(s.slot), cap, now)
+            results[s.slot] = self._finish(s, raw_of.get(s.slot), now)
         t3 = time.perf_counter()
         return results, {"front_s": t1 - t0, "step_s": t2 - t1, "post_s": t3 - t2}
 
@@ -287,7 +286,7 @@ class ServeEngine:
             p.pending_arrival = np.concatenate([p.pending_arrival, arr])
             i += len(w)
 
-    def _finish(self, s: EngineStream, raw: np.ndarray | None, cap: int, now: float) -> TickOutput:
+    def _finish(self, s: EngineStream, raw: np.ndarray | None, now: float) -> TickOutput:
         p = s.pipeline
         start = p.out.next_frame
         values = np.zeros((0, N_TARGETS), np.float32)
@@ -309,10 +308,4 @@ class ServeEngine:
         elif p.flushed and not len(p.pending) and not p.done:
             values = p.out.flush(p.samples_in / self.model.audio_cfg.sample_rate)
             p.done = True
-        s.frames_out = start + len(values)
         return TickOutput(start, values, p.done, wait_s)
-
-    def expected_frames(self, s: EngineStream) -> int:
-        """Frames a finished stream has in total (``ceil(duration * fps)``), as ``a2bs infer`` writes."""
-        p = s.pipeline
-        return frame_count(p.samples_in / self.model.audio_cfg.sample_rate, s.spec.fps) if p else 0
