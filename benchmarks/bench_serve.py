@@ -96,7 +96,10 @@ def bench_step(calls: int) -> list[tuple[str, int, float]]:
 
 
 def render_step(rows, date: str) -> str:
-    lines = [f"One thread, `tcn_full` (2,035,514 parameters), {date}. CPU ms (thread time) per stream per "
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"{date}; {machine()}; load average {load} at the end (CPU = thread time, the least disturbed of "
+             f"3 rounds: other jobs on a shared machine inflate it less than wall time). One thread, "
+             f"`tcn_full` (2,035,514 parameters, random weights), torch {torch.__version__}. Per stream per "
              "10 ms frame; goal <= 1 ms.", "",
              "| step | frames per call | CPU ms per stream-frame | share of real time |", "|---|---:|---:|---:|"]
     lines += [f"| {what} | {n} | {ms:.3f} | {ms / 10:.1%} |" for what, n, ms in rows]
@@ -120,9 +123,10 @@ def _speech(seconds: float) -> np.ndarray:
     return np.concatenate(parts)[: int(seconds * 16000)]
 
 
-def _start_server(model_path: Path, backend: str, max_sessions: int) -> tuple[subprocess.Popen, str, str]:
+def _start_server(model_path: Path, backend: str, max_sessions: int,
+                  overrides: list[str]) -> tuple[subprocess.Popen, str, str]:
     cmd = [sys.executable, "-m", "a2bs.cli", "serve", str(model_path), "--port", "0", "--max-sessions",
-           str(max_sessions), f"infer.stream_backend={backend}", "serve.idle_timeout_s=120"]
+           str(max_sessions), f"infer.stream_backend={backend}", "serve.idle_timeout_s=120", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"listening on (ws://[^ ]+)", line)
@@ -180,7 +184,7 @@ def bench_load(args) -> list[dict]:
             path = Path(tmp) / f"{name}.safetensors"
             save_model(path, build_model(cfg), cfg)
             for backend in args.backends:
-                proc, url, http = _start_server(path, backend, args.max_sessions)
+                proc, url, http = _start_server(path, backend, args.max_sessions, args.server_arg)
                 server = psutil.Process(proc.pid)
                 try:
                     tried: dict[int, bool] = {}
@@ -215,8 +219,10 @@ def bench_load(args) -> list[dict]:
 
 
 def render_load(rows: list[dict], args, date: str) -> str:
-    lines = [f"{date}; {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
-             f"Server (`a2bs serve`, one step thread) and the load generator (this script, one asyncio "
+    shared = os.getloadavg()[0] > (os.cpu_count() or 1)
+    lines = [f"{date}; {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end"
+             f"{' (**machine shared with other jobs**: an upper bound on latency, a lower bound on N)' if shared else ''}. "
+             f"Server (`a2bs serve {' '.join(args.server_arg)}`) and the load generator (this script, one asyncio "
              f"process) share the machine. {args.seconds:g} s of demo speech per session, {args.chunk_ms:g} ms "
              f"chunks at real-time pace, {args.fps:g} fps, sessions starting spread over 1 s. Pass = every "
              f"session got all its frames and p95 latency <= {args.p95_ms:g} ms.", "",
@@ -266,6 +272,8 @@ def main() -> None:
     ap.add_argument("--max-sessions", type=int, default=256)
     ap.add_argument("--max-runs", type=int, default=7, help="runs per model and backend")
     ap.add_argument("--budget-s", type=float, default=3600.0, help="stop starting new runs after this")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra `a2bs serve` override, e.g. "
+                    "serve.step_threads=2 (repeatable)")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     date = subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip()
