@@ -233,6 +233,9 @@ class ServeConfig:
     max_step_frames: int = 8
     max_batch_streams: int = 0
     batch_wait_ms: float = 0.0  # after audio arrives, wait this long for other sessions' audio (0 = tick at once)
+    # Model step: "auto" = ONNX Runtime for convolution models (1.6x cheaper per session-frame than
+    # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
+    backend: str = "auto"
     step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
     livelink_any_host: bool = False  # Live Link UDP only to the client's own address unless true

@@ -126,7 +126,7 @@ def _speech(seconds: float) -> np.ndarray:
 def _start_server(model_path: Path, backend: str, max_sessions: int,
                   overrides: list[str]) -> tuple[subprocess.Popen, str, str]:
     cmd = [sys.executable, "-m", "a2bs.cli", "serve", str(model_path), "--port", "0", "--max-sessions",
-           str(max_sessions), f"infer.stream_backend={backend}", "serve.idle_timeout_s=120", *overrides]
+           str(max_sessions), f"serve.backend={backend}", "serve.idle_timeout_s=120", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"listening on (ws://[^ ]+)", line)

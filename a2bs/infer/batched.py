@@ -254,6 +254,7 @@ class BatchedStepper:
         self.state = SlotRings(self.layout, self.capacity, model.cfg.channels)
         self.n_mels = model.cfg.n_mels
         self.max_batch = int(max_batch)
+        self.backend = backend
         self.calls = 0  # model calls made (each holds one frame of up to max_batch streams)
         if backend == "torch":
             self.runner: FrameRunner = TorchFrameRunner(model)
@@ -336,14 +337,18 @@ def make_batched_stepper(model: nn.Module, capacity: int, backend: str = "torch"
                          threads: int = 1) -> Any:
     """The serving stepper for `model`: :class:`BatchedStepper`, or :class:`PerStreamStepper` for attention.
 
+    `backend` is ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime when the model has a frame step).
+
     Raises:
         StreamingError: the model is not causal, or attention with the ONNX backend.
     """
     if not supports_streaming(model):
         StreamingModel(model)  # raises the clear "not causal" StreamingError
+    if backend == "auto":
+        backend = "onnx" if supports_frame_step(model) else "torch"
     if supports_frame_step(model):
         return BatchedStepper(model, capacity, backend, max_batch, threads)
     if backend != "torch":
-        raise StreamingError("tcn_attn streams in PyTorch only (infer.stream_backend=torch): "
+        raise StreamingError("tcn_attn streams in PyTorch only (backend torch): "
                              "its key/value cache is not part of the ONNX step graphs")
     return PerStreamStepper(model, capacity)

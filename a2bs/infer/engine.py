@@ -28,7 +28,7 @@ import numpy as np
 
 from a2bs.config import Config, ConfigError
 from a2bs.extract.audio import log_mel_frames, mel_filterbank, stft_window
-from a2bs.infer.batched import make_batched_stepper
+from a2bs.infer.batched import PerStreamStepper, make_batched_stepper
 from a2bs.infer.curves import StreamResampler
 from a2bs.infer.live import StreamingVAD
 from a2bs.infer.offline import LoadedModel
@@ -162,8 +162,9 @@ class ServeEngine:
             raise ConfigError(f"serve.max_step_frames must be >= 1, got {cfg.serve.max_step_frames}")
         audio = model.audio_cfg
         self.rate_hz = audio.sample_rate / audio.hop_length
-        self.stepper = make_batched_stepper(model.net, self.capacity, cfg.infer.stream_backend,
+        self.stepper = make_batched_stepper(model.net, self.capacity, cfg.serve.backend,
                                             cfg.serve.max_batch_streams, cfg.serve.step_threads)
+        self.backend = "torch" if isinstance(self.stepper, PerStreamStepper) else self.stepper.backend
         self._free = list(range(self.capacity - 1, -1, -1))
         self.streams: dict[int, EngineStream] = {}
         self._warm_up()

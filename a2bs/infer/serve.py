@@ -475,7 +475,7 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         if ready_line:
             print(f"serve: listening on ws://{cfg.serve.host}:{server.port}{STREAM_PATH} "
-                  f"({model.model_cfg.name}, {cfg.infer.stream_backend}, up to {server.engine.capacity} sessions"
+                  f"({model.model_cfg.name}, {server.engine.backend}, up to {server.engine.capacity} sessions"
                   f"{', token required' if token else ''}); /healthz, /metrics", flush=True)
         await stop.wait()
         await server.stop()

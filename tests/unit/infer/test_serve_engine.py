@@ -95,9 +95,11 @@ def _run(engine: ServeEngine, feeds: dict, ends_at: dict) -> tuple[dict, dict]:
     return {s: np.concatenate(v) for s, v in out.items()}, pending
 
 
-def test_engine_streams_equal_offline_and_bulk_is_capped(model) -> None:
-    cfg = load_config(None, ["serve.max_step_frames=4"])
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_engine_streams_equal_offline_and_bulk_is_capped(model, backend) -> None:
+    cfg = load_config(None, ["serve.max_step_frames=4", f"serve.backend={backend}"])
     engine = ServeEngine(model, cfg, capacity=3)
+    assert engine.backend == backend
     live, bulk = _audio(1.0, 1), _audio(1.0, 2)
     hi_rate = _audio(0.8, 3, rate=44100)
     a = engine.open(StreamSpec(16000, fps=60))
