@@ -237,6 +237,9 @@ class ServeConfig:
     # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
     backend: str = "auto"
     step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
+    # Python's GIL switch interval in `a2bs serve` (default 5 ms): the step thread gets the GIL back
+    # sooner after each op while the event loop is busy (docs/serving.md).
+    gil_switch_ms: float = 1.0
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
     livelink_any_host: bool = False  # Live Link UDP only to the client's own address unless true
 

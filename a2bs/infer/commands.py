@@ -126,9 +126,6 @@ def _stream_to_server(args: argparse.Namespace, cfg) -> int:
 
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     """WebSocket service: live PCM in, face-rig frames out, every session in one batched step."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from a2bs.infer.offline import load_model
     from a2bs.infer.serve import run_server
 
@@ -138,10 +135,6 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     flags = {"host": args.host, "port": args.port, "max_sessions": args.max_sessions, "token_file": args.token_file}
     overrides += [f"serve.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(args.config, overrides)
-    torch.set_num_threads(max(1, cfg.serve.step_threads))
-    # The front end's small matrix products (every session's log-mel at once): numpy's BLAS threads
-    # only spin against the step thread and the event loop (15x slower on 2 cores; docs/serving.md).
-    threadpool_limits(1, "blas")
     model = load_model(args.model, cfg)
     return run_server(model, cfg)
 

@@ -461,11 +461,32 @@ class BackgroundServer:
         self._thread.join(60)
 
 
+def tune_process(cfg: Config) -> None:
+    """Process-wide settings for a process that only serves (`a2bs serve`; not applied when embedding).
+
+    - torch intra-op threads = ``serve.step_threads``;
+    - numpy's BLAS on one thread: the front end's small products (every session's log-mel at once)
+      were 15x slower with OpenBLAS's threads spinning against the step thread on 2 cores;
+    - the GIL switch interval = ``serve.gil_switch_ms``: the step thread releases the GIL in every
+      PyTorch op and waits up to the interval to get it back while the event loop is busy (a torch
+      step of 8 sessions: ~60 ms of wall time at Python's 5 ms default, ~15 ms at 1 ms).
+    """
+    import sys
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, cfg.serve.step_threads))
+    threadpool_limits(1, "blas")
+    sys.setswitchinterval(cfg.serve.gil_switch_ms / 1000.0)
+
+
 def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True) -> int:
-    """Serve until interrupted (Ctrl-C / SIGTERM); returns the exit code."""
+    """Serve until interrupted (Ctrl-C / SIGTERM) with :func:`tune_process` applied; returns the exit code."""
     import signal
 
     token = read_token(cfg)
+    tune_process(cfg)
 
     async def main() -> None:
         server = Server(model, cfg, token)
