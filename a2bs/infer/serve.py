@@ -176,6 +176,7 @@ class Server:
         self._wake: asyncio.Event | None = None
         self._ticked: asyncio.Condition | None = None
         self._ticker: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         self.ws_server: Any = None
         self.sessions_served = 0
 
@@ -378,9 +379,12 @@ class Server:
                 except Exception:  # a bug must not kill the service silently: log it, drop these sessions
                     log.exception("serve: tick failed; closing the sessions in it")
                     for stream in work:
+                        stream.closed = True
                         session = self._sessions.get(stream.slot)
-                        if session is not None:
-                            await self._refuse(session.ws, "internal error while stepping the model")
+                        if session is not None:  # in the background: a slow client must not hold up ticks
+                            task = asyncio.create_task(self._refuse(session.ws, "internal error while stepping"))
+                            self._background.add(task)
+                            task.add_done_callback(self._background.discard)
                     continue
                 self.metrics.step.observe(timing["step_s"])
                 self.metrics.tick.observe(time.perf_counter() - t0)
