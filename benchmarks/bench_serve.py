@@ -198,8 +198,10 @@ def bench_load(args) -> list[dict]:
                     n, lo, hi = args.start, 0, None  # lo passes, hi fails
                     while len(tried) < args.max_runs and time.monotonic() - t_start < args.budget_s:
                         before, cpu0, w0 = _server_stats(http), server.cpu_times(), time.perf_counter()
+                        me0 = time.process_time()
                         res = asyncio.run(_load_run(url, audio, n, args.fps, args.chunk_ms))
                         wall = time.perf_counter() - w0
+                        res["client_cpu"] = (time.process_time() - me0) / wall
                         cpu1, after = server.cpu_times(), _server_stats(http)
                         steps = after["step_seconds_count"] - before["step_seconds_count"]
                         res.update(model=name, backend=backend, passed=res["complete"] == n and
@@ -234,11 +236,12 @@ def render_load(rows: list[dict], args, date: str) -> str:
              f"chunks at real-time pace, {args.fps:g} fps, sessions starting spread over 1 s. Pass = every "
              f"session got all its frames and p95 latency <= {args.p95_ms:g} ms.", "",
              "| model | backend | sessions | complete | p50 ms | p95 ms | max ms | server CPU (cores) "
-             "| streams per tick | step ms per tick | pass |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| client CPU (cores) | streams per tick | step ms per tick | pass |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['backend']} | {r['sessions']} | {r['complete']} | {r['p50_ms']:.1f} "
-                     f"| {r['p95_ms']:.1f} | {r['max_ms']:.0f} | {r['server_cpu']:.2f} | {r['streams_per_tick']:.1f} "
+                     f"| {r['p95_ms']:.1f} | {r['max_ms']:.0f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
+                     f"| {r['streams_per_tick']:.1f} "
                      f"| {r['step_ms']:.2f} | {'yes' if r['passed'] else 'no'} |")
     best = {}
     for r in rows:
