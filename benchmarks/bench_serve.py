@@ -207,7 +207,8 @@ def bench_load(args) -> list[dict]:
                         res.update(model=name, backend=backend, passed=res["complete"] == n and
                                    res["p95_ms"] <= args.p95_ms, server_cpu=(cpu1.user + cpu1.system - cpu0.user
                                                                              - cpu0.system) / wall,
-                                   step_ms=1000 * (after["step_seconds_sum"] - before["step_seconds_sum"]) / max(1, steps),
+                                   step_ms=1000 * (after["step_seconds_sum"] - before["step_seconds_sum"])
+                                   / max(1, steps),
                                    streams_per_tick=(after["tick_streams_sum"] - before["tick_streams_sum"])
                                    / max(1, steps), load=os.getloadavg()[0])
                         rows.append(res)
@@ -229,8 +230,9 @@ def bench_load(args) -> list[dict]:
 
 def render_load(rows: list[dict], args, date: str) -> str:
     shared = os.getloadavg()[0] > (os.cpu_count() or 1)
+    caveat = " (**machine shared with other jobs**: an upper bound on latency, a lower bound on N)" if shared else ""
     lines = [f"{date}; {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end"
-             f"{' (**machine shared with other jobs**: an upper bound on latency, a lower bound on N)' if shared else ''}. "
+             f"{caveat}. "
              f"Server (`a2bs serve {' '.join(args.server_arg)}`) and the load generator (this script, one asyncio "
              f"process) share the machine. {args.seconds:g} s of demo speech per session, {args.chunk_ms:g} ms "
              f"chunks at real-time pace, {args.fps:g} fps, sessions starting spread over 1 s. Pass = every "

@@ -145,7 +145,8 @@ def test_bad_slow_and_vanishing_clients_leave_other_sessions_alone(causal_model)
                     await ws.send(encode_pcm(block))
                 await ws.send(json.dumps({"event": "end"}))
                 # Read nothing until the server had to drop frames for us, then everything.
-                dropped = await asyncio.to_thread(_wait_for_metric, srv, "a2bs_serve_frames_dropped_total", 1, None, 120)
+                dropped = await asyncio.to_thread(_wait_for_metric, srv, "a2bs_serve_frames_dropped_total", 1,
+                                                  None, 120)
                 assert dropped >= 1
                 return [json.loads(m) async for m in ws]
 
