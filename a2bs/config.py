@@ -211,6 +211,46 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """`a2bs serve`: the WebSocket service (protocol and policies in docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_sessions: int = 64  # admission limit: one more is refused with a clear reason
+    # A file holding the access token; required when `host` is not a loopback address.
+    token_file: str = ""
+    require_token: bool = False  # demand the token on loopback too (it is always demanded elsewhere)
+    idle_timeout_s: float = 30.0  # a session that sends nothing for this long gets an error and a close
+    max_message_bytes: int = 1048576  # largest WebSocket message accepted (1 MiB: 32 s of 16 kHz s16)
+    min_sample_rate: int = 8000  # a client's declared rate must lie in [min, max]
+    max_sample_rate: int = 192000
+    max_fps: float = 240.0
+    # Per session: audio received but not yet taken by a tick beyond this pauses reading from that
+    # client (TCP back-pressure), so a fast sender slows down instead of filling memory.
+    max_pending_audio_s: float = 2.0
+    # Per session: frame messages waiting to be sent beyond this drop the oldest (counted; a live rig
+    # wants the newest frames), so a slow reader never holds up the others.
+    send_queue_messages: int = 64
+    # Kernel send buffer per connection (0 = the OS's, autotuned up to MBs): smaller makes the drop
+    # policy start sooner for a slow reader, so the frames it does get are fresher.
+    socket_send_buffer_bytes: int = 0
+    # Batch policy: each tick steps at most this many pending 10 ms frames per session (a client far
+    # ahead of real time cannot stall the others), in calls of at most `max_batch_streams` (0 = all).
+    max_step_frames: int = 8
+    max_batch_streams: int = 0
+    batch_wait_ms: float = 0.0  # after audio arrives, wait this long for other sessions' audio (0 = tick at once)
+    # Model step: "auto" = ONNX Runtime for convolution models (1.6x cheaper per session-frame than
+    # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
+    backend: str = "auto"
+    step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
+    # Python's GIL switch interval in `a2bs serve` (default 5 ms): the step thread gets the GIL back
+    # sooner after each op while the event loop is busy (docs/serving.md).
+    gil_switch_ms: float = 1.0
+    late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
+    livelink_any_host: bool = False  # Live Link UDP only to the client's own address unless true
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections; the resolved config is saved next to every output."""
 
@@ -223,6 +263,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 # The console (a2bs.runtime.console) is not part of a run's config: it changes what is shown, never

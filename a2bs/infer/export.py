@@ -79,6 +79,15 @@ def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str, card: ModelCa
     return proto.SerializeToString()
 
 
+def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                 dynamic_axes: dict[str, dict[int, str]], path: str | os.PathLike, kind: str,
+                 model: nn.Module | None = None, opset: int = DEFAULT_OPSET) -> str:
+    """Export `module` called on `args` to ONNX at `path` (atomically), with the a2bs metadata of `model`."""
+    data = _export_bytes(module, args, input_names, output_names, dynamic_axes, opset)
+    atomic_write_bytes(path, _with_metadata(data, module if model is None else model, kind))
+    return str(path)
+
+
 def export_onnx_offline(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET,
                         example_frames: int = 64, card: ModelCard | None = None) -> str:
     """Export the whole-sequence model ``mel (B, T, n_mels) -> out (B, T, 59)``; returns the path.

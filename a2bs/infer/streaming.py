@@ -51,7 +51,7 @@ class StreamingLogMel:
         """Mel frames returned so far."""
         return self._next_frame
 
-    def _emit(self, n_total_frames: int | None) -> np.ndarray:
+    def _windows(self, n_total_frames: int | None) -> np.ndarray:
         hop, n_fft = self.cfg.hop_length, self.cfg.n_fft
         buf_end = self._buf_start + len(self._buf)  # exclusive, padded coordinates
         ready = max(0, (buf_end - n_fft) // hop + 1)  # frames whose n_fft samples are all buffered
@@ -59,33 +59,47 @@ class StreamingLogMel:
             ready = min(ready, n_total_frames)
         count = ready - self._next_frame
         if count <= 0:
-            return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
+            return np.zeros((0, n_fft), dtype=np.float64)
         offset = self._next_frame * hop - self._buf_start
+        # A view into the buffer, which is only ever replaced (never written), so it stays valid.
         windows = np.lib.stride_tricks.sliding_window_view(self._buf[offset:], n_fft)[::hop][:count]  # (n, n_fft)
-        mel = log_mel_frames(windows, self.cfg)  # (n, n_mels)
         self._next_frame = ready
         keep_from = self._next_frame * hop - self._buf_start  # the next frame starts here
         self._buf = self._buf[keep_from:]
         self._buf_start += keep_from
-        return mel
+        return windows
 
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        """Add mono samples at ``cfg.sample_rate``; returns the newly complete frames (n, n_mels) float32."""
+    def _mel(self, windows: np.ndarray) -> np.ndarray:
+        if not len(windows):
+            return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
+        return log_mel_frames(windows, self.cfg)  # (n, n_mels)
+
+    def push_windows(self, samples: np.ndarray) -> np.ndarray:
+        """Like :meth:`push`, but the analysis windows (n, n_fft) float64 of the new frames instead of
+        their log-mel, so many streams' frames can go through one ``log_mel_frames`` call."""
         if self._flushed:
             raise StreamingError("audio stream already flushed; call reset() to start a new one")
         # Same float32 -> float64 path as features_from_samples + log_mel, so the values match.
         chunk = np.asarray(samples, dtype=np.float32).reshape(-1).astype(np.float64)
         self._n_samples += chunk.size
         self._buf = np.concatenate([self._buf, chunk])
-        return self._emit(None)
+        return self._windows(None)
+
+    def flush_windows(self) -> np.ndarray:
+        """Like :meth:`flush`, but the analysis windows (n, n_fft) of the last frames."""
+        if self._flushed:
+            return np.zeros((0, self.cfg.n_fft), dtype=np.float64)
+        self._flushed = True
+        self._buf = np.concatenate([self._buf, np.zeros(self._pad, dtype=np.float64)])
+        return self._windows(1 + self._n_samples // self.cfg.hop_length)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add mono samples at ``cfg.sample_rate``; returns the newly complete frames (n, n_mels) float32."""
+        return self._mel(self.push_windows(samples))
 
     def flush(self) -> np.ndarray:
         """End of stream: zero-pad like the offline extractor and return the remaining frames."""
-        if self._flushed:
-            return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
-        self._flushed = True
-        self._buf = np.concatenate([self._buf, np.zeros(self._pad, dtype=np.float64)])
-        return self._emit(1 + self._n_samples // self.cfg.hop_length)
+        return self._mel(self.flush_windows())
 
 
 def supports_streaming(model: nn.Module) -> bool:

@@ -1,0 +1,354 @@
+"""Batched causal step for serving: many streams advance together, one 10 ms frame each per call.
+
+The serving kernel of causal convolution models (``tcn_full``, causal ``tcn_poc``). A stream's state is
+the past inputs of every temporal convolution, kept in one flat ring buffer per stream
+(:class:`SlotRings`: ``(slots, ring_frames, C)``). A call reads only the taps the next frame needs (for
+kernel 3 and dilation d, the inputs d and 2d frames back) and writes back each convolution's new input,
+so the cost of a step does not grow with the receptive field (the cached-context step of
+:mod:`a2bs.infer.streaming` copies every context, 2044 frames x 256 channels for ``tcn_full``, per call).
+
+:class:`FrameStep` is the math of one frame, ``(mel (B, n_mels), taps (B, n_taps, C)) -> (out (B, 59),
+writes (B, n_writes, C))``, built on the model's own modules; :class:`BatchedStepper` gathers the taps of
+the streams in a call, runs the frame (PyTorch, or the same module exported to ONNX and run by ONNX
+Runtime) and scatters the writes. Rows are independent, so a stream's outputs do not depend on which
+other streams share its calls: they equal :class:`~a2bs.infer.streaming.StreamingModel`'s (to float
+rounding, ~1e-7). Streams with several frames pending take one call per frame ("rounds"), each call
+holding every stream that still has a frame.
+
+Models with attention (``tcn_attn``) keep a growing key/value cache per stream; they run through
+:class:`PerStreamStepper` (one :class:`~a2bs.infer.streaming.StreamingModel` per stream, PyTorch only).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from a2bs.config import ConfigError
+from a2bs.infer.streaming import StreamingError, StreamingModel, supports_streaming
+from a2bs.schema import N_TARGETS
+
+
+def _convs(model: nn.Module) -> list[nn.Module]:
+    return [conv for block in model.backbone.blocks for conv in (block.conv1, block.conv2)]
+
+
+def supports_frame_step(model: nn.Module) -> bool:
+    """True for causal convolution-only models (the TCN family without attention)."""
+    return supports_streaming(model) and hasattr(model, "backbone") and not hasattr(model, "layers")
+
+
+class TapLayout:
+    """Where each convolution's past inputs live in a stream's flat ring, and which ones a frame reads.
+
+    Convolution ``c`` (kernel k, dilation d) owns ``L_c = (k-1) d`` ring frames from ``offset_c``; the
+    input of frame ``t`` is stored at ``offset_c + t mod L_c``. Frame ``t`` reads taps ``j = 0 .. k-2``
+    at ``t - (k-1-j) d`` (the weight order of ``Conv1d``: tap ``k-1`` is the frame itself). Before a
+    stream has written a slot it holds zeros: the causal zero padding of the offline pass.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        tap_offset, tap_delay, tap_len, write_offset, write_len = [], [], [], [], []
+        self.taps_per_conv: list[int] = []
+        offset = 0
+        for conv in _convs(model):
+            length = conv.context_frames
+            k = (conv.depthwise or conv.conv).kernel_size[0]
+            d = (conv.depthwise or conv.conv).dilation[0]
+            taps = k - 1 if length else 0
+            for j in range(taps):
+                tap_offset.append(offset)
+                tap_delay.append((k - 1 - j) * d)
+                tap_len.append(length)
+            if length:
+                write_offset.append(offset)
+                write_len.append(length)
+            self.taps_per_conv.append(taps)
+            offset += length
+        self.ring_frames = offset
+        self.n_taps = len(tap_offset)
+        self.n_writes = len(write_offset)
+        self._tap_offset = np.asarray(tap_offset, np.int64)
+        self._tap_delay = np.asarray(tap_delay, np.int64)
+        self._tap_len = np.asarray(tap_len, np.int64)
+        self._write_offset = np.asarray(write_offset, np.int64)
+        self._write_len = np.asarray(write_len, np.int64)
+
+    def read_index(self, t: np.ndarray) -> np.ndarray:
+        """Ring frames of the taps of frame `t` (B,) -> (B, n_taps)."""
+        return self._tap_offset + (t[:, None] - self._tap_delay) % self._tap_len
+
+    def write_index(self, t: np.ndarray) -> np.ndarray:
+        """Ring frames where the convolution inputs of frame `t` (B,) go -> (B, n_writes)."""
+        return self._write_offset + t[:, None] % self._write_len
+
+
+class FrameStep(nn.Module):
+    """One frame of a causal TCN for B streams, past taps in and new convolution inputs out.
+
+    ``forward(mel (B, n_mels), taps (B, n_taps, C)) -> (out (B, 59), writes (B, n_writes, C))``, taps
+    and writes in :class:`TapLayout` order. The same arithmetic as ``TCN.step`` on one frame, written
+    as per-frame matrix products (no time axis), so each call is a short chain of ops.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not supports_frame_step(model):
+            raise StreamingError("the batched frame step needs a causal convolution model (tcn_full, causal tcn_poc)")
+        self.model = model.eval()
+        backbone = model.backbone
+        self.mel_lo_db, self.mel_hi_db = backbone.mel_lo_db, backbone.mel_hi_db
+        self.taps_per_conv = TapLayout(model).taps_per_conv
+        # 1x1 convolutions as matrices; dense k-tap convolutions as one (C, k*C) matrix over the stacked
+        # taps (frame order j = 0..k-1). Views or derived copies of the model's own weights.
+        self.in_w = backbone.in_proj.weight.detach()[:, :, 0]
+        self.convs = []
+        for conv in _convs(model):
+            if conv.depthwise is not None:
+                self.convs.append(("separable", conv.depthwise.weight.detach()[:, 0].t().contiguous(),  # (k, C)
+                                   conv.pointwise.weight.detach()[:, :, 0], conv.pointwise.bias))
+            else:
+                w = conv.conv.weight.detach()  # (C_out, C_in, k)
+                self.convs.append(("dense", w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous(), None,
+                                   conv.conv.bias))
+        self.skip_w = [block.skip.weight.detach()[:, :, 0] for block in backbone.blocks]
+
+    @staticmethod
+    def _norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        return F.layer_norm(x, (norm.channels,), norm.weight, norm.bias, norm.eps)
+
+    def _conv(self, i: int, u: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        kind, w, pw, bias = self.convs[i]
+        # A static count (not taps.shape): the ONNX tracer keeps one graph with no branch on data.
+        z = torch.cat([taps, u[:, None]], dim=1) if self.taps_per_conv[i] else u[:, None]  # (B, k, C)
+        if kind == "separable":
+            return F.linear((z * w).sum(dim=1), pw, bias)  # depthwise taps, then pointwise
+        return F.linear(z.reshape(z.shape[0], -1), w, bias)
+
+    def forward(self, mel: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = self.model.backbone
+        mid, half = (self.mel_hi_db + self.mel_lo_db) / 2, (self.mel_hi_db - self.mel_lo_db) / 2
+        x = F.linear((mel.clamp(self.mel_lo_db, self.mel_hi_db) - mid) / half, self.in_w,
+                     backbone.in_proj.bias)  # (B, C)
+        total = torch.zeros_like(x)
+        writes, t0, ci = [], 0, 0
+        for bi, block in enumerate(backbone.blocks):
+            h = x
+            for norm in (block.norm1, block.norm2):
+                u = F.gelu(self._norm(h, norm))  # the convolution's input (dropout is off in eval)
+                n = self.taps_per_conv[ci]
+                if n:
+                    writes.append(u)
+                h = self._conv(ci, u, taps[:, t0 : t0 + n])
+                t0, ci = t0 + n, ci + 1
+            x = x + h
+            total = total + F.linear(h, self.skip_w[bi], block.skip.bias)
+        out = self.model.head(total[:, :, None])[:, 0]  # (B, 59)
+        return out, torch.stack(writes, dim=1)  # (B, n_writes, C)
+
+
+class FrameRunner(Protocol):
+    """Runs the frame step: ``(mel (B, n_mels), taps (B, n_taps, C))`` float32 -> ``(out, writes)``."""
+
+    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchFrameRunner:
+    """The frame step in PyTorch (inference mode: no autograd bookkeeping per op)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.step = FrameStep(model)
+
+    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out, writes = self.step(torch.from_numpy(mel), torch.from_numpy(taps))
+        return out.numpy(), writes.numpy()
+
+
+def export_frame_step(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> str:
+    """Export :class:`FrameStep` of `model` to ONNX (dynamic batch); returns the path."""
+    from a2bs.infer.export import export_graph
+
+    step = FrameStep(model)
+    layout = TapLayout(model)
+    mel = torch.zeros(2, model.cfg.n_mels)
+    taps = torch.zeros(2, layout.n_taps, model.cfg.channels)
+    dyn = {name: {0: "batch"} for name in ("mel", "taps", "out", "writes")}
+    return export_graph(step, (mel, taps), ["mel", "taps"], ["out", "writes"], dyn, path, "frame_step", model, opset)
+
+
+class OnnxFrameRunner:
+    """The frame step exported to ONNX and run by ONNX Runtime (`threads` intra-op threads)."""
+
+    def __init__(self, model: nn.Module, threads: int = 1) -> None:
+        from a2bs.infer.export import onnx_session
+
+        with tempfile.TemporaryDirectory(prefix="a2bs-onnx-") as tmp:
+            path = export_frame_step(model, os.path.join(tmp, "frame_step.onnx"))
+            self.session = onnx_session(path, threads=threads)
+
+    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out, writes = self.session.run(None, {"mel": mel, "taps": taps})
+        return out, writes
+
+
+class SlotRings:
+    """Per-stream state of the frame step: `capacity` slots of ring buffers and frame counters.
+
+    The rings are one ``np.zeros`` array: its pages are mapped on first use, so unused slots cost no
+    memory (``tcn_full``: 2.1 MB per stream in use).
+    """
+
+    def __init__(self, layout: TapLayout, capacity: int, channels: int) -> None:
+        self.layout = layout
+        self.rings = np.zeros((capacity, max(1, layout.ring_frames), channels), np.float32)
+        self.frames = np.zeros(capacity, np.int64)
+
+    def reset(self, slot: int) -> None:
+        """Zero a slot for a new stream."""
+        self.rings[slot] = 0.0
+        self.frames[slot] = 0
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """Taps of the next frame of each stream in `slots` (B,) -> (B, n_taps, C) float32."""
+        return self.rings[slots[:, None], self.layout.read_index(self.frames[slots])]
+
+    def scatter(self, slots: np.ndarray, writes: np.ndarray) -> None:
+        """Store the frame's convolution inputs (B, n_writes, C) and advance the streams by one frame."""
+        if self.layout.n_writes:
+            self.rings[slots[:, None], self.layout.write_index(self.frames[slots])] = writes
+        self.frames[slots] += 1
+
+
+class Stepper(Protocol):
+    """Batched streaming step over slots (one stream per slot)."""
+
+    capacity: int
+
+    def reset(self, slot: int) -> None: ...
+
+    def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class BatchedStepper:
+    """Causal convolution models: all streams with pending frames stepped together, one frame per call.
+
+    Args:
+        model: a causal TCN (``tcn_full``, or ``tcn_poc`` with ``causal=True``).
+        capacity: number of slots (concurrent streams).
+        backend: ``"torch"`` or ``"onnx"``.
+        max_batch: at most this many streams per call (0 = all).
+        threads: ONNX Runtime intra-op threads (PyTorch follows ``torch.set_num_threads``).
+    """
+
+    def __init__(self, model: nn.Module, capacity: int, backend: str = "torch", max_batch: int = 0,
+                 threads: int = 1) -> None:
+        self.layout = TapLayout(model)
+        self.capacity = int(capacity)
+        self.state = SlotRings(self.layout, self.capacity, model.cfg.channels)
+        self.n_mels = model.cfg.n_mels
+        self.max_batch = int(max_batch)
+        self.backend = backend
+        self.calls = 0  # model calls made (each holds one frame of up to max_batch streams)
+        if backend == "torch":
+            self.runner: FrameRunner = TorchFrameRunner(model)
+        elif backend == "onnx":
+            self.runner = OnnxFrameRunner(model, threads)
+        else:
+            raise ConfigError(f"stream backend must be 'torch' or 'onnx', not {backend!r}")
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in `slot` (zero context, as at the start of an offline pass)."""
+        self.state.reset(slot)
+
+    def step_frame(self, slots: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        """One frame for each stream in `slots` (B,) (distinct): mel (B, n_mels) -> (B, 59)."""
+        taps = self.state.gather(slots)
+        out, writes = self.runner(np.ascontiguousarray(mel, np.float32), taps)
+        self.state.scatter(slots, writes)
+        self.calls += 1
+        return out
+
+    def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Advance each stream ``slots[i]`` by its frames ``mels[i]`` (n_i, n_mels) -> [(n_i, 59)].
+
+        Call ``r`` holds frame ``r`` of every stream that has more than ``r`` frames.
+        """
+        slots_arr = np.asarray(slots, np.int64)
+        counts = np.array([len(m) for m in mels], np.int64)
+        outs = [np.empty((int(n), N_TARGETS), np.float32) for n in counts]
+        for r in range(int(counts.max()) if len(counts) else 0):
+            rows = np.flatnonzero(counts > r)
+            limit = self.max_batch or len(rows)
+            for lo in range(0, len(rows), limit):
+                part = rows[lo : lo + limit]
+                mel = np.stack([mels[i][r] for i in part])  # (B, n_mels)
+                out = self.step_frame(slots_arr[part], mel)
+                for k, i in enumerate(part):
+                    outs[i][r] = out[k]
+        return outs
+
+
+class PerStreamStepper:
+    """Models outside the frame step (``tcn_attn``): one cached-state StreamingModel per slot (PyTorch)."""
+
+    def __init__(self, model: nn.Module, capacity: int) -> None:
+        self.model = model
+        self.capacity = int(capacity)
+        self._streams: dict[int, StreamingModel] = {}
+        self.calls = 0
+
+    def reset(self, slot: int) -> None:
+        self._streams[slot] = StreamingModel(self.model)
+
+    def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        outs = []
+        with torch.inference_mode():
+            for slot, mel in zip(slots, mels):
+                outs.append(self._streams[slot].step(np.asarray(mel, np.float32)))
+                self.calls += 1
+        return outs
+
+
+class SingleStream:
+    """One stream through a slot stepper, with :class:`~a2bs.infer.streaming.StreamingModel`'s interface
+    (``reset()``, ``step(mel (n, n_mels)) -> (n, 59)``): what `a2bs stream` runs with the ONNX backend."""
+
+    def __init__(self, stepper: Stepper) -> None:
+        self.stepper = stepper
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self.stepper.reset(0)
+
+    def step(self, mel: np.ndarray) -> np.ndarray:
+        """Advance by (n, n_mels) mel frames -> (n, 59) outputs."""
+        return self.stepper.step([0], [np.asarray(mel, np.float32)])[0]
+
+
+def make_batched_stepper(model: nn.Module, capacity: int, backend: str = "torch", max_batch: int = 0,
+                         threads: int = 1) -> Any:
+    """The serving stepper for `model`: :class:`BatchedStepper`, or :class:`PerStreamStepper` for attention.
+
+    `backend` is ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime when the model has a frame step).
+
+    Raises:
+        StreamingError: the model is not causal, or attention with the ONNX backend.
+    """
+    if not supports_streaming(model):
+        StreamingModel(model)  # raises the clear "not causal" StreamingError
+    if backend == "auto":
+        backend = "onnx" if supports_frame_step(model) else "torch"
+    if supports_frame_step(model):
+        return BatchedStepper(model, capacity, backend, max_batch, threads)
+    if backend != "torch":
+        raise StreamingError("tcn_attn streams in PyTorch only (backend torch): "
+                             "its key/value cache is not part of the ONNX step graphs")
+    return PerStreamStepper(model, capacity)

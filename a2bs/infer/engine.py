@@ -1,0 +1,312 @@
+"""The serving engine: many live streams, their audio front ends and one batched model step per tick.
+
+No sockets and no event loop here (:mod:`a2bs.infer.serve` owns those). A stream
+(:class:`EngineStream`) is fed decoded PCM by :meth:`EngineStream.feed` from the server's event-loop
+thread; :meth:`ServeEngine.tick` (run in a worker thread, one tick at a time) takes every stream's new
+audio and:
+
+1. resamples it to the model's rate when the client sends another rate (``soxr`` streaming resampler,
+   state per stream: its output equals ``librosa.resample`` of the whole signal, as ``a2bs infer`` uses);
+2. cuts the analysis windows of the newly complete 100 Hz frames and computes the log-mel of all
+   streams' windows in one call;
+3. steps at most ``serve.max_step_frames`` pending frames of every stream through the batched model
+   (:mod:`a2bs.infer.batched`), so a client far ahead of real time cannot stall the others;
+4. post-processes and resamples each stream's frames to its fps exactly as
+   :class:`~a2bs.infer.live.StreamingSession` does, so a stream's curves equal ``a2bs infer``'s.
+
+Ownership instead of locks: the event loop only appends to a stream's inbox and flags; between ticks
+:meth:`ServeEngine.prepare` hands the inboxes over to the next tick, which alone touches the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from a2bs.config import Config, ConfigError
+from a2bs.extract.audio import log_mel_frames, mel_filterbank, stft_window
+from a2bs.infer.batched import PerStreamStepper, make_batched_stepper
+from a2bs.infer.curves import StreamResampler
+from a2bs.infer.live import StreamingVAD
+from a2bs.infer.offline import LoadedModel
+from a2bs.infer.postprocess import PostProcessor
+from a2bs.infer.streaming import StreamingLogMel
+from a2bs.infer.wire import ENCODINGS, StreamError
+from a2bs.schema import N_TARGETS
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a client declared in its first message."""
+
+    sample_rate: int
+    encoding: str = "pcm_s16le"
+    fps: float = 60.0
+    livelink: str | None = None
+    identity: str | None = None
+
+
+def parse_spec(msg: Any, cfg: Config, model: LoadedModel) -> StreamSpec:
+    """Check a client's first message (a decoded JSON object) -> StreamSpec.
+
+    Raises:
+        StreamError: not an object, unknown keys, or a value out of range.
+    """
+    if not isinstance(msg, dict):
+        raise StreamError("the first message must be a JSON object such as "
+                          '{"sample_rate": 16000, "encoding": "pcm_s16le", "fps": 60}')
+    known = {"sample_rate", "encoding", "fps", "livelink", "identity"}
+    unknown = sorted(set(msg) - known)
+    if unknown:
+        raise StreamError(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    rate = msg.get("sample_rate")
+    lo, hi = cfg.serve.min_sample_rate, cfg.serve.max_sample_rate
+    if isinstance(rate, bool) or not isinstance(rate, int) or not lo <= rate <= hi:
+        raise StreamError(f"sample_rate must be a whole number of Hz in [{lo}, {hi}], got {rate!r}")
+    encoding = msg.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise StreamError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    fps = msg.get("fps", cfg.infer.fps)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= cfg.serve.max_fps:
+        raise StreamError(f"fps must be a number in (0, {cfg.serve.max_fps:g}], got {fps!r}")
+    livelink = msg.get("livelink")
+    if livelink is not None and not isinstance(livelink, str):
+        raise StreamError(f'livelink must be "host:port", got {livelink!r}')
+    identity = msg.get("identity")
+    if identity is not None:
+        known_ids = model.meta.get("identities") or []
+        raise StreamError(f"identity {identity!r}: this model has no identity conditioning"
+                          + (f" (identities: {', '.join(map(str, known_ids))})" if known_ids else ""))
+    return StreamSpec(int(rate), encoding, float(fps), livelink, identity)
+
+
+@dataclass
+class TickOutput:
+    """What one tick produced for one stream."""
+
+    start_frame: int  # index of values[0] in the stream's output
+    values: np.ndarray  # (m, 59) at the stream's fps
+    done: bool = False  # the end was flushed: no more frames
+    wait_s: float = 0.0  # longest time one of the stepped frames' audio waited for this tick
+
+
+@dataclass(eq=False)  # identity semantics: a stream is itself, hashable
+class EngineStream:
+    """One live stream: its spec, slot, inbox (event-loop side) and pipeline state (tick side)."""
+
+    spec: StreamSpec
+    slot: int
+    inbox: list = field(default_factory=list)  # (arrival time, float32 samples at spec.sample_rate)
+    inbox_samples: int = 0
+    ending: bool = False  # the client asked to flush
+    closed: bool = False  # gone (vanished, error or done): results are dropped, the slot is freed
+    # Tick side (only touched inside ticks after the first prepare).
+    taken: list = field(default_factory=list)
+    pipeline: Any = None
+
+    def feed(self, samples: np.ndarray, arrival_s: float) -> None:
+        """Queue decoded samples (event-loop thread)."""
+        if len(samples):
+            self.inbox.append((arrival_s, samples))
+            self.inbox_samples += len(samples)
+
+    @property
+    def pending_input_s(self) -> float:
+        """Seconds of audio queued and not yet taken by a tick (for back-pressure)."""
+        return self.inbox_samples / self.spec.sample_rate
+
+
+class _Pipeline:
+    """Per-stream state touched only inside ticks."""
+
+    def __init__(self, engine: "ServeEngine", spec: StreamSpec) -> None:
+        audio = engine.model.audio_cfg
+        self.frontend = StreamingLogMel(audio)
+        self.resample_in = None
+        if spec.sample_rate != audio.sample_rate:
+            import soxr
+
+            # HQ = librosa.resample's default (soxr_hq): the same samples as `a2bs infer` on the whole file.
+            self.resample_in = soxr.ResampleStream(spec.sample_rate, audio.sample_rate, 1, dtype="float32",
+                                                   quality="HQ")
+        infer = engine.cfg.infer
+        self.vad = StreamingVAD(audio) if infer.neutral_calibration else None
+        self.post = PostProcessor(infer, engine.rate_hz, rest=None)
+        self.out = StreamResampler(engine.rate_hz, spec.fps)
+        self.pending = np.zeros((0, audio.n_mels), np.float32)
+        self.pending_arrival = np.zeros(0)
+        self.pending_vad = np.zeros(0, np.float32)
+        self.samples_in = 0  # at the model's rate
+        self.flushed = False
+        self.done = False
+
+
+class ServeEngine:
+    """Streams in slots, one tick at a time.
+
+    Args:
+        model: a loaded causal model.
+        cfg: resolved config (``serve`` and ``infer`` sections).
+        capacity: slots (the admission limit).
+    """
+
+    def __init__(self, model: LoadedModel, cfg: Config, capacity: int | None = None) -> None:
+        self.model, self.cfg = model, cfg
+        self.capacity = int(cfg.serve.max_sessions if capacity is None else capacity)
+        if self.capacity < 1:
+            raise ConfigError(f"serve.max_sessions must be >= 1, got {self.capacity}")
+        if cfg.serve.max_step_frames < 1:
+            raise ConfigError(f"serve.max_step_frames must be >= 1, got {cfg.serve.max_step_frames}")
+        audio = model.audio_cfg
+        self.rate_hz = audio.sample_rate / audio.hop_length
+        self.stepper = make_batched_stepper(model.net, self.capacity, cfg.serve.backend,
+                                            cfg.serve.max_batch_streams, cfg.serve.step_threads)
+        self.backend = "torch" if isinstance(self.stepper, PerStreamStepper) else self.stepper.backend
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self.streams: dict[int, EngineStream] = {}
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # First calls import librosa's window/filterbank and initialise kernels: not inside a live tick.
+        stft_window(self.model.audio_cfg)
+        mel_filterbank(self.model.audio_cfg)
+        self.stepper.reset(0)
+        self.stepper.step([0], [np.zeros((1, self.model.audio_cfg.n_mels), np.float32)])
+        self.stepper.reset(0)
+
+    @property
+    def active(self) -> int:
+        """Streams holding a slot."""
+        return len(self.streams)
+
+    def open(self, spec: StreamSpec) -> EngineStream | None:
+        """A new stream, or None when every slot is taken (event-loop thread)."""
+        if not self._free:
+            return None
+        stream = EngineStream(spec, self._free.pop())
+        self.streams[stream.slot] = stream
+        return stream
+
+    def prepare(self) -> list[EngineStream]:
+        """Between ticks (event-loop thread): free closed streams' slots, hand inboxes to the tick.
+
+        Returns the streams the next tick works on (those with audio, pending frames or an end to flush).
+        """
+        work = []
+        cap = self.cfg.serve.max_step_frames
+        for slot, s in list(self.streams.items()):
+            if s.closed:
+                del self.streams[slot]
+                self._free.append(slot)
+                continue
+            p = s.pipeline
+            # A stream with a full step's frames still pending keeps its new audio in the inbox, where
+            # it counts towards the back-pressure limit.
+            if p is None or len(p.pending) < cap:
+                s.taken, s.inbox, s.inbox_samples = s.inbox, [], 0
+            if s.taken or p is None or len(p.pending) or (s.ending and not p.done):
+                work.append(s)
+        return work
+
+    def has_work(self) -> bool:
+        """True when a tick would produce something (pending frames or queued audio or an end)."""
+        for s in self.streams.values():
+            p = s.pipeline
+            if not s.closed and (s.inbox or p is None or len(p.pending) or (s.ending and not p.done)):
+                return True
+        return False
+
+    # ---- the tick (worker thread) --------------------------------------------------------------
+
+    def tick(self, streams: list[EngineStream]) -> tuple[dict[int, TickOutput], dict[str, float]]:
+        """Advance `streams` (from :meth:`prepare`): front end, one batched step, post-processing.
+
+        Returns ({slot: TickOutput}, timings in seconds: ``front_s``, ``step_s``, ``post_s``).
+        """
+        t0 = time.perf_counter()
+        for s in streams:
+            if s.pipeline is None:
+                s.pipeline = _Pipeline(self, s.spec)
+                self.stepper.reset(s.slot)
+        self._front_end(streams)
+        t1 = time.perf_counter()
+        cap = self.cfg.serve.max_step_frames
+        stepping = [s for s in streams if len(s.pipeline.pending)]
+        mels = [s.pipeline.pending[:cap] for s in stepping]
+        raws = self.stepper.step([s.slot for s in stepping], mels) if stepping else []
+        t2 = time.perf_counter()
+        results = {}
+        now = time.perf_counter()
+        raw_of = {s.slot: r for s, r in zip(stepping, raws)}
+        for s in streams:
+            results[s.slot] = self._finish(s, raw_of.get(s.slot), now)
+        t3 = time.perf_counter()
+        return results, {"front_s": t1 - t0, "step_s": t2 - t1, "post_s": t3 - t2}
+
+    def _front_end(self, streams: list[EngineStream]) -> None:
+        windows, owners, arrivals = [], [], []
+        for s in streams:
+            p = s.pipeline
+            for arrival, samples in s.taken:
+                x = samples if p.resample_in is None else p.resample_in.resample_chunk(samples)
+                p.samples_in += len(x)
+                w = p.frontend.push_windows(x)
+                if p.vad is not None:
+                    p.pending_vad = np.concatenate([p.pending_vad, p.vad.push(x)])
+                if len(w):
+                    windows.append(w)
+                    owners.append(s)
+                    arrivals.append(np.full(len(w), arrival))
+            s.taken = []
+            if s.ending and not p.flushed and not s.inbox:  # all audio taken: flush the end
+                if p.resample_in is not None:  # the resampler's delayed tail first
+                    x = p.resample_in.resample_chunk(np.zeros(0, np.float32), last=True)
+                    p.samples_in += len(x)
+                    windows.append(p.frontend.push_windows(x))
+                    owners.append(s)
+                    arrivals.append(np.full(len(windows[-1]), time.perf_counter()))
+                    if p.vad is not None:
+                        p.pending_vad = np.concatenate([p.pending_vad, p.vad.push(x)])
+                w = p.frontend.flush_windows()
+                windows.append(w)
+                owners.append(s)
+                arrivals.append(np.full(len(w), time.perf_counter()))
+                if p.vad is not None:
+                    p.pending_vad = np.concatenate([p.pending_vad, p.vad.flush()])
+                p.flushed = True
+        if not windows:
+            return
+        mel = log_mel_frames(np.concatenate(windows), self.model.audio_cfg)  # every stream's frames at once
+        i = 0
+        for s, w, arr in zip(owners, windows, arrivals):
+            p = s.pipeline
+            p.pending = np.concatenate([p.pending, mel[i : i + len(w)]])
+            p.pending_arrival = np.concatenate([p.pending_arrival, arr])
+            i += len(w)
+
+    def _finish(self, s: EngineStream, raw: np.ndarray | None, now: float) -> TickOutput:
+        p = s.pipeline
+        start = p.out.next_frame
+        values = np.zeros((0, N_TARGETS), np.float32)
+        wait_s = 0.0
+        if raw is not None:
+            n = len(raw)
+            wait_s = float(now - p.pending_arrival[:n].min())
+            vad = None
+            if p.vad is not None:
+                vad, p.pending_vad = p.pending_vad[:n], p.pending_vad[n:]
+            p.pending, p.pending_arrival = p.pending[n:], p.pending_arrival[n:]
+            post = p.post(raw, vad)
+            if p.flushed and not len(p.pending):
+                # The end is known: the last source frames go through flush, which stops at the audio's end.
+                values = p.out.flush(p.samples_in / self.model.audio_cfg.sample_rate, post)
+                p.done = True
+            else:
+                values = p.out.push(post)
+        elif p.flushed and not len(p.pending) and not p.done:
+            values = p.out.flush(p.samples_in / self.model.audio_cfg.sample_rate)
+            p.done = True
+        return TickOutput(start, values, p.done, wait_s)

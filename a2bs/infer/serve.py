@@ -1,0 +1,510 @@
+"""`a2bs serve`: live speech in over WebSocket, face-rig frames out, every session in one batched step.
+
+Protocol (docs/serving.md): connect to ``ws://HOST:PORT/v1/stream``; send a JSON start message
+``{"sample_rate": 16000, "encoding": "pcm_s16le", "fps": 60}``; receive ``{"event": "ready", ...}``;
+send binary mono PCM of any length and ``{"event": "end"}`` to flush; receive
+``{"event": "frames", "start": K, "values": [[...], ...]}`` as frames become ready and
+``{"event": "done", "frames": N, "dropped": D}``. Errors are ``{"event": "error", "reason": ...}`` then a
+close, for that session only. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) share the port.
+
+The asyncio event loop does the I/O; the model work of all sessions runs in one worker thread, one
+tick at a time (:class:`a2bs.infer.engine.ServeEngine`): a tick starts as soon as audio is waiting
+and takes everything that arrived meanwhile, so batches grow with the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from a2bs.config import Config, ConfigError
+from a2bs.infer.curves import Curves
+from a2bs.infer.engine import EngineStream, ServeEngine, TickOutput, parse_spec
+from a2bs.infer.live import LiveLinkSink, livelink_sink_for
+from a2bs.infer.offline import LoadedModel
+from a2bs.infer.wire import CLOSE_POLICY, CLOSE_TRY_LATER, STREAM_PATH, VALUE_DECIMALS, StreamError, decode_pcm
+from a2bs.schema import TARGET_NAMES
+
+log = logging.getLogger("a2bs.serve")
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and ``localhost`` (the only binds that need no token)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(cfg: Config) -> str | None:
+    """The access token (from ``serve.token_file``), or None when the server runs open.
+
+    Raises:
+        ConfigError: a token is required (non-loopback bind or ``serve.require_token``) but no file
+            is given, or the file is missing or empty.
+    """
+    s = cfg.serve
+    required = s.require_token or not is_loopback(s.host)
+    if not s.token_file:
+        if required:
+            why = "serve.require_token is set" if s.require_token else f"binding to {s.host!r} (not loopback)"
+            raise ConfigError(f"{why} needs an access token: give --token-file FILE")
+        return None
+    path = Path(s.token_file)
+    if not path.is_file():
+        raise ConfigError(f"token file {path}: not found")
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ConfigError(f"token file {path}: empty")
+    return token
+
+
+class ServeMetrics:
+    """Prometheus metrics of one server (its own registry, so several servers can share a process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge("a2bs_serve_sessions", "Sessions holding a slot", registry=r)
+        self.ended = Counter("a2bs_serve_sessions_ended", "Sessions ended, by outcome", ["outcome"], registry=r)
+        self.refused = Counter("a2bs_serve_sessions_refused", "Connections refused, by reason", ["reason"],
+                               registry=r)
+        self.frames = Counter("a2bs_serve_frames", "Frames queued to clients", registry=r)
+        self.dropped = Counter("a2bs_serve_frames_dropped", "Frames dropped for slow readers", registry=r)
+        self.late = Counter("a2bs_serve_late_frames",
+                            "Frames whose audio waited longer than serve.late_frame_ms in the server", registry=r)
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+        self.step = Histogram("a2bs_serve_step_seconds", "Batched model step time per tick", buckets=buckets,
+                              registry=r)
+        self.tick = Histogram("a2bs_serve_tick_seconds", "Whole tick (front end, step, post-processing)",
+                              buckets=buckets, registry=r)
+        self.batch = Histogram("a2bs_serve_tick_streams", "Streams stepped per tick",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.wait = Histogram("a2bs_serve_frame_wait_seconds", "Audio arrival -> frames queued, per tick and stream",
+                              buckets=buckets, registry=r)
+
+    def text(self) -> tuple[bytes, str]:
+        """(exposition body, content type)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class SendQueue:
+    """Messages waiting to be sent to one client, in order.
+
+    At most `limit` frames messages wait: queuing one more drops the oldest waiting frames (a live rig
+    wants the newest; the client sees the gap in ``start``). Other messages are never dropped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.items: collections.deque = collections.deque()  # (kind, n_frames, text)
+        self.waiting_frames_messages = 0
+        self.dropped_frames = 0
+        self.ready = asyncio.Event()
+
+    def put(self, kind: str, n_frames: int, text: str) -> int:
+        """Queue a message; returns the frames dropped to make room."""
+        dropped = 0
+        if kind == "frames":
+            while self.waiting_frames_messages >= self.limit:
+                old = next(m for m in self.items if m[0] == "frames")
+                self.items.remove(old)
+                self.waiting_frames_messages -= 1
+                dropped += old[1]
+            self.waiting_frames_messages += 1
+        self.dropped_frames += dropped
+        self.items.append((kind, n_frames, text))
+        self.ready.set()
+        return dropped
+
+    async def get(self) -> tuple[str, int, str]:
+        """The next message (waits for one)."""
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        item = self.items.popleft()
+        self.waiting_frames_messages -= item[0] == "frames"
+        return item
+
+
+@dataclass
+class Session:
+    """The event-loop side of one connection."""
+
+    stream: EngineStream
+    ws: Any
+    outbox: SendQueue
+    sink: LiveLinkSink | None = None
+    finished: bool = False  # "done" queued
+
+
+class Server:
+    """The WebSocket service around a :class:`ServeEngine`.
+
+    Args:
+        model: a loaded causal model.
+        cfg: resolved config (``serve``, ``infer``).
+        token: the access token, or None for an open (loopback) server.
+    """
+
+    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None) -> None:
+        self.model, self.cfg, self.token = model, cfg, token
+        self.engine = ServeEngine(model, cfg)
+        self.metrics = ServeMetrics()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2bs-step")
+        self._sessions: dict[int, Session] = {}
+        self._wake: asyncio.Event | None = None
+        self._ticked: asyncio.Condition | None = None
+        self._ticker: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self.ws_server: Any = None
+        self.sessions_served = 0
+
+    # ---- HTTP side -----------------------------------------------------------------------------
+
+    def _authorised(self, request: Any) -> bool:
+        given = ""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+        else:  # browsers cannot set headers on a WebSocket: ?token= works too
+            given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def process_request(self, connection: Any, request: Any) -> Any:
+        """Health, metrics and the token check, before any WebSocket handshake."""
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return connection.respond(200, "ok\n")
+        if path == "/metrics":
+            body, content_type = self.metrics.text()
+            response = connection.respond(200, body.decode())
+            response.headers["Content-Type"] = content_type
+            return response
+        if path != STREAM_PATH:
+            return connection.respond(404, f"not found: WebSocket streams are at {STREAM_PATH}\n")
+        if self.token is not None and not self._authorised(request):
+            self.metrics.refused.labels("token").inc()
+            return connection.respond(401, "a valid token is required (Authorization: Bearer TOKEN)\n")
+        return None
+
+    # ---- one session ---------------------------------------------------------------------------
+
+    async def _refuse(self, ws: Any, reason: str, code: int = CLOSE_POLICY) -> None:
+        try:
+            await ws.send(json.dumps({"event": "error", "reason": reason}))
+            await ws.close(code, reason[:120])
+        except Exception:  # the client may already be gone; nothing else to tell it
+            pass
+
+    async def _start(self, ws: Any) -> Session | None:
+        s = self.cfg.serve
+        if self.engine.active >= self.engine.capacity:
+            self.metrics.refused.labels("full").inc()
+            await self._refuse(ws, f"server full: {self.engine.capacity} of {self.engine.capacity} sessions "
+                                   "in use; try again later", CLOSE_TRY_LATER)
+            return None
+        try:
+            async with asyncio.timeout(s.idle_timeout_s):
+                first = await ws.recv()
+        except TimeoutError:
+            self.metrics.refused.labels("no_start").inc()
+            await self._refuse(ws, f"no start message within {s.idle_timeout_s:g} s")
+            return None
+        try:
+            if isinstance(first, bytes):
+                raise StreamError("the first message must be the JSON start message, not audio")
+            try:
+                msg = json.loads(first)
+            except ValueError:
+                raise StreamError("the first message is not valid JSON") from None
+            spec = parse_spec(msg, self.cfg, self.model)
+            sink = self._livelink(spec.livelink, spec.fps, ws) if spec.livelink else None
+        except (StreamError, ConfigError) as exc:
+            self.metrics.refused.labels("bad_start").inc()
+            await self._refuse(ws, str(exc))
+            return None
+        stream = self.engine.open(spec)
+        if stream is None:  # the last slot went while this client was sending its start message
+            self.metrics.refused.labels("full").inc()
+            if sink is not None:
+                sink.close()
+            await self._refuse(ws, f"server full: {self.engine.capacity} sessions in use; try again later",
+                               CLOSE_TRY_LATER)
+            return None
+        if s.socket_send_buffer_bytes > 0:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.socket_send_buffer_bytes)
+        session = Session(stream, ws, SendQueue(s.send_queue_messages), sink=sink)
+        self._sessions[stream.slot] = session
+        self.metrics.sessions.set(self.engine.active)
+        return session
+
+    def _livelink(self, address: str, fps: float, ws: Any) -> LiveLinkSink:
+        sink = livelink_sink_for(address, self.cfg, fps)
+        client = ws.remote_address[0] if ws.remote_address else ""
+        host = sink.address[0]
+        if not self.cfg.serve.livelink_any_host and not (host == client or (is_loopback(host) and is_loopback(client))):
+            sink.close()
+            raise StreamError(f"livelink {address!r}: UDP goes only to the client's own address ({client}) "
+                              "unless the server sets serve.livelink_any_host=true")
+        return sink
+
+    async def _reader(self, session: Session) -> None:
+        """Receive audio until the end message."""
+        ws, stream, s = session.ws, session.stream, self.cfg.serve
+        while True:
+            try:
+                async with asyncio.timeout(s.idle_timeout_s):  # no task per message, unlike wait_for
+                    msg = await ws.recv()
+            except TimeoutError:
+                raise StreamError(f"idle for {s.idle_timeout_s:g} s: closing") from None
+            if isinstance(msg, bytes):
+                stream.feed(decode_pcm(msg, stream.spec.encoding), time.perf_counter())
+                self._wake.set()
+                while stream.pending_input_s > s.max_pending_audio_s and not stream.closed:
+                    async with self._ticked:  # back-pressure: stop reading until a tick took the audio
+                        await self._ticked.wait()
+                continue
+            try:
+                obj = json.loads(msg)
+            except ValueError:
+                obj = None
+            if obj != {"event": "end"}:
+                raise StreamError('text messages after the start must be {"event": "end"}; audio goes in '
+                                  "binary messages")
+            stream.ending = True
+            self._wake.set()
+            return
+
+    async def _sender(self, session: Session) -> None:
+        """Send queued messages in order; after "done", close the connection."""
+        while True:
+            kind, _, text = await session.outbox.get()
+            await session.ws.send(text)
+            if kind == "done":
+                await session.ws.close()
+                return
+
+    async def handler(self, ws: Any) -> None:
+        """One WebSocket connection (the websockets library calls this after the handshake)."""
+        from websockets.exceptions import ConnectionClosed
+
+        session: Session | None = None
+        outcome = "done"
+        try:
+            session = await self._start(ws)
+            if session is None:
+                return
+            spec = session.stream.spec
+            await ws.send(json.dumps({"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps,
+                                      "sample_rate": spec.sample_rate,
+                                      "model_sample_rate": self.model.audio_cfg.sample_rate}))
+            sender = asyncio.create_task(self._sender(session))
+            try:
+                await self._reader(session)
+                await sender  # until "done" is sent (or the client goes)
+            finally:
+                sender.cancel()
+        except StreamError as exc:
+            outcome = "error"
+            await self._refuse(ws, str(exc))
+        except ConnectionClosed:
+            outcome = "vanished"
+        finally:
+            if session is not None:
+                session.stream.closed = True
+                if session.sink is not None:
+                    session.sink.close()
+                self._sessions.pop(session.stream.slot, None)
+                self.sessions_served += 1
+                self.metrics.ended.labels(outcome).inc()
+                self._wake.set()  # the next prepare frees the slot
+
+    # ---- ticks ---------------------------------------------------------------------------------
+
+    def _deliver(self, session: Session, out: TickOutput) -> None:
+        n = len(out.values)
+        if n:
+            values = np.round(out.values.astype(np.float64), VALUE_DECIMALS).tolist()
+            dropped = session.outbox.put("frames", n, json.dumps({"event": "frames", "start": out.start_frame,
+                                                                  "values": values}, separators=(",", ":")))
+            self.metrics.dropped.inc(dropped)
+            self.metrics.frames.inc(n)
+            if out.wait_s * 1000.0 > self.cfg.serve.late_frame_ms:
+                self.metrics.late.inc(n)
+            if session.sink is not None:
+                session.sink.write(Curves(out.values, session.stream.spec.fps, start_frame=out.start_frame),
+                                   np.full(n, np.nan))
+        if out.done and not session.finished:
+            session.finished = True
+            session.outbox.put("done", 0, json.dumps({"event": "done", "frames": out.start_frame + n,
+                                                      "dropped": session.outbox.dropped_frames}))
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait_s = self.cfg.serve.batch_wait_ms / 1000.0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)  # batch policy: let more sessions' audio arrive
+            work = self.engine.prepare()
+            self.metrics.sessions.set(self.engine.active)
+            if work:
+                t0 = time.perf_counter()
+                try:
+                    results, timing = await loop.run_in_executor(self._pool, self.engine.tick, work)
+                except Exception:  # a bug must not kill the service silently: log it, drop these sessions
+                    log.exception("serve: tick failed; closing the sessions in it")
+                    for stream in work:
+                        stream.closed = True
+                        session = self._sessions.get(stream.slot)
+                        if session is not None:  # in the background: a slow client must not hold up ticks
+                            task = asyncio.create_task(self._refuse(session.ws, "internal error while stepping"))
+                            self._background.add(task)
+                            task.add_done_callback(self._background.discard)
+                    continue
+                self.metrics.step.observe(timing["step_s"])
+                self.metrics.tick.observe(time.perf_counter() - t0)
+                self.metrics.batch.observe(len(work))
+                for stream in work:
+                    session = self._sessions.get(stream.slot)
+                    out = results.get(stream.slot)
+                    if session is None or session.stream is not stream or stream.closed or out is None:
+                        continue
+                    if len(out.values):
+                        self.metrics.wait.observe(out.wait_s)
+                    self._deliver(session, out)
+            async with self._ticked:
+                self._ticked.notify_all()
+            if self.engine.has_work():
+                self._wake.set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> Any:
+        """Listen on host:port (port 0 = any free port); returns the websockets server."""
+        from websockets.asyncio.server import serve
+
+        self._wake = asyncio.Event()
+        self._ticked = asyncio.Condition()
+        self._ticker = asyncio.create_task(self._tick_loop())
+        # No permessage-deflate: compressing every small frame message costs more CPU than it saves here.
+        self.ws_server = await serve(self.handler, host, port, process_request=self.process_request,
+                                     compression=None, max_size=self.cfg.serve.max_message_bytes)
+        return self.ws_server
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.ws_server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close the listener and every connection, stop ticking."""
+        if self.ws_server is not None:
+            self.ws_server.close()
+            await self.ws_server.wait_closed()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._pool.shutdown(wait=True)
+
+
+class BackgroundServer:
+    """A :class:`Server` on its own event loop in a daemon thread (embedding, tests).
+
+    ``with BackgroundServer(model, cfg) as srv: connect(srv.url)``; ``serve.port`` 0 picks a free port.
+    """
+
+    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None) -> None:
+        self.server = Server(model, cfg, token)
+        self.host = cfg.serve.host
+        self._port = cfg.serve.port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="a2bs-serve", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT/v1/stream``."""
+        return f"ws://{self.host}:{self.server.port}{STREAM_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://HOST:PORT`` (for /healthz and /metrics)."""
+        return f"http://{self.host}:{self.server.port}"
+
+    def __enter__(self) -> "BackgroundServer":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(self.host, self._port), self._loop).result(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(60)
+
+
+def tune_process(cfg: Config) -> None:
+    """Process-wide settings for a process that only serves (`a2bs serve`; not applied when embedding).
+
+    - torch intra-op threads = ``serve.step_threads``;
+    - numpy's BLAS on one thread: the front end's small products (every session's log-mel at once)
+      were 15x slower with OpenBLAS's threads spinning against the step thread on 2 cores;
+    - the GIL switch interval = ``serve.gil_switch_ms``: the step thread releases the GIL in every
+      PyTorch op and waits up to the interval to get it back while the event loop is busy (a torch
+      step of 8 sessions: ~60 ms of wall time at Python's 5 ms default, ~15 ms at 1 ms).
+    """
+    import sys
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, cfg.serve.step_threads))
+    threadpool_limits(1, "blas")
+    sys.setswitchinterval(cfg.serve.gil_switch_ms / 1000.0)
+
+
+def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True) -> int:
+    """Serve until interrupted (Ctrl-C / SIGTERM) with :func:`tune_process` applied; returns the exit code."""
+    import signal
+
+    token = read_token(cfg)
+    tune_process(cfg)
+
+    async def main() -> None:
+        server = Server(model, cfg, token)
+        await server.start(cfg.serve.host, cfg.serve.port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        if ready_line:
+            print(f"serve: listening on ws://{cfg.serve.host}:{server.port}{STREAM_PATH} "
+                  f"({model.model_cfg.name}, {server.engine.backend}, up to {server.engine.capacity} sessions"
+                  f"{', token required' if token else ''}); /healthz, /metrics", flush=True)
+        await stop.wait()
+        await server.stop()
+        print(f"serve: stopped after {server.sessions_served} sessions", flush=True)
+
+    asyncio.run(main())
+    return 0
