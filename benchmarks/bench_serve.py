@@ -179,6 +179,7 @@ def bench_load(args) -> list[dict]:
     import psutil
 
     from a2bs.models import build_model, preset
+    from a2bs.manifests import ModelCard
     from a2bs.models.model_file import save_model
 
     audio = _speech(args.seconds)
@@ -189,7 +190,7 @@ def bench_load(args) -> list[dict]:
             family = "tcn_poc" if name.startswith("tcn_poc") else name
             cfg = preset(family, **MODELS[name])
             path = Path(tmp) / f"{name}.safetensors"
-            save_model(path, build_model(cfg), cfg)
+            save_model(path, build_model(cfg), ModelCard.for_untrained(cfg))
             for backend in args.backends:
                 proc, url, http = _start_server(path, backend, args.max_sessions, args.server_arg)
                 server = psutil.Process(proc.pid)

@@ -76,10 +76,8 @@ def parse_spec(msg: Any, cfg: Config, model: LoadedModel) -> StreamSpec:
     if livelink is not None and not isinstance(livelink, str):
         raise StreamError(f'livelink must be "host:port", got {livelink!r}')
     identity = msg.get("identity")
-    if identity is not None:
-        known_ids = model.meta.get("identities") or []
-        raise StreamError(f"identity {identity!r}: this model has no identity conditioning"
-                          + (f" (identities: {', '.join(map(str, known_ids))})" if known_ids else ""))
+    if identity is not None:  # no a2bs model is conditioned on identities yet (the card would list them)
+        raise StreamError(f"identity {identity!r}: this model has no identity conditioning")
     return StreamSpec(int(rate), encoding, float(fps), livelink, identity)
 
 

@@ -81,10 +81,11 @@ def _with_metadata(onnx_bytes: bytes, model: nn.Module, kind: str, card: ModelCa
 
 def export_graph(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
                  dynamic_axes: dict[str, dict[int, str]], path: str | os.PathLike, kind: str,
-                 model: nn.Module | None = None, opset: int = DEFAULT_OPSET) -> str:
-    """Export `module` called on `args` to ONNX at `path` (atomically), with the a2bs metadata of `model`."""
+                 model: nn.Module | None = None, opset: int = DEFAULT_OPSET, card: ModelCard | None = None) -> str:
+    """Export `module` called on `args` to ONNX at `path` (atomically), with the a2bs metadata of `model`
+    (and its model card, when given)."""
     data = _export_bytes(module, args, input_names, output_names, dynamic_axes, opset)
-    atomic_write_bytes(path, _with_metadata(data, module if model is None else model, kind))
+    atomic_write_bytes(path, _with_metadata(data, module if model is None else model, kind, card))
     return str(path)
 
 
