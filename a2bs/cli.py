@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return handlers[args.command](args, rest)
         except ConfigError as exc:
-            session.error(f"a2bs {args.command}: configuration error: {exc}")
+            session.refused(f"a2bs {args.command}: configuration error: {exc}")
             return EXIT_CONFIG
         except (InputError, ModelFileError, FileNotFoundError, ValueError) as exc:
             session.error(f"a2bs {args.command}: {exc}")

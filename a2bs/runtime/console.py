@@ -79,6 +79,7 @@ class Session:
             except OSError as exc:
                 self.log_problem = f"no log file in {out_dir} ({exc})"
         self.done = False  # the summary (or the final error) is out: nothing more on screen
+        self._discard_log = False
         self._follower: LogFollower | None = None
         self._trackers: list[Tracker] = []
         self._lock = threading.RLock()
@@ -122,7 +123,11 @@ class Session:
             self.log.release()
             if self._follower is not None:
                 self._follower.stop()
-            problem = self.log.close()
+            problem = None
+            if self._discard_log:
+                self.log.discard()
+            else:
+                problem = self.log.close()
             if problem:
                 self._show(self.err, f"warning: {problem}", "yellow", force=True)
         logger = logging.getLogger("a2bs")
@@ -137,6 +142,11 @@ class Session:
         for stream, own in ((self.out, self._own_out), (self.err, self._own_err)):
             with contextlib.suppress(Exception):
                 stream.close() if own else stream.flush()
+
+    def refused(self, line: str) -> None:
+        """The command was refused before any work (a configuration error): show `line`, keep no log."""
+        self._discard_log = True
+        self.error(line)
 
     # -- output ----------------------------------------------------------------------------------
 

@@ -67,11 +67,14 @@ class RunLog:
         name = log_name(stage)
         self.uri = storage.join(out_dir, LOGS_DIR, name)
         self._remote = storage.is_remote(out_dir)
+        self._created: list[str] = []  # folders this log creates, innermost first
         if self._remote:
             tmp_fd, self.path = tempfile.mkstemp(prefix=f"a2bs-{stage}-", suffix=".log")
             os.close(tmp_fd)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         else:
+            # A run refused before any work leaves none of them behind (see discard()).
+            self._created = [d for d in (os.path.dirname(self.uri), str(out_dir)) if not os.path.isdir(d)]
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)
             self.path, fd = _exclusive(self.uri)
             self.uri = self.path
@@ -104,6 +107,16 @@ class RunLog:
         data = "".join(f"{OWN_PREFIX}{stamp}] {line}\n" for line in lines).encode("utf-8", "replace")
         with self._lock:
             os.write(self._fd, data)
+
+    def discard(self) -> None:
+        """Release the capture and delete the log, and the folders it created if they are empty
+        (a command refused before any work, e.g. on a configuration error, writes nothing)."""
+        self.release()
+        os.close(self._fd)
+        os.remove(self.path)
+        for folder in self._created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
 
     def close(self) -> str | None:
         """Release the capture, close the file and upload it if OUT is remote.

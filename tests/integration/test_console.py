@@ -29,6 +29,7 @@ import media_factory as mf
 import pytest
 from support import REPO, demo_clips
 
+from a2bs.runtime import faults
 from a2bs.runtime.logs import LOGS_DIR
 
 pytestmark = pytest.mark.slow
@@ -232,9 +233,11 @@ def test_train_through_pipes_names_a_worker_that_died(shards, tmp_path) -> None:
     """The training worker exits at the start of epoch 1 (once); Ray Train restarts it from the
     epoch-0 checkpoint and the run finishes. The screen says a worker died, and why."""
     _, shards_dir = shards
-    run = a2bs_in_pipes("train", str(shards_dir), "--out", str(tmp_path / "run"), "train.epochs=2", "ray.num_cpus=2",
-                        "train.fail_once_at_epoch=1", *SMALL_MODEL)
+    with faults.armed("train.epoch_start", when={"epoch": 1}):
+        run = a2bs_in_pipes("train", str(shards_dir), "--out", str(tmp_path / "run"), "train.epochs=2",
+                            "ray.num_cpus=2", *SMALL_MODEL)
     assert run.rc == 0, run.err
+    assert len(faults.fired()) == 1
     assert "\r" not in run.out and "\r" not in run.err
     assert not NOISE.search(run.all_text()), NOISE.search(run.all_text())
     assert not foreign_lines(run.err.splitlines(), "train"), run.err

@@ -109,9 +109,9 @@ def test_a_contradicting_setting_is_refused_before_any_work(command, hop_320_mod
     # Set explicitly in a file, even to a2bs's default value: still the user's setting, still refused.
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"audio": {"hop_length": 160}}))
     assert main(args) == EXIT_CONFIG
-    err = capsys.readouterr().err.strip()
-    assert err == f"a2bs {args[0]}: configuration error: audio.hop_length=160 contradicts the model (320)"
-    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"a2bs {args[0]}: configuration error: audio.hop_length=160 contradicts the model (320)"
+    assert not out.exists()  # not even a log folder
 
 
 @pytest.mark.ray
@@ -139,9 +139,9 @@ def test_a_model_file_without_a_card_is_refused(tmp_path, speech_wav, capsys):
                                                "meta": json.dumps({"epoch": 3})}))
     for args in (["infer", str(old), str(speech_wav), "--out", str(tmp_path / "o")], ["info", str(old)]):
         assert main(args) == EXIT_FAILED
-        assert capsys.readouterr().err.strip() == (f"a2bs {args[0]}: {old}: model file has no model card (written by "
-                                                   "a2bs < 0.2); retrain it with `a2bs train` to record its audio "
-                                                   "front end")
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"a2bs {args[0]}: {old}: model file has no model card (written by a2bs < 0.2); retrain it with "
+            "`a2bs train` to record its audio front end")
 
 
 @pytest.mark.ray

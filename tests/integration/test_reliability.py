@@ -16,6 +16,7 @@ import pytest
 from support import demo_clips, listing_manifest, read_split
 
 from a2bs.build.pipeline import run_build
+from a2bs.cli import EXIT_INTERRUPTED
 from a2bs.config import ConfigError, load_config, save_config
 from a2bs.errors import InputError
 from a2bs.extract.pipeline import run_extract
@@ -122,7 +123,7 @@ def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         proc.wait(300)
     (interrupt,) = faults.fired()
-    assert interrupt["pid"] == proc.pid and proc.returncode == -signal.SIGINT  # died of the Ctrl-C
+    assert interrupt["pid"] == proc.pid and proc.returncode == EXIT_INTERRUPTED  # stopped by the Ctrl-C
     done = sorted(p.stem for p in (out / "clips").glob("*.parquet"))
     assert len(done) == 2 and interrupt["context"]["clip_id"] not in done
     rerun = run_extract([str(src)], str(out), load_config(), use_ray=False, progress=False)
