@@ -79,4 +79,4 @@ def test_installed_a2bs_runs_the_demo_from_outside_the_source_tree(wheel_env, tm
 
     info = _run([a2bs, "info", str(model)], cwd=tmp_path)
     assert info.returncode == 0, info.stderr
-    assert "hop_length" in info.stdout and "160" in info.stdout
+    assert "audio front end: 16000 Hz" in info.stdout and "hop 160" in info.stdout, info.stdout
