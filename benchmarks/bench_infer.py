@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEMO_CORPUS, REPO, machine, table  # noqa: E402
+from common import DEMO_CORPUS, REPO, machine, table, write_readme_section  # noqa: E402
 
 SECTION = "## Inference and streaming (issue 6)"
 
@@ -114,19 +114,6 @@ def bench_infer(model_path: str, samples: np.ndarray, tmp: Path) -> dict:
     return {"audio_s": duration_s, "predict_s": predict_s, "file_s": file_s, "threads": torch.get_num_threads()}
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/README.md, leaving the others alone."""
-    readme = Path(__file__).resolve().parent / "README.md"
-    old = readme.read_text(encoding="utf-8") if readme.is_file() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text.rstrip("\n") + "\n" + (old[nxt:] if nxt >= 0 else "")
-    readme.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model file (default: demo model or tcn_full preset)")
@@ -181,7 +168,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_readme_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine  # noqa: E402
+from common import REPO, machine, write_readme_section  # noqa: E402
 
 SECTION = "## Serving (issue 16)"
 README = Path(__file__).with_name("README.md")
@@ -257,20 +257,6 @@ def render_load(rows: list[dict], args, date: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = README) -> None:
-    """Replace (or append) this benchmark's section in the README, keeping every other section."""
-    from a2bs.runtime.storage import atomic_write_text
-
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1 :])
-    atomic_write_text(path, new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=["step", "load", "all"])
@@ -301,7 +287,7 @@ def main() -> None:
         print(text)
         parts += ["### Concurrent real-time sessions", "", f"`{' '.join(sys.argv[1:])}`", "", text, ""]
     if args.write_readme:
-        write_section("\n".join(parts))
+        write_readme_section(SECTION, "\n".join(parts))
         print(f"written to {README}")
 
 

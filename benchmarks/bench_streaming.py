@@ -20,6 +20,7 @@ import argparse
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -38,6 +39,9 @@ from a2bs.infer.export import (
 )
 from a2bs.infer.streaming import StreamingLogMel, StreamingModel
 from a2bs.models import available_models, build_model, count_parameters, preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_readme_section  # noqa: E402
 
 SECTION = "## Models and streaming (issue 4)"
 README = Path(__file__).with_name("README.md")
@@ -193,20 +197,6 @@ def render(stream_rows: list[StreamRow], offline_rows, date: str, machine: str, 
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = README) -> None:
-    """Replace (or append) this benchmark's section in the README, keeping every other section."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1 :])
-    from a2bs.runtime.storage import atomic_write_text
-
-    atomic_write_text(path, new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300, help="timed streaming steps")
@@ -222,7 +212,7 @@ def main() -> None:
     text = render(stream_rows, offline_rows, date, machine, _load())
     print(text)
     if args.write_readme:
-        write_section(text)
+        write_readme_section(SECTION, text)
         print(f"written to {README}")
 
 

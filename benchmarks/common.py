@@ -36,3 +36,18 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_readme_section(section: str, text: str) -> None:
+    """Replace (or append) the section headed `section` in benchmarks/README.md, keeping every other one."""
+    from a2bs.runtime.storage import atomic_write_text
+
+    readme = Path(__file__).resolve().parent / "README.md"
+    old = readme.read_text(encoding="utf-8") if readme.is_file() else "# Benchmarks\n"
+    start = old.find(section)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        nxt = old.find("\n## ", start + len(section))
+        new = old[:start] + text.rstrip("\n") + "\n" + (old[nxt:] if nxt >= 0 else "")
+    atomic_write_text(readme, new)
