@@ -13,7 +13,7 @@ import torch
 from a2bs.config import AudioConfig, ConfigError, load_config
 from a2bs.infer.engine import ServeEngine, StreamSpec, parse_spec
 from a2bs.infer.offline import LoadedModel, predict_samples
-from a2bs.infer.serve import SendQueue, is_loopback, read_token
+from a2bs.infer.serve_support import SendQueue, is_loopback, read_token
 from a2bs.infer.wire import StreamError, decode_pcm, encode_pcm, wire_samples
 from a2bs.models import build_model, preset
 
