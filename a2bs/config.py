@@ -41,6 +41,21 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """How inputs are cut into units of work (a2bs.extract.store.plan_segments)."""
+
+    # Each input is cut into segments of this length, one task each on the actor pool, so a long take
+    # uses as many workers as a folder of clips (0 = one task per file).
+    segment_s: float = 60.0
+    # A segment after the first decodes and tracks this much video before its start and discards it, so
+    # the face tracker has settled by the first frame it keeps (docs/scaling.md).
+    warmup_s: float = 1.0
+    # Audio decoded on each side of a segment, so its log-mel, RMS, ZCR and VAD frames equal the
+    # whole-file values (the resampler and the centred STFT window reach past the border).
+    audio_margin_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class AudioConfig:
     """Audio decoding and 100 Hz features."""
 
@@ -254,6 +269,7 @@ class ServeConfig:
 class Config:
     """All sections; the resolved config is saved next to every output."""
 
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)

@@ -38,7 +38,7 @@ from a2bs.schema import MEL_DB_RANGE, SCHEMA_VERSION, TARGET_NAMES
 from a2bs.version import VERSION
 
 MANIFEST_NAME = "_manifest.json"
-CLIPS_MANIFEST_VERSION = 1
+CLIPS_MANIFEST_VERSION = 2  # 2: segment parts (a2bs.extract.store)
 SHARDS_MANIFEST_VERSION = 1
 MODEL_CARD_VERSION = 1
 
@@ -99,7 +99,7 @@ def _load(cls: type, folder: str | os.PathLike, kind: str, version: int, rerun: 
 
 @dataclass(frozen=True)
 class ClipEntry:
-    """One extracted clip (``CLIPS/clips/<clip_id>.parquet``)."""
+    """One extracted clip (its segment parts: ``CLIPS/clips/<clip_id>/seg-NNNNN.parquet``)."""
 
     __pydantic_config__ = _STRICT
 
@@ -111,6 +111,10 @@ class ClipEntry:
     mel_frame_rate: float  # audio feature frames per second
     frames: int  # face-track frames
     face_frames: int  # of which a face was found
+    frame_interval: int  # every n-th video frame was tracked (a2bs.extract.video.frame_interval_for)
+    segment_s: float  # the segment length the clip was cut with (0 = one segment)
+    n_segments: int  # segments in the clip's plan (a2bs.extract.store.plan_segments)
+    segments: tuple[int, ...]  # the segment parts present: all of them unless a region of the file failed
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,38 @@ CLIP_SCHEMA = pa.schema(
 )
 
 
+# Layout version of the columnar clip store (a2bs.extract.store): one Parquet part per time segment.
+CLIP_STORE_VERSION = 2
+
+
+def segment_schema(n_mels: int) -> pa.Schema:
+    """Arrow schema of one segment part of the clip store (one row per part).
+
+    Per-frame values are lists of fixed-size lists, so a reader gets zero-copy (F, 59) and
+    (A, n_mels) numpy views of a part (:func:`a2bs.extract.store.read_segment`).
+    """
+    return pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("segment", pa.int32()),  # index in the clip's segment plan
+            ("start_s", pa.float64()),  # the part holds frames with start_s <= time < end_s
+            ("end_s", pa.float64()),  # inf for the last segment (to the end of the file)
+            # Face track at the FPS-limited video rate, on the file's global frame grid.
+            ("frame_index", pa.list_(pa.int32())),
+            ("frame_time_s", pa.list_(pa.float64())),
+            ("targets", pa.list_(pa.list_(pa.float32(), N_TARGETS))),  # (F, 59)
+            ("has_face", pa.list_(pa.bool_())),
+            # Audio features at 100 Hz (frame centres in the segment's range).
+            ("audio_time_s", pa.list_(pa.float64())),
+            ("mel_db", pa.list_(pa.list_(pa.float32(), n_mels))),  # (A, n_mels)
+            ("rms", pa.list_(pa.float32())),
+            ("zcr", pa.list_(pa.float32())),
+            ("vad", pa.list_(pa.float32())),
+        ],
+        metadata={b"n_mels": str(n_mels).encode(), b"clip_store_version": str(CLIP_STORE_VERSION).encode()},
+    )
+
+
 def sequence_schema(n_mels: int) -> pa.Schema:
     """Arrow schema of one sequence-window row.
 

@@ -20,6 +20,7 @@ from a2bs.config import (
 )
 from a2bs.errors import ManifestError
 from a2bs.manifests import (
+    CLIPS_MANIFEST_VERSION,
     MANIFEST_NAME,
     ChannelStats,
     ClipEntry,
@@ -41,8 +42,9 @@ AUDIO_320 = AudioConfig(hop_length=320, win_length=640, n_fft=1024)
 
 def clips_manifest() -> ClipsManifest:
     return ClipsManifest(AUDIO_320, {
-        "b1": ClipEntry("s3://bucket/footage/anna/take 2.mp4", "anna", 61.25, 59.94, 29.97, 50.0, 1836, 1800),
-        "a0": ClipEntry("/data/ben/voice.wav", "ben", 3.5, 0.0, 0.0, 50.0, 0, 0),
+        "b1": ClipEntry("s3://bucket/footage/anna/take 2.mp4", "anna", 61.25, 59.94, 29.97, 50.0, 1836, 1800,
+                        2, 60.0, 1, (0,)),
+        "a0": ClipEntry("/data/ben/voice.wav", "ben", 3.5, 0.0, 0.0, 50.0, 0, 0, 1, 60.0, 1, (0,)),
     })
 
 
@@ -72,7 +74,7 @@ def test_clips_manifest_round_trip(tmp_path: Path) -> None:
     manifest.write(tmp_path)
     assert ClipsManifest.load(tmp_path) == manifest
     data = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert (data["kind"], data["manifest_version"], data["schema_version"]) == ("clips_manifest", 1, SCHEMA_VERSION)
+    assert (data["kind"], data["manifest_version"], data["schema_version"]) == ("clips_manifest", CLIPS_MANIFEST_VERSION, SCHEMA_VERSION)
     assert list(data["clips"]) == ["a0", "b1"]  # written sorted: reruns give the same file
     assert not list(tmp_path.glob(".*tmp"))  # written atomically
 
@@ -120,13 +122,13 @@ def _rewrite(path: Path, change) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("version, fix", [(2, "written by a newer a2bs: upgrade a2bs"), (0, "rerun a2bs extract")])
+@pytest.mark.parametrize("version, fix", [(3, "written by a newer a2bs: upgrade a2bs"), (1, "rerun a2bs extract")])
 def test_clips_manifest_of_another_version_is_refused(tmp_path: Path, version: int, fix: str) -> None:
     clips_manifest().write(tmp_path)
     _rewrite(tmp_path / MANIFEST_NAME, lambda d: d.update(manifest_version=version))
     with pytest.raises(ManifestError) as err:
         ClipsManifest.load(tmp_path)
-    assert str(err.value) == f"{tmp_path / MANIFEST_NAME}: clips manifest version {version}, this a2bs reads 1 ({fix})"
+    assert str(err.value) == f"{tmp_path / MANIFEST_NAME}: clips manifest version {version}, this a2bs reads {CLIPS_MANIFEST_VERSION} ({fix})"
 
 
 def test_untyped_shards_manifest_of_a2bs_0_1_is_refused(tmp_path: Path) -> None:
