@@ -9,6 +9,7 @@ flat however long the clip is.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -59,7 +60,7 @@ def open_video(path: str | os.PathLike, fps_limit: float) -> tuple[cv2.VideoCapt
 
 
 def iter_frames(
-    path: str | os.PathLike, fps_limit: float, max_side: int = 0
+    path: str | os.PathLike, fps_limit: float, max_side: int = 0, start_s: float = 0.0, end_s: float = math.inf
 ) -> tuple[VideoStream, Iterator[tuple[int, float, np.ndarray]]]:
     """Stream the selected frames of a video.
 
@@ -67,6 +68,8 @@ def iter_frames(
         path: video file.
         fps_limit: keep every ``frame_interval_for(original_fps, fps_limit)``-th frame.
         max_side: downscale frames whose longer side exceeds this (0 = keep size).
+        start_s, end_s: yield only the selected frames with ``start_s <= time_s < end_s``; frame indices
+            and times stay those of the whole file (the global FPS-limited grid).
 
     Returns:
         The stream parameters and an iterator of ``(frame_index, time_s, rgb)``. ``time_s`` is
@@ -92,7 +95,9 @@ def iter_frames(
                         variable_rate = False
                 if variable_rate:
                     time_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                if index % stream.frame_interval == 0:
+                if time_s >= end_s:
+                    break
+                if index % stream.frame_interval == 0 and time_s >= start_s:
                     ok, bgr = cap.retrieve()
                     if ok and bgr is not None:
                         if max_side and max(bgr.shape[:2]) > max_side:
