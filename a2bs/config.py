@@ -73,6 +73,9 @@ class SequenceConfig:
     test_fraction: float = 0.2
     split_by: str = "speaker"  # "speaker" or "clip": never by window (overlap would leak)
     split_seed: int = 0
+    # split_by=speaker: these speakers are the test split (instead of test_fraction), e.g. the actors a
+    # studio keeps back, or one fold of benchmarks/bench_loso.py; val is drawn from the others.
+    test_speakers: tuple[str, ...] = ()
     # split_by=speaker only: this share of each training speaker's clips is held out as the `known`
     # split (known voices, unseen clips): reported by `a2bs evaluate`, never chosen on.
     known_clip_fraction: float = 0.0

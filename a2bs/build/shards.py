@@ -51,7 +51,7 @@ def assign_splits(keys: list[str], val_fraction: float, seed: int, test_fraction
     n = len(ranked)
 
     def share(fraction: float, left: int) -> int:
-        k = int(round(fraction * n))
+        k = round(fraction * n)
         return min(max(k, 1 if fraction > 0 else 0), max(left - 1, 0))  # train keeps one
 
     n_val = share(val_fraction, n)
@@ -73,7 +73,7 @@ def known_clips(clips: list[dict[str, Any]], fraction: float, seed: int) -> set[
         by_speaker.setdefault(c["speaker_id"], []).append(c["clip_id"])
     out: set[str] = set()
     for speaker, ids in by_speaker.items():
-        k = min(max(int(round(fraction * len(ids))), 1 if fraction > 0 else 0), len(ids) - 1)
+        k = min(max(round(fraction * len(ids)), 1 if fraction > 0 else 0), len(ids) - 1)
         out.update(_ranked(ids, f"known:{seed}:{speaker}")[:k])
     return out
 
@@ -81,9 +81,12 @@ def known_clips(clips: list[dict[str, Any]], fraction: float, seed: int) -> set[
 def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
     """Set ``clip["split"]`` of every clip (dicts with clip_id and speaker_id) from the sequence settings.
 
+    With ``test_speakers`` those speakers are the test split and val is drawn from the others.
+
     Raises:
-        ConfigError: an unknown ``split_by``, shares outside [0, 1) or summing to 1 or more, or a
-            ``known_clip_fraction`` with ``split_by=clip`` (every held-out clip is then of a known voice).
+        ConfigError: an unknown ``split_by``, shares outside [0, 1) or summing to 1 or more, a
+            ``known_clip_fraction`` or ``test_speakers`` with ``split_by=clip`` (every held-out clip is
+            then of a known voice), or a test speaker without clips.
     """
     if seq.split_by not in ("speaker", "clip"):
         raise ConfigError(f"sequence.split_by must be 'speaker' or 'clip', not {seq.split_by!r}")
@@ -96,8 +99,19 @@ def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
     if seq.known_clip_fraction and seq.split_by != "speaker":
         raise ConfigError("sequence.known_clip_fraction needs sequence.split_by=speaker (with split_by=clip the "
                           "val and test clips are already of known voices)")
+    if seq.test_speakers and seq.split_by != "speaker":
+        raise ConfigError("sequence.test_speakers needs sequence.split_by=speaker")
+    speakers = {c["speaker_id"] for c in clips}
+    unknown = sorted(set(seq.test_speakers) - speakers)
+    if unknown:
+        raise ConfigError(f"sequence.test_speakers: no clips of speaker {unknown[0]!r} "
+                          f"(speakers: {', '.join(sorted(speakers))})")
+    if seq.test_speakers and set(seq.test_speakers) == speakers:
+        raise ConfigError("sequence.test_speakers: every speaker is a test speaker, none is left to train on")
     key = "speaker_id" if seq.split_by == "speaker" else "clip_id"
-    splits = assign_splits([c[key] for c in clips], seq.val_fraction, seq.split_seed, seq.test_fraction)
+    rest = [c[key] for c in clips if c["speaker_id"] not in seq.test_speakers]
+    splits = assign_splits(rest, seq.val_fraction, seq.split_seed, 0.0 if seq.test_speakers else seq.test_fraction)
+    splits.update(dict.fromkeys(seq.test_speakers, "test"))
     for c in clips:
         c["split"] = splits[c[key]]
     known = known_clips([c for c in clips if c["split"] == "train"], seq.known_clip_fraction, seq.split_seed)
