@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="", help="keep the folds here (default: a temporary folder)")
     ap.add_argument("--write-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # key=value overrides may follow the options
     speakers = args.speakers or sorted({e.speaker_id for e in ClipsManifest.load(args.clips).clips.values()})
     overrides = [f"train.epochs={args.epochs}", f"train.seed={args.seed}", f"train.torch_threads={args.threads}",
                  *args.overrides]
