@@ -13,7 +13,7 @@ Outputs in REPORT_DIR (local or s3://)::
 
     report.json           headline split: metrics, seed-target table, per-channel MAE; "splits": every
                           scored split's metrics, targets and per-speaker metrics; model card, plot names
-    targets.md            the pass/fail table
+    targets.md            the pass/fail table of every scored split, the headline first
     curves.png            predicted vs true jawOpen, mouthClose, mouthFunnel, mouthSmileLeft, eyeBlinkLeft
                           and head pose over one clip of the headline split, stitched from its windows in time order
     per_channel_mae.png   MAE of every observed blendshape and pose value
@@ -150,13 +150,6 @@ def score_split(model: nn.Module, shards_dir: str, split: str, batch_size: int =
     batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS).arrays()
     return score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device,
                          group_of=clip_speakers(files))
-
-
-def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = TrainConfig.val_batch_size,
-                   device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, int]]:
-    """Whole-clip metrics of `model` on a split -> (metrics, scored frames per clip)."""
-    scored = score_split(model, shards_dir, split, batch_size, device)
-    return scored.metrics, scored.clip_frames
 
 
 def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val",

@@ -1,7 +1,7 @@
 """Validation scoring: a model over batches of windows -> loss sums and whole-clip metrics.
 
 The one home of how a validation frame is scored, shared by the training loop
-(:func:`a2bs.train.loop.validate`) and ``a2bs evaluate`` (:func:`a2bs.evaluate.report.evaluate_model`),
+(:func:`a2bs.train.loop.validate`) and ``a2bs evaluate`` (:func:`a2bs.evaluate.report.score_split`),
 so the numbers of an evaluated model file match the run's validation of the same epoch: each clip
 frame counts once, from the window where it sits most central (:func:`a2bs.train.data.scored_mask`),
 and the windows of a clip meet in one :class:`a2bs.train.metrics.MetricAccumulator`.
