@@ -77,11 +77,11 @@ def main() -> None:
             print(json.dumps({"speaker": speaker, **r}), flush=True)
     mean = ["mean", "", "", *(f"{statistics.fmean(f[k] for f in folds):.4f}" for k in METRICS), "", "",
             f"{statistics.fmean(f['train_s'] for f in folds):.0f}"]
+    setup = (f"Machine: {machine()}; {args.threads} torch thread(s), {Path(args.config).name} + "
+             f"{' '.join(overrides)}, one fold per held-out speaker (test), the val voice(s) chose the epoch "
+             "(`benchmarks/bench_loso.py`). Test = a voice no choice has seen.")
     text = "\n".join([
-        SECTION, "",
-        f"Machine: {machine()}; {args.threads} torch thread(s), {Path(args.config).name} + "
-        f"{' '.join(overrides)}, one fold per held-out speaker (test), the val voice(s) chose the epoch "
-        "(`benchmarks/bench_loso.py`). Test = a voice no choice has seen.", "",
+        SECTION, "", setup, "",
         table(["test speaker", "val speaker(s)", "best epoch", "MAE", "mouth MAE", "jaw r", "lip r", "targets met",
                "val lip r", "train s"], [*rows, mean]),
     ])

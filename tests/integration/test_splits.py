@@ -22,14 +22,14 @@ from a2bs.build.pipeline import run_build
 from a2bs.build.shards import REPORTED_SPLITS
 from a2bs.cli import main
 from a2bs.config import load_config
-from a2bs.manifests import ShardsManifest
+from a2bs.manifests import ClipsManifest, ShardsManifest
 from a2bs.models.model_file import load_model_file
 from a2bs.train.data import shard_info
 from a2bs.train.trainer import make_trainer, read_history
 
 pytestmark = pytest.mark.ray
 
-SPLIT = ["sequence.known_clip_fraction=0.2"]  # default val/test shares: 4 voices -> 2 train, 1 val, 1 test
+SPLIT = ["sequence.known_clip_fraction=0.2"]  # default val/test shares (4 voices: 2 train, 1 val, 1 test)
 SMALL = ["train.epochs=3", "model.channels=32", "model.dilations=[1,2,4]", "train.batch_size=64",
          "train.torch_threads=1", "train.best_metric=val_objective"]
 
@@ -50,8 +50,9 @@ def shards(demo_features, tmp_path_factory) -> tuple[Path, Path]:
     return whole, blind
 
 
-def test_no_speaker_in_two_splits(shards) -> None:
+def test_no_speaker_in_two_splits(shards, demo_features) -> None:
     whole, _ = shards
+    clips_dir, _ = demo_features
     manifest = ShardsManifest.load(whole)
     assert list(manifest.splits) == ["train", "val", "test", "known"]
     speakers, clips = {}, {}
@@ -60,12 +61,13 @@ def test_no_speaker_in_two_splits(shards) -> None:
         assert set(rows.column("split").to_pylist()) == {name}
         speakers[name], clips[name] = set(rows.column("speaker_id").to_pylist()), set(rows.column("clip_id").to_pylist())
         assert speakers[name] == set(manifest.splits[name].speakers) and clips[name] == set(manifest.splits[name].clips)
-    assert (len(speakers["train"]), len(speakers["val"]), len(speakers["test"])) == (2, 1, 1)
     voices = [speakers["train"], speakers["val"], speakers["test"]]
-    assert all(a.isdisjoint(b) for i, a in enumerate(voices) for b in voices[i + 1:])
+    assert all(voices) and all(a.isdisjoint(b) for i, a in enumerate(voices) for b in voices[i + 1:])
+    listed = ClipsManifest.load(clips_dir)
+    assert set().union(*voices) == {e.speaker_id for e in listed.clips.values()}
     assert speakers["known"] == speakers["train"]  # known voices, unseen clips
     every = [c for name in clips for c in clips[name]]
-    assert len(every) == len(set(every)) == 48  # each clip in exactly one split
+    assert len(every) == len(set(every)) == len(listed.clips)  # each clip in exactly one split
 
 
 def test_nothing_is_chosen_on_the_held_out_splits(shards, tmp_path, ray_cluster) -> None:
@@ -78,8 +80,9 @@ def test_nothing_is_chosen_on_the_held_out_splits(shards, tmp_path, ray_cluster)
                       "metrics": json.loads((tmp_path / name / "metrics.json").read_text()),
                       "model": load_model_file(tmp_path / name / "model.safetensors")[0].state_dict()}
     whole, blind = runs["whole"], runs["blind"]
-    assert "(chosen on val, 1 speaker)" in whole["line"], whole["line"]
-    assert whole["metrics"]["chosen_on"] == "val" and len(whole["metrics"]["chosen_on_speakers"]) == 1
+    val_speakers = ShardsManifest.load(shards[0]).splits["val"].speakers
+    assert f"(chosen on val, {len(val_speakers)} speaker" in whole["line"], whole["line"]
+    assert whole["metrics"]["chosen_on"] == "val" and whole["metrics"]["chosen_on_speakers"] == list(val_speakers)
     assert blind["metrics"]["best_epoch"] == whole["metrics"]["best_epoch"]
     assert blind["metrics"]["best"] == whole["metrics"]["best"]
     scores = [{k: v for k, v in row.items() if k.startswith(("val_", "train_loss"))} for row in whole["history"]]
