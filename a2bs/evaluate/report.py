@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io as _pyio
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from torch import nn
 
 from a2bs.build.shards import REPORTED_SPLITS, SELECTION_SPLIT, SPLITS
 from a2bs.config import Config, ConfigError, TrainConfig
-from a2bs.manifests import ShardsManifest, front_end_differences, resolve_front_end
+from a2bs.manifests import ShardsManifest, SplitSummary, front_end_differences, resolve_front_end
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
@@ -65,6 +66,8 @@ POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("head rotation (quaternion xyz)", ("headQx", "headQy", "headQz")),
 )
 REPORT_NAME = "report.json"
+
+log = logging.getLogger("a2bs.evaluate")
 
 
 HELD_OUT_SPLITS: tuple[str, ...] = (SELECTION_SPLIT, *REPORTED_SPLITS)
@@ -242,6 +245,9 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
     plt.close(fig)
 
 
+_NO_SPLIT = SplitSummary((), 0, 0.0, 0)
+
+
 def _split_entry(scored: ScoredPass, label: str) -> dict[str, Any]:
     """One split of report.json: metrics, seed targets, per-channel MAE, per-speaker metrics."""
     metrics = dict(scored.metrics)
@@ -298,6 +304,13 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str | Non
                 raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
             frames = scored.clip_frames
         splits[name] = _split_entry(scored, split_label(name, manifest.sequence.split_by))
+        if name in ("val", "test") and card.data is not None:
+            # Shards split otherwise than the model's: an "unseen" voice it was trained on is no such thing.
+            seen = sorted(set(splits[name]["speakers"]) & set(card.data.splits.get("train", _NO_SPLIT).speakers))
+            splits[name]["trained_on"] = seen
+            if seen:
+                log.warning(f"evaluate: the model was trained on {name} speaker(s) {', '.join(seen)} of {shards_dir}: "
+                            "these shards are not split as its training shards were")
     head = splits[split]
     plot_clip = clip_id or max(sorted(frames), key=lambda c: frames[c])
     storage.makedirs(report_dir)

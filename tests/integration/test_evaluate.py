@@ -8,8 +8,10 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
+from a2bs.build.pipeline import run_build
 from a2bs.cli import main
-from a2bs.config import config_to_dict
+from a2bs.config import config_to_dict, load_config
+from a2bs.evaluate.report import evaluate
 from a2bs.manifests import ShardsManifest
 from a2bs.schema import N_POSE, TARGET_NAMES, UNOBSERVED_BLENDSHAPES
 
@@ -42,6 +44,7 @@ def test_evaluate_writes_report_and_plots(trained, tmp_path, capsys):
     assert list(report["splits"]) == ["test", "val"] and report["splits"]["test"]["metrics"] == m
     for name, entry in report["splits"].items():
         assert entry["speakers"] == list(manifest.splits[name].speakers) == list(entry["per_speaker"])
+        assert entry["trained_on"] == []  # the model's own shards: no held-out voice was trained on
         assert sum(s["n_clips"] for s in entry["per_speaker"].values()) == len(manifest.splits[name].clips)
         assert [r["metric"] for r in entry["targets"]] == ["mae", "jaw_corr", "lip_corr", "mouth_mae"]
     assert 0 < m["mae"] < 0.5 and 0 < m["mouth_mae"] < 0.5
@@ -85,3 +88,16 @@ def test_evaluate_train_split_and_missing_model(trained, tmp_path, capsys):
     assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(tmp_path / "k"),
                  "--split", "known"]) != 0
     assert "no 'known' split (it has: train, val, test)" in capsys.readouterr().err
+
+
+def test_shards_split_otherwise_name_the_voices_the_model_trained_on(trained, demo_features, tmp_path, caplog):
+    """Evaluated on shards whose test voice was one of the model's training voices, the report says so."""
+    shards, run = trained
+    trained_voices = ShardsManifest.load(shards).splits["train"].speakers
+    other = tmp_path / "shards"
+    run_build(str(demo_features[0]), str(other), load_config(None, [f"sequence.test_speakers=[{trained_voices[0]}]"]),
+              use_ray=False, progress=False)
+    with caplog.at_level("WARNING", logger="a2bs.evaluate"):
+        report = evaluate(str(run / "model.safetensors"), str(other), str(tmp_path / "report"))
+    assert report.splits["test"]["trained_on"] == [trained_voices[0]]
+    assert f"the model was trained on test speaker(s) {trained_voices[0]} of {other}" in caplog.text
