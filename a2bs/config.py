@@ -66,7 +66,7 @@ class SequenceConfig:
     sequence_ms: int = 240
     overlap_ms: int = 120
     min_face_ratio: float = 0.5  # keep a window only if >= this share of frames saw a face
-    # Splits (a2bs.build.shards.assign_splits): val chooses (early stopping, best epoch, Tune), test is
+    # Splits (a2bs.build.shards.assign_splits): val chooses (best epoch, Tune and its early stopping), test is
     # only reported. Shares of the speakers (or clips with split_by=clip), at least one each when there
     # are enough keys; val is drawn first, so test_fraction=0 gives the same val as with a test split.
     val_fraction: float = 0.2

@@ -27,7 +27,7 @@ from a2bs.manifests import ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS, sequence_schema
 
-# train: fitted on. val: every choice (early stopping, best epoch, Tune). test: unseen speakers (or clips),
+# train: fitted on. val: every choice (best epoch, Tune and its early stopping). test: unseen speakers (or clips),
 # only reported. known: held-out clips of training speakers (sequence.known_clip_fraction), only reported.
 SPLITS = ("train", "val", "test", "known")
 SELECTION_SPLIT = "val"

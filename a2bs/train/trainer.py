@@ -5,7 +5,7 @@ Run folder (local path or s3:// URI)::
     RUN_DIR/config.yaml          resolved config (written before training starts)
     RUN_DIR/ray_train/           Ray Train storage: epoch_NNNN/ checkpoints + Ray's run snapshot
     RUN_DIR/history.json|csv     one row per epoch (rank 0), TensorBoard events in RUN_DIR/tensorboard
-    RUN_DIR/model.safetensors    best checkpoint's model (train.best_metric / best_mode on the val split), self-contained
+    RUN_DIR/model.safetensors    best checkpoint's model (train.best_metric / best_mode, on val), self-contained
     RUN_DIR/metrics.json         best and last epoch metrics, pass/fail against the seed's targets
 
 Fault tolerance: ``FailureConfig(max_failures)`` restarts a failed worker group from the latest
@@ -91,7 +91,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     world_size: int = 1
-    chosen_on: str = SELECTION_SPLIT  # the only split any choice (epoch, early stop) was made on
+    chosen_on: str = SELECTION_SPLIT  # the only split any choice (the best epoch, Tune's trials) is made on
     chosen_on_speakers: tuple[str, ...] = ()
 
     @property
@@ -105,9 +105,9 @@ class TrainResult:
         passed = sum(r["passed"] for r in self.targets)
         done = "finished" if self.last_epoch + 1 >= self.epochs else "stopped"
         return (f"train: {done} at epoch {self.last_epoch + 1}/{self.epochs} on {self.world_size} worker(s); "
-                f"best epoch {self.best_epoch} (chosen on {self._chosen_on()}): val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
+                f"best epoch {self.best_epoch} (chosen on {self._chosen_on()}): "
+                f"val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
                 f"({passed}/{len(self.targets)} seed targets) -> {self.model_path} in {self.wall_s:.1f} s")
-
 
     def _chosen_on(self) -> str:
         n = len(self.chosen_on_speakers)
