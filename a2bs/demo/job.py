@@ -95,7 +95,7 @@ def held_out_lines(splits: dict[str, dict], split_by: str) -> list[str]:
     lines = []
     for title, name in (("known voices, unseen clips", known), ("unseen voices", unseen)):
         if name is None:
-            lines.append(f"demo: {title}: not held out by these split settings (sequence.*_fraction)")
+            lines.append(f"demo: {title}: none held out (too few speakers, or sequence.*_fraction 0)")
             continue
         entry = splits[name]
         passed = sum(r["passed"] for r in entry["targets"])
