@@ -81,9 +81,19 @@ class SequenceConfig:
     sequence_ms: int = 240
     overlap_ms: int = 120
     min_face_ratio: float = 0.5  # keep a window only if >= this share of frames saw a face
+    # Splits (a2bs.build.shards.assign_splits): val chooses (best epoch, Tune and its early stopping), test is
+    # only reported. Shares of the speakers (or clips with split_by=clip), at least one each when there
+    # are enough keys; val is drawn first, so test_fraction=0 gives the same val as with a test split.
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     split_by: str = "speaker"  # "speaker" or "clip": never by window (overlap would leak)
     split_seed: int = 0
+    # split_by=speaker: these speakers are the test split (instead of test_fraction), e.g. the actors a
+    # studio keeps back, or one fold of benchmarks/bench_loso.py; val is drawn from the others.
+    test_speakers: tuple[str, ...] = ()
+    # split_by=speaker only: this share of each training speaker's clips is held out as the `known`
+    # split (known voices, unseen clips): reported by `a2bs evaluate`, never chosen on.
+    known_clip_fraction: float = 0.0
     rows_per_shard: int = 4096
 
 

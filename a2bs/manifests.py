@@ -197,7 +197,9 @@ class ShardsManifest:
     step_frames: int
     audio: AudioConfig  # the front end of the clips' features
     sequence: SequenceConfig
-    splits: dict[str, SplitStats]  # split name -> its statistics
+    # split name -> its statistics: train and val always, test and known when the build held them out
+    # (a2bs.build.shards.SPLITS); a folder of an a2bs before test splits has train and val only.
+    splits: dict[str, SplitStats]
     schema_version: int = SCHEMA_VERSION  # of the shard rows (a2bs.schema.sequence_schema)
 
     @property

@@ -49,4 +49,5 @@ def listing_manifest(clips: dict[str, list[str]], shards: dict[str, list[str]] |
         return SplitStats(speakers=(), clips=tuple(clips.get(name, [])), hours=0.0, rows=len(files), shards=files,
                           valid_frames=0.0, channels={}, mel_clipped=0)
 
-    return ShardsManifest("test", 100.0, 24, 12, AudioConfig(), SequenceConfig(), {s: split(s) for s in ("train", "val")})
+    names = ["train", "val", *(s for s in clips if s not in ("train", "val"))]  # e.g. test, known
+    return ShardsManifest("test", 100.0, 24, 12, AudioConfig(), SequenceConfig(), {s: split(s) for s in names})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from a2bs.build.sequences import expected_windows, window_params
-from a2bs.build.shards import SPLITS, assign_splits, build_shard, plan_shards
+from a2bs.build.shards import SPLITS, build_shard, plan_shards, split_clips
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.pipeline import CLIPS_SUBDIR, clip_uri
@@ -65,7 +65,7 @@ def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
 
 def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True,
               progress: bool = True) -> BuildSummary:
-    """Window every clip into sequence shards with a by-speaker/by-clip split; manifest written last.
+    """Window every clip into sequence shards split by speaker or clip (:func:`split_clips`); manifest last.
 
     The audio front end is the one the clips were extracted with (``cfg.audio`` is replaced by it).
     `progress` shows the shards done on the console (:mod:`a2bs.runtime.console`).
@@ -73,6 +73,7 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     Raises:
         ManifestError: no clips manifest (or one of another version).
         InputError: no clips, or a clip the manifest lists is missing.
+        ConfigError: split settings that cannot be met (:func:`a2bs.build.shards.split_clips`).
     """
     t0 = time.perf_counter()
     clips_manifest = ClipsManifest.load(clips_dir)
@@ -80,12 +81,8 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     clips = _clip_index(clips_dir, clips_manifest)
     if not clips:
         raise InputError(clips_dir, "no clip features found (run `a2bs extract` first)")
-    key = "speaker_id" if cfg.sequence.split_by == "speaker" else "clip_id"
-    if cfg.sequence.split_by not in ("speaker", "clip"):
-        raise ValueError(f"sequence.split_by must be 'speaker' or 'clip', not {cfg.sequence.split_by!r}")
-    splits = assign_splits([c[key] for c in clips], cfg.sequence.val_fraction, cfg.sequence.split_seed)
+    split_clips(clips, cfg.sequence)
     for c in clips:
-        c["split"] = splits[c[key]]
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
     settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence)}
@@ -146,6 +143,7 @@ def _split_stats(clips: list[dict], stats: list[dict]) -> SplitStats:
 def _manifest(clips: list[dict], stats: list[dict], cfg: Config, fingerprint: str) -> ShardsManifest:
     frame_rate_hz = cfg.audio.sample_rate / cfg.audio.hop_length
     window_frames, step_frames = window_params(cfg.sequence, frame_rate_hz)
+    # train and val always; a held-out split only when it has clips (a folder without one has no test).
     splits = {s: _split_stats([c for c in clips if c["split"] == s], [x for x in stats if x["split"] == s])
-              for s in SPLITS}
+              for s in SPLITS if s in ("train", "val") or any(c["split"] == s for c in clips)}
     return ShardsManifest(fingerprint, frame_rate_hz, window_frames, step_frames, cfg.audio, cfg.sequence, splits)

@@ -3,7 +3,7 @@
 Layout of a shards folder::
 
     SHARDS/train/part-00000.parquet ...   rows in a2bs.schema.sequence_schema
-    SHARDS/val/part-00000.parquet ...
+    SHARDS/val/part-00000.parquet ...     also test/ and known/ when the build holds them out (SPLITS)
     SHARDS/_manifest.json                 written last (a2bs.manifests.ShardsManifest): front end,
                                           windows, splits (speakers, clips, rows, shards), channel stats
 
@@ -21,25 +21,103 @@ import numpy as np
 import pyarrow as pa
 
 from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
-from a2bs.config import Config
+from a2bs.config import Config, ConfigError, SequenceConfig
 from a2bs.extract.clip import record_arrays
 from a2bs.manifests import ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS, sequence_schema
 
-SPLITS = ("train", "val")
+# train: fitted on. val: every choice (best epoch, Tune and its early stopping). test: unseen speakers (or clips),
+# only reported. known: held-out clips of training speakers (sequence.known_clip_fraction), only reported.
+SPLITS = ("train", "val", "test", "known")
+SELECTION_SPLIT = "val"
+REPORTED_SPLITS = ("test", "known")
 
 
-def assign_splits(keys: list[str], val_fraction: float, seed: int) -> dict[str, str]:
-    """Deterministic split of speakers or clips: rank keys by a seeded hash, the first
-    ``round(val_fraction * n)`` (at least one when there are two or more keys) go to ``val``."""
-    unique = sorted(set(keys))
-    ranked = sorted(unique, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
-    n_val = int(round(val_fraction * len(unique)))
-    if val_fraction > 0 and len(unique) >= 2:
-        n_val = min(max(n_val, 1), len(unique) - 1)
-    val = set(ranked[:n_val])
-    return {k: ("val" if k in val else "train") for k in unique}
+def _ranked(keys: list[str], salt: str) -> list[str]:
+    """The distinct keys in a seeded pseudo-random order (independent of the order given)."""
+    return sorted(set(keys), key=lambda k: hashlib.sha256(f"{salt}:{k}".encode()).hexdigest())
+
+
+def assign_splits(keys: list[str], val_fraction: float, seed: int, test_fraction: float = 0.0) -> dict[str, str]:
+    """Deterministic split of speakers or clips into train, val and test.
+
+    Keys are ranked by a seeded hash: the first ``round(val_fraction * n)`` go to val, the next
+    ``round(test_fraction * n)`` to test, the rest to train. A non-zero share gets at least one key
+    while train keeps at least one (val before test: with two keys there is no test). Val is drawn
+    first, so it is the same whether or not a test split is asked for.
+    """
+    ranked = _ranked(keys, str(seed))
+    n = len(ranked)
+
+    def share(fraction: float, left: int) -> int:
+        k = round(fraction * n)
+        return min(max(k, 1 if fraction > 0 else 0), max(left - 1, 0))  # train keeps one
+
+    n_val = share(val_fraction, n)
+    n_test = share(test_fraction, n - n_val)
+    out = {k: "val" for k in ranked[:n_val]}
+    out.update({k: "test" for k in ranked[n_val:n_val + n_test]})
+    out.update({k: "train" for k in ranked[n_val + n_test:]})
+    return dict(sorted(out.items()))
+
+
+def known_clips(clips: list[dict[str, Any]], fraction: float, seed: int) -> set[str]:
+    """Clip ids held out from each training speaker (`clips`: dicts with clip_id and speaker_id).
+
+    Per speaker, ``round(fraction * n)`` of its clips (at least one when `fraction` > 0, never all of
+    them), ranked by a seeded hash, so every known voice is scored and still trained on.
+    """
+    by_speaker: dict[str, list[str]] = {}
+    for c in clips:
+        by_speaker.setdefault(c["speaker_id"], []).append(c["clip_id"])
+    out: set[str] = set()
+    for speaker, ids in by_speaker.items():
+        k = min(max(round(fraction * len(ids)), 1 if fraction > 0 else 0), len(ids) - 1)
+        out.update(_ranked(ids, f"known:{seed}:{speaker}")[:k])
+    return out
+
+
+def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
+    """Set ``clip["split"]`` of every clip (dicts with clip_id and speaker_id) from the sequence settings.
+
+    With ``test_speakers`` those speakers are the test split and val is drawn from the others.
+
+    Raises:
+        ConfigError: an unknown ``split_by``, shares outside [0, 1) or summing to 1 or more, a
+            ``known_clip_fraction`` or ``test_speakers`` with ``split_by=clip`` (every held-out clip is
+            then of a known voice), or a test speaker without clips.
+    """
+    if seq.split_by not in ("speaker", "clip"):
+        raise ConfigError(f"sequence.split_by must be 'speaker' or 'clip', not {seq.split_by!r}")
+    for name in ("val_fraction", "test_fraction", "known_clip_fraction"):
+        if not 0.0 <= getattr(seq, name) < 1.0:
+            raise ConfigError(f"sequence.{name} must be in [0, 1), not {getattr(seq, name)}")
+    if seq.val_fraction + seq.test_fraction >= 1.0:
+        raise ConfigError(f"sequence.val_fraction + sequence.test_fraction must be below 1 "
+                          f"({seq.val_fraction} + {seq.test_fraction} leaves nothing to train on)")
+    if seq.known_clip_fraction and seq.split_by != "speaker":
+        raise ConfigError("sequence.known_clip_fraction needs sequence.split_by=speaker (with split_by=clip the "
+                          "val and test clips are already of known voices)")
+    if seq.test_speakers and seq.split_by != "speaker":
+        raise ConfigError("sequence.test_speakers needs sequence.split_by=speaker")
+    speakers = {c["speaker_id"] for c in clips}
+    unknown = sorted(set(seq.test_speakers) - speakers)
+    if unknown:
+        raise ConfigError(f"sequence.test_speakers: no clips of speaker {unknown[0]!r} "
+                          f"(speakers: {', '.join(sorted(speakers))})")
+    if seq.test_speakers and set(seq.test_speakers) == speakers:
+        raise ConfigError("sequence.test_speakers: every speaker is a test speaker, none is left to train on")
+    key = "speaker_id" if seq.split_by == "speaker" else "clip_id"
+    rest = [c[key] for c in clips if c["speaker_id"] not in seq.test_speakers]
+    splits = assign_splits(rest, seq.val_fraction, seq.split_seed, 0.0 if seq.test_speakers else seq.test_fraction)
+    splits.update(dict.fromkeys(seq.test_speakers, "test"))
+    for c in clips:
+        c["split"] = splits[c[key]]
+    known = known_clips([c for c in clips if c["split"] == "train"], seq.known_clip_fraction, seq.split_seed)
+    for c in clips:
+        if c["clip_id"] in known:
+            c["split"] = "known"
 
 
 @dataclass

@@ -44,7 +44,8 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     `clips_per_speaker` > 0 runs on a subset (a quick smoke run; the full corpus is the demo).
 
     Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
-    OUT/report (evaluate on the held-out clips), OUT/infer (Live Link CSV of one held-out clip).
+    OUT/report (evaluate on every held-out split), OUT/infer (Live Link CSV of one held-out clip).
+    The closing lines give both held-out numbers against the seed's targets (:func:`held_out_lines`).
     """
     from a2bs.build.pipeline import run_build
     from a2bs.evaluate.report import evaluate
@@ -69,16 +70,48 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     held_out = _held_out_clip(clips_dir, shards_dir, clips)
     inferred = run_infer(trained.model_path, [str(held_out)], storage.join(out_dir, "infer"), cfg, fmt="livelink-csv")
     console.say(inferred.line())
+    for line in held_out_lines(report.splits, build_split_by(shards_dir)):
+        console.say(line)
     console.summary(f"demo: done in {time.perf_counter() - t0:.0f} s; model {trained.model_path}, "
-                    f"report {report_dir}/report.json, plots in {report_dir}")
+                    f"report {report_dir}/report.json (targets.md: every split), plots in {report_dir}")
     return 0
 
 
+def build_split_by(shards_dir: str) -> str:
+    """How the shards were split ("speaker" or "clip"), from their manifest."""
+    from a2bs.manifests import ShardsManifest
+
+    return ShardsManifest.load(shards_dir).sequence.split_by
+
+
+def held_out_lines(splits: dict[str, dict], split_by: str) -> list[str]:
+    """The demo's two numbers, each against the seed's targets: known voices on unseen clips (the
+    ``known`` split, or with a by-clip split its test clips) and unseen voices (the test split of a
+    by-speaker split); a number the split settings do not give says so."""
+    from a2bs.train.metrics import JAW_CORR, LIP_CORR, MAE, MOUTH_MAE, format_metrics
+
+    known = "known" if "known" in splits else ("test" if split_by == "clip" and "test" in splits else None)
+    unseen = "test" if split_by == "speaker" and "test" in splits else None
+    lines = []
+    for title, name in (("known voices, unseen clips", known), ("unseen voices", unseen)):
+        if name is None:
+            lines.append(f"demo: {title}: none held out (too few speakers, or sequence.*_fraction 0)")
+            continue
+        entry = splits[name]
+        passed = sum(r["passed"] for r in entry["targets"])
+        lines.append(f"demo: {title} ({name} split: {', '.join(entry['speakers'])}): "
+                     f"{format_metrics(entry['metrics'], (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR))} "
+                     f"({passed}/{len(entry['targets'])} seed targets)")
+    return lines
+
+
 def _held_out_clip(clips_dir: str, shards_dir: str, clips: list[Path]) -> Path:
-    """A demo clip of the validation split: the shards manifest lists its clip ids, the clips manifest
-    their source files (the first of `clips` if none of them is one of these)."""
+    """A demo clip never trained on: of the test split if there is one, else of val. The shards manifest
+    lists its clip ids, the clips manifest their source files (the first of `clips` if none matches)."""
     from a2bs.manifests import ClipsManifest, ShardsManifest
 
     sources = ClipsManifest.load(clips_dir).clips
-    val = {sources[cid].source_uri for cid in ShardsManifest.load(shards_dir).splits["val"].clips if cid in sources}
-    return next((c for c in clips if str(c) in val), clips[0])
+    splits = ShardsManifest.load(shards_dir).splits
+    held = splits.get("test") or splits["val"]
+    ids = {sources[cid].source_uri for cid in held.clips if cid in sources}
+    return next((c for c in clips if str(c) in ids), clips[0])

@@ -1,4 +1,9 @@
-"""`a2bs evaluate`: a model file on a shards split -> metrics vs the seed's targets, per-channel MAE, plots.
+"""`a2bs evaluate`: a model file on a shards folder -> metrics vs the seed's targets, per speaker, plots.
+
+Every held-out split of the folder is scored (val, test, known: :data:`a2bs.build.shards.SPLITS`), each
+overall and per speaker; the headline split (``--split``, by default test when the folder has one,
+else val) also gets the per-channel MAE, the plots and the top-level keys of report.json. Only val
+ever chose anything in training (the epoch); test and known are numbers no choice has seen.
 
 Frames are scored exactly as in training validation (whole clips, each frame once from the window
 where it sits most central, see :func:`a2bs.train.data.scored_mask`), so the numbers of
@@ -6,10 +11,11 @@ where it sits most central, see :func:`a2bs.train.data.scored_mask`), so the num
 
 Outputs in REPORT_DIR (local or s3://)::
 
-    report.json           metrics, seed-target table, per-channel MAE, model card, plot names
-    targets.md            the pass/fail table
+    report.json           headline split: metrics, seed-target table, per-channel MAE; "splits": every
+                          scored split's metrics, targets and per-speaker metrics; model card, plot names
+    targets.md            the pass/fail table of every scored split, the headline first
     curves.png            predicted vs true jawOpen, mouthClose, mouthFunnel, mouthSmileLeft, eyeBlinkLeft
-                          and head pose over one validation clip, stitched from its windows in time order
+                          and head pose over one clip of the headline split, stitched from its windows in time order
     per_channel_mae.png   MAE of every observed blendshape and pose value
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import io as _pyio
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,8 +34,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from a2bs.build.shards import REPORTED_SPLITS, SELECTION_SPLIT, SPLITS
 from a2bs.config import Config, ConfigError, TrainConfig
-from a2bs.manifests import front_end_differences, resolve_front_end
+from a2bs.manifests import ShardsManifest, SplitSummary, front_end_differences, resolve_front_end
 from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
@@ -50,7 +58,7 @@ from a2bs.train.metrics import (
     format_target_table,
     target_table,
 )
-from a2bs.train.validation import score_batches
+from a2bs.train.validation import ScoredPass, score_batches
 
 PLOT_CHANNELS: tuple[str, ...] = ("jawOpen", "mouthClose", "mouthFunnel", "mouthSmileLeft", "eyeBlinkLeft")
 POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -59,10 +67,23 @@ POSE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 REPORT_NAME = "report.json"
 
+log = logging.getLogger("a2bs.evaluate")
+
+
+HELD_OUT_SPLITS: tuple[str, ...] = (SELECTION_SPLIT, *REPORTED_SPLITS)
+LINE_METRICS = (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE)
+
+
+def split_label(split: str, split_by: str) -> str:
+    """What a split's numbers stand for, e.g. ``unseen voices`` for the test split of a by-speaker build."""
+    unseen = "unseen voices" if split_by == "speaker" else "unseen clips"
+    return {"train": "training clips", "val": f"{unseen}, chose the epoch", "test": f"{unseen}, never chosen on",
+            "known": "known voices, unseen clips, never chosen on"}.get(split, split)
+
 
 @dataclass
 class EvalReport:
-    """What an evaluation produced."""
+    """What an evaluation produced: the headline `split` in full, and every scored split in `splits`."""
 
     report_dir: str
     metrics: dict[str, Any]
@@ -71,14 +92,19 @@ class EvalReport:
     plots: list[str] = field(default_factory=list)
     plot_clip: str = ""
     wall_s: float = 0.0
+    split: str = "test"
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def line(self) -> str:
-        """One-line summary."""
-        m = self.metrics
-        passed = sum(r["passed"] for r in self.targets)
-        shown = format_metrics(m, (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR, SMILE_CORR, POSE_MAE))
-        return (f"evaluate: {m['n_clips']} clips, {m['n_frames']} frames: {shown} ({passed}/{len(self.targets)} "
-                f"seed targets) -> {self.report_dir} in {self.wall_s:.1f} s")
+        """One-line summary: the headline split, then the other scored splits."""
+        parts = []
+        for name in [self.split, *(s for s in self.splits if s != self.split)]:
+            entry = self.splits[name]
+            m, passed = entry["metrics"], sum(r["passed"] for r in entry["targets"])
+            shown = format_metrics(m, LINE_METRICS if name == self.split else (JAW_CORR, LIP_CORR, MOUTH_MAE))
+            parts.append(f"{name} ({entry['label']}) {len(entry['speakers'])} speaker(s), {m['n_clips']} clips, "
+                         f"{m['n_frames']} frames: {shown} ({passed}/{len(entry['targets'])} seed targets)")
+        return f"evaluate: {'; '.join(parts)} -> {self.report_dir} in {self.wall_s:.1f} s"
 
 
 def _read(uri: str, clip_id: str | None = None) -> Any:
@@ -96,15 +122,37 @@ def _predict(model: nn.Module, audio: np.ndarray, batch_size: int, device: torch
     return np.concatenate(out) if out else np.zeros((0, audio.shape[1], len(TARGET_NAMES)), np.float32)
 
 
-def evaluate_model(model: nn.Module, shards_dir: str, split: str = "val", batch_size: int = TrainConfig.val_batch_size,
-                   device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, int]]:
-    """Whole-clip metrics of `model` on a split -> (metrics, scored frames per clip)."""
+def split_files(shards_dir: str, split: str, manifest: ShardsManifest | None = None) -> list[str]:
+    """The shard files of `split`; ValueError naming the folder and its splits if it has none."""
+    manifest = manifest or ShardsManifest.load(shards_dir)
+    files = manifest.files(shards_dir, split)
+    if not files:
+        have = ", ".join(s for s in SPLITS if manifest.files(shards_dir, s)) or "none"
+        why = (" (built with sequence.test_fraction=0, too few speakers, or by an a2bs before test splits: "
+               "rerun `a2bs build`)" if split == "test" else "")
+        raise ValueError(f"{shards_dir}: no {split!r} split (it has: {have}){why}")
+    return files
+
+
+def clip_speakers(files: list[str]) -> dict[str, str]:
+    """Clip id -> speaker id of every row of `files` (two small columns read)."""
+    out: dict[str, str] = {}
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        t = pq.read_table(path, filesystem=fs, columns=["clip_id", "speaker_id"])
+        out.update(zip(t.column("clip_id").to_pylist(), t.column("speaker_id").to_pylist()))
+    return out
+
+
+def score_split(model: nn.Module, shards_dir: str, split: str, batch_size: int = TrainConfig.val_batch_size,
+                device: str | torch.device = "cpu") -> ScoredPass:
+    """Whole-clip metrics of `model` on a split, overall and per speaker (``groups``)."""
     info = shard_info(shards_dir)
-    files = info.val_files if split == "val" else info.train_files
+    files = split_files(shards_dir, split, info.manifest)
     device = torch.device(device)
     batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS).arrays()
-    scored = score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device)
-    return scored.metrics, scored.clip_frames
+    return score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device,
+                         group_of=clip_speakers(files))
 
 
 def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val",
@@ -113,7 +161,7 @@ def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "v
     """One clip's predictions and targets in time order: ``time_s`` (F,), ``pred``/``target`` (F, 59),
     NaN where no window scores the frame."""
     info = shard_info(shards_dir)
-    files = info.val_files if split == "val" else info.train_files
+    files = split_files(shards_dir, split, info.manifest)
     device = torch.device(device)
     model = model.to(device).eval()
     parts = [arrow_to_arrays(t, info.n_mels) for t in (_read(u, clip_id) for u in files) if t.num_rows]
@@ -144,7 +192,7 @@ def _savefig(fig: Any, uri: str) -> None:
     storage.atomic_write_bytes(uri, buf.getvalue())
 
 
-def plot_curves(curves: dict[str, np.ndarray], clip_id: str, uri: str) -> None:
+def plot_curves(curves: dict[str, np.ndarray], clip_id: str, uri: str, split: str = "test") -> None:
     """Predicted vs true curves of the plot channels and head pose over one clip -> PNG."""
     import matplotlib
 
@@ -169,7 +217,7 @@ def plot_curves(curves: dict[str, np.ndarray], clip_id: str, uri: str) -> None:
         ax.legend(fontsize=6, ncol=3, loc="upper right")
     axes[0].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"validation clip {clip_id}: predicted (dashed) vs true")
+    fig.suptitle(f"{split} clip {clip_id}: predicted (dashed) vs true")
     fig.tight_layout()
     _savefig(fig, uri)
     plt.close(fig)
@@ -197,54 +245,101 @@ def plot_per_channel(per_channel_mae: dict[str, float], uri: str) -> None:
     plt.close(fig)
 
 
-def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str = "val", clip_id: str | None = None,
+_NO_SPLIT = SplitSummary((), 0, 0.0, 0)
+
+
+def _split_entry(scored: ScoredPass, label: str) -> dict[str, Any]:
+    """One split of report.json: metrics, seed targets, per-channel MAE, per-speaker metrics."""
+    metrics = dict(scored.metrics)
+    per_channel = metrics.pop("per_channel_mae")
+    per_speaker = {spk: {k: v for k, v in m.items() if k != "per_channel_mae"} for spk, m in scored.groups.items()}
+    targets = target_table(metrics)
+    return {"label": label, "metrics": metrics, "targets": targets, "all_targets_met": all(r["passed"] for r in targets),
+            "per_channel_mae": per_channel, "speakers": sorted(per_speaker), "per_speaker": per_speaker}
+
+
+def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str | None = None, clip_id: str | None = None,
              batch_size: int = TrainConfig.val_batch_size, device: str = "cpu", cfg: Config | None = None,
              overrides: Mapping[str, Any] | None = None) -> EvalReport:
-    """Evaluate a model file on a shards split and write REPORT_DIR (report.json, targets.md, PNGs).
+    """Evaluate a model file on every held-out split of a shards folder and write REPORT_DIR.
 
-    The shards must have the model card's audio front end, and so must the user's ``audio.*`` settings
-    (`cfg` and `overrides`, see :func:`a2bs.manifests.resolve_front_end`), else ConfigError before any work.
+    Writes report.json, targets.md and the PNGs. The shards must have the model card's audio front
+    end, and so must the user's ``audio.*`` settings (`cfg` and `overrides`, see
+    :func:`a2bs.manifests.resolve_front_end`), else ConfigError before any work.
 
     Args:
         model_path: a2bs model file (e.g. RUN_DIR/model.safetensors), local or s3://.
         shards_dir: shards folder (``a2bs build`` output).
         report_dir: output folder, local or s3://.
-        split: "val" (held-out clips) or "train".
-        clip_id: clip for the curve plot (default: the clip with the most scored frames).
+        split: the headline split ("test", "val", "known" or "train"); None = test when the folder
+            has one, else val. Every held-out split present (val, test, known) is scored as well.
+        clip_id: clip for the curve plot (default: the headline split's clip with the most scored frames).
         batch_size: windows per forward pass (``train.val_batch_size``).
         device: torch device for inference.
+
+    Raises:
+        ValueError: an unknown split, or one the folder does not have.
     """
     t0 = time.perf_counter()
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     model, card = load_model_file(model_path)
     if cfg is not None:
         resolve_front_end(card.audio, cfg, overrides)
-    differ = front_end_differences(card.audio, shard_info(shards_dir).manifest.audio)
+    manifest = ShardsManifest.load(shards_dir)
+    differ = front_end_differences(card.audio, manifest.audio)
     if differ:
         raise ConfigError(f"{shards_dir}: built with another audio front end than the model {model_path} "
                           f"(model vs shards: audio.{'; audio.'.join(differ)})")
-    metrics, frames = evaluate_model(model, shards_dir, split, batch_size, device)
-    if not frames or not metrics["n_frames"]:
-        raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
+    present = [s for s in HELD_OUT_SPLITS if manifest.files(shards_dir, s)]
+    if split is None:
+        split = "test" if "test" in present else SELECTION_SPLIT
+    split_files(shards_dir, split, manifest)  # a clear error before any scoring
+    splits: dict[str, dict[str, Any]] = {}
+    frames: dict[str, int] = {}
+    for name in [split, *(s for s in present if s != split)]:
+        scored = score_split(model, shards_dir, name, batch_size, device)
+        if name == split:
+            if not scored.clip_frames or not scored.metrics["n_frames"]:
+                raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
+            frames = scored.clip_frames
+        splits[name] = _split_entry(scored, split_label(name, manifest.sequence.split_by))
+        if name in ("val", "test") and card.data is not None:
+            # Shards split otherwise than the model's: an "unseen" voice it was trained on is no such thing.
+            seen = sorted(set(splits[name]["speakers"]) & set(card.data.splits.get("train", _NO_SPLIT).speakers))
+            splits[name]["trained_on"] = seen
+            if seen:
+                log.warning(f"evaluate: the model was trained on {name} speaker(s) {', '.join(seen)} of {shards_dir}: "
+                            "these shards are not split as its training shards were")
+    head = splits[split]
     plot_clip = clip_id or max(sorted(frames), key=lambda c: frames[c])
     storage.makedirs(report_dir)
     curves_uri, bars_uri = storage.join(report_dir, "curves.png"), storage.join(report_dir, "per_channel_mae.png")
-    plot_curves(stitch_clip(model, shards_dir, plot_clip, split, batch_size, device), plot_clip, curves_uri)
-    per_channel = metrics.pop("per_channel_mae")
-    plot_per_channel(per_channel, bars_uri)
-    targets = target_table(metrics)
-    storage.atomic_write_text(storage.join(report_dir, "targets.md"), format_target_table(metrics) + "\n")
-    report = EvalReport(report_dir, metrics, targets, per_channel, ["curves.png", "per_channel_mae.png"], plot_clip)
+    plot_curves(stitch_clip(model, shards_dir, plot_clip, split, batch_size, device), plot_clip, curves_uri, split)
+    plot_per_channel(head["per_channel_mae"], bars_uri)
+    storage.atomic_write_text(storage.join(report_dir, "targets.md"), _targets_md(splits, split))
+    report = EvalReport(report_dir, head["metrics"], head["targets"], head["per_channel_mae"],
+                        ["curves.png", "per_channel_mae.png"], plot_clip, split=split, splits=splits)
     report.wall_s = time.perf_counter() - t0
     payload = {
         "model_path": str(model_path), "shards_dir": str(shards_dir), "split": split,
-        "metrics": metrics, "targets": targets, "all_targets_met": all(r["passed"] for r in targets),
-        "per_channel_mae": per_channel, "plots": report.plots, "plot_clip": plot_clip,
+        "chosen_on": SELECTION_SPLIT, "split_by": manifest.sequence.split_by,
+        "metrics": head["metrics"], "targets": head["targets"], "all_targets_met": head["all_targets_met"],
+        "per_channel_mae": head["per_channel_mae"], "splits": splits, "plots": report.plots, "plot_clip": plot_clip,
         "model_card": card.to_dict(), "wall_s": report.wall_s,
     }
     storage.atomic_write_text(storage.join(report_dir, REPORT_NAME), json.dumps(payload, indent=1, default=_json_default))
     return report
+
+
+def _targets_md(splits: dict[str, dict[str, Any]], headline: str) -> str:
+    """targets.md: the pass/fail table of every scored split, the headline first."""
+    out = []
+    for name in [headline, *(s for s in splits if s != headline)]:
+        entry = splits[name]
+        out.append(f"## {name}: {entry['label']} ({', '.join(entry['speakers'])})\n\n"
+                   f"{format_target_table(entry['metrics'])}\n")
+    return "\n".join(out)
 
 
 def _json_default(x: Any) -> Any:

@@ -5,7 +5,7 @@ Run folder (local path or s3:// URI)::
     RUN_DIR/config.yaml          resolved config (written before training starts)
     RUN_DIR/ray_train/           Ray Train storage: epoch_NNNN/ checkpoints + Ray's run snapshot
     RUN_DIR/history.json|csv     one row per epoch (rank 0), TensorBoard events in RUN_DIR/tensorboard
-    RUN_DIR/model.safetensors    best checkpoint's model (train.best_metric / best_mode), self-contained
+    RUN_DIR/model.safetensors    best checkpoint's model (train.best_metric / best_mode, on val), self-contained
     RUN_DIR/metrics.json         best and last epoch metrics, pass/fail against the seed's targets
 
 Fault tolerance: ``FailureConfig(max_failures)`` restarts a failed worker group from the latest
@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
+from a2bs.build.shards import SELECTION_SPLIT
 from a2bs.config import (
     Config,
     ConfigError,
@@ -90,6 +91,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     world_size: int = 1
+    chosen_on: str = SELECTION_SPLIT  # the only split any choice (the best epoch, Tune's trials) is made on
+    chosen_on_speakers: tuple[str, ...] = ()
 
     @property
     def targets(self) -> list[dict[str, Any]]:
@@ -102,8 +105,13 @@ class TrainResult:
         passed = sum(r["passed"] for r in self.targets)
         done = "finished" if self.last_epoch + 1 >= self.epochs else "stopped"
         return (f"train: {done} at epoch {self.last_epoch + 1}/{self.epochs} on {self.world_size} worker(s); "
-                f"best epoch {self.best_epoch}: val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
+                f"best epoch {self.best_epoch} (chosen on {self._chosen_on()}): "
+                f"val_loss {m.get(VAL_LOSS, math.nan):.4f} {format_metrics(m)} "
                 f"({passed}/{len(self.targets)} seed targets) -> {self.model_path} in {self.wall_s:.1f} s")
+
+    def _chosen_on(self) -> str:
+        n = len(self.chosen_on_speakers)
+        return f"{self.chosen_on}, {n} speaker{'s' if n != 1 else ''}" if n else self.chosen_on
 
 
 def run_exists(run_dir: str) -> bool:
@@ -228,12 +236,13 @@ def _best(candidates: list[tuple[str, dict[str, Any]]], metric: str, mode: str) 
 
 
 def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], latest_dir: str, cfg: Config,
-                wall_s: float) -> TrainResult:
+                wall_s: float, chosen_on_speakers: Sequence[str] = ()) -> TrainResult:
     """Copy the best checkpoint's model to RUN_DIR/model.safetensors and write RUN_DIR/metrics.json.
 
     Args:
         candidates: (checkpoint folder URI, its reported metrics) of every retained checkpoint.
         latest_dir: the latest checkpoint folder (its history is the run's history).
+        chosen_on_speakers: the speakers of the split the candidates were scored on (val).
     """
     tc = cfg.train
     best_dir, _ = _best(candidates, tc.best_metric, tc.best_mode)
@@ -245,9 +254,11 @@ def export_best(run_dir: str, candidates: list[tuple[str, dict[str, Any]]], late
     result = TrainResult(run_dir=run_dir, model_path=model_path, best_epoch=int(best_meta["epoch"]),
                          best_metrics=best_meta["metrics"], last_epoch=int(latest_meta["epoch"]),
                          epochs=tc.epochs, history=history, wall_s=wall_s,
-                         world_size=int(latest_meta["metrics"].get("world_size", tc.num_workers)))
+                         world_size=int(latest_meta["metrics"].get("world_size", tc.num_workers)),
+                         chosen_on_speakers=tuple(chosen_on_speakers))
     report = {
         "best_metric": tc.best_metric, "best_mode": tc.best_mode, "best_epoch": result.best_epoch,
+        "chosen_on": result.chosen_on, "chosen_on_speakers": list(result.chosen_on_speakers),
         "best": result.best_metrics, "last_epoch": result.last_epoch, "last": latest_meta["metrics"],
         "targets": result.targets, "epochs": tc.epochs, "wall_s": wall_s, "model_path": model_path,
     }
@@ -287,7 +298,8 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
     save_config(cfg, storage.join(run_dir, CONFIG_NAME))
     with track_epochs(run_dir, cfg.train.epochs, resume):
         candidates, latest = (_fit_ray if use_ray else _fit_local)(info, run_dir, cfg)
-    return export_best(run_dir, candidates, latest, cfg, time.perf_counter() - t0)
+    return export_best(run_dir, candidates, latest, cfg, time.perf_counter() - t0,
+                       info.manifest.splits[SELECTION_SPLIT].speakers)
 
 
 def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:

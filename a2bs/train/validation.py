@@ -1,7 +1,7 @@
 """Validation scoring: a model over batches of windows -> loss sums and whole-clip metrics.
 
 The one home of how a validation frame is scored, shared by the training loop
-(:func:`a2bs.train.loop.validate`) and ``a2bs evaluate`` (:func:`a2bs.evaluate.report.evaluate_model`),
+(:func:`a2bs.train.loop.validate`) and ``a2bs evaluate`` (:func:`a2bs.evaluate.report.score_split`),
 so the numbers of an evaluated model file match the run's validation of the same epoch: each clip
 frame counts once, from the window where it sits most central (:func:`a2bs.train.data.scored_mask`),
 and the windows of a clip meet in one :class:`a2bs.train.metrics.MetricAccumulator`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -37,11 +37,13 @@ class ScoredPass:
         loss_sums: frame-weighted sums of each loss term and ``total`` (``TERMS`` order), then the
             valid-frame count; zeros when no loss config was given.
         clip_frames: scored frames per clip id.
+        groups: metrics of each group of clips (e.g. per speaker) when a grouping was given.
     """
 
     metrics: dict[str, Any]
     loss_sums: np.ndarray
     clip_frames: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def score_batches(
@@ -53,6 +55,7 @@ def score_batches(
     loss_cfg: LossConfig | None = None,
     loss_epoch: int = 0,
     keep_clip: Callable[[str], bool] | None = None,
+    group_of: Mapping[str, str] | None = None,
 ) -> ScoredPass:
     """Run `model` (in eval mode, no gradients) over validation batches and score them.
 
@@ -64,9 +67,11 @@ def score_batches(
         loss_cfg: also sum the loss terms with these weights (None = metrics only).
         loss_epoch: the epoch whose stage weights make ``total``.
         keep_clip: score only the rows whose clip id it accepts (e.g. this worker's clips).
+        group_of: clip id -> group (e.g. its speaker): also score each group on its own.
     """
     model.eval()
     acc = MetricAccumulator()
+    group_accs: dict[str, MetricAccumulator] = {}
     sums = np.zeros(len(TERMS) + 2)
     clip_frames: dict[str, int] = {}
     with torch.no_grad():
@@ -85,9 +90,15 @@ def score_batches(
             scored = scored_mask(arrays["mask"], overlap_frames)
             starts = np.rint(arrays["start_s"] * frame_rate_hz).astype(np.int64)
             acc.update(pred, batch["targets"], scored, list(arrays["clip_id"]), starts)
+            if group_of is not None:
+                groups = np.array([group_of[str(c)] for c in arrays["clip_id"]], dtype=object)
+                for g in sorted(set(groups)):
+                    rows = np.flatnonzero(groups == g)
+                    group_accs.setdefault(g, MetricAccumulator()).update(
+                        pred[rows], batch["targets"][rows], scored[rows], list(arrays["clip_id"][rows]), starts[rows])
             for cid, n in zip(arrays["clip_id"], (scored > 0.5).sum(axis=1)):
                 clip_frames[str(cid)] = clip_frames.get(str(cid), 0) + int(n)
-    return ScoredPass(acc.compute(), sums, clip_frames)
+    return ScoredPass(acc.compute(), sums, clip_frames, {g: a.compute() for g, a in sorted(group_accs.items())})
 
 
 def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:

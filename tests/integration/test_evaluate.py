@@ -1,5 +1,5 @@
-"""`a2bs evaluate` on the demo shards: report.json, seed-target table, PNG plots, and the same numbers
-as the training run's validation of that model."""
+"""`a2bs evaluate` on the demo shards: report.json (headline test split, every held-out split, per
+speaker), seed-target tables, PNG plots, and the same val numbers as the training run's validation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
+from a2bs.build.pipeline import run_build
 from a2bs.cli import main
-from a2bs.config import config_to_dict
+from a2bs.config import config_to_dict, load_config
+from a2bs.evaluate.report import evaluate
 from a2bs.manifests import ShardsManifest
 from a2bs.schema import N_POSE, TARGET_NAMES, UNOBSERVED_BLENDSHAPES
 
@@ -37,16 +39,24 @@ def test_evaluate_writes_report_and_plots(trained, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     manifest = ShardsManifest.load(shards)
     m = report["metrics"]
-    assert m["n_clips"] == len(manifest.splits["val"].clips)
+    assert report["split"] == "test" and report["chosen_on"] == "val"  # the default headline: unseen voices
+    assert m["n_clips"] == len(manifest.splits["test"].clips)
+    assert list(report["splits"]) == ["test", "val"] and report["splits"]["test"]["metrics"] == m
+    for name, entry in report["splits"].items():
+        assert entry["speakers"] == list(manifest.splits[name].speakers) == list(entry["per_speaker"])
+        assert entry["trained_on"] == []  # the model's own shards: no held-out voice was trained on
+        assert sum(s["n_clips"] for s in entry["per_speaker"].values()) == len(manifest.splits[name].clips)
+        assert [r["metric"] for r in entry["targets"]] == ["mae", "jaw_corr", "lip_corr", "mouth_mae"]
     assert 0 < m["mae"] < 0.5 and 0 < m["mouth_mae"] < 0.5
     assert -1 <= m["jaw_corr"] <= 1 and -1 <= m["lip_corr"] <= 1
     assert [r["metric"] for r in report["targets"]] == ["mae", "jaw_corr", "lip_corr", "mouth_mae"]
     assert report["all_targets_met"] == all(r["passed"] for r in report["targets"])
     expected = [n for n in TARGET_NAMES if n not in UNOBSERVED_BLENDSHAPES]
     assert list(report["per_channel_mae"]) == expected and len(expected) == 51 + N_POSE
-    assert report["plot_clip"] in manifest.splits["val"].clips
+    assert report["plot_clip"] in manifest.splits["test"].clips
     assert report["model_card"]["audio"] == config_to_dict(manifest.audio)
-    assert "| mae |" in (out / "targets.md").read_text()
+    md = (out / "targets.md").read_text()
+    assert md.startswith("## test: unseen voices, never chosen on") and "## val: unseen voices, chose the epoch" in md
     for name in ("curves.png", "per_channel_mae.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 20_000
@@ -60,7 +70,7 @@ def test_evaluate_matches_training_validation(trained, tmp_path):
     shards, run = trained
     out = tmp_path / "report"
     assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())["metrics"]
+    report = json.loads((out / "report.json").read_text())["splits"]["val"]["metrics"]
     best = json.loads((run / "metrics.json").read_text())["best"]
     for key in ("mae", "mouth_mae", "pose_mae", "jaw_corr", "lip_corr", "smile_corr"):
         assert report[key] == pytest.approx(best[f"val_{key}"], abs=1e-5), key
@@ -75,3 +85,19 @@ def test_evaluate_train_split_and_missing_model(trained, tmp_path, capsys):
     assert train_report["metrics"]["n_clips"] == len(ShardsManifest.load(shards).splits["train"].clips)
     assert main(["evaluate", str(tmp_path / "nope.safetensors"), str(shards), "--out", str(tmp_path / "x")]) == 1
     assert "cannot read model file" in capsys.readouterr().err
+    assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(tmp_path / "k"),
+                 "--split", "known"]) != 0
+    assert "no 'known' split (it has: train, val, test)" in capsys.readouterr().err
+
+
+def test_shards_split_otherwise_name_the_voices_the_model_trained_on(trained, demo_features, tmp_path, caplog):
+    """Evaluated on shards whose test voice was one of the model's training voices, the report says so."""
+    shards, run = trained
+    trained_voices = ShardsManifest.load(shards).splits["train"].speakers
+    other = tmp_path / "shards"
+    run_build(str(demo_features[0]), str(other), load_config(None, [f"sequence.test_speakers=[{trained_voices[0]}]"]),
+              use_ray=False, progress=False)
+    with caplog.at_level("WARNING", logger="a2bs.evaluate"):
+        report = evaluate(str(run / "model.safetensors"), str(other), str(tmp_path / "report"))
+    assert report.splits["test"]["trained_on"] == [trained_voices[0]]
+    assert f"the model was trained on test speaker(s) {trained_voices[0]} of {other}" in caplog.text

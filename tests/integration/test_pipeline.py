@@ -46,14 +46,18 @@ def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) 
         assert entry.face_fps == pytest.approx(30.0, abs=0.1) and Path(entry.source_uri).parent.name == entry.speaker_id
         predicted += expected_windows(len(row["audio_time_s"]), demo_config.sequence, 100.0)
     assert sum(manifest.rows.values()) == predicted == sum(build.rows.values())
-    train, val = read_split(str(shards_dir), "train"), read_split(str(shards_dir), "val")
-    assert len(train["audio"]) + len(val["audio"]) == predicted
+    # The default split by speaker into train, val and test (a2bs.build.shards.assign_splits).
+    assert list(manifest.splits) == ["train", "val", "test"]
+    train, val, test = (read_split(str(shards_dir), s) for s in ("train", "val", "test"))
+    assert len(train["audio"]) + len(val["audio"]) + len(test["audio"]) == predicted
     assert train["audio"].shape[1:] == (24, 80) and train["targets"].shape[1:] == (24, 59)
-    assert set(train["clip_id"]).isdisjoint(val["clip_id"])
-    train_split, val_split = manifest.splits["train"], manifest.splits["val"]
-    assert set(train_split.speakers).isdisjoint(val_split.speakers)
+    assert set(train["clip_id"]).isdisjoint(val["clip_id"]) and set(test["clip_id"]).isdisjoint(
+        set(train["clip_id"]) | set(val["clip_id"]))
+    train_split, val_split, test_split = (manifest.splits[s] for s in ("train", "val", "test"))
+    voices = [set(train_split.speakers), set(val_split.speakers), set(test_split.speakers)]
+    assert all(voices) and sum(map(len, voices)) == len(set().union(*voices)) == len({p.parent.name for p in demo_clips()})
     assert set(train_split.clips) == set(train["clip_id"]) and set(val_split.clips) == set(val["clip_id"])
-    assert sorted(train_split.clips + val_split.clips) == sorted(clips.clips)
+    assert sorted(train_split.clips + val_split.clips + test_split.clips) == sorted(clips.clips)
     assert (manifest.window_frames, manifest.step_frames, manifest.frame_rate_hz) == (24, 12, 100.0)
     assert manifest.audio == clips.audio == demo_config.audio and manifest.sequence.sequence_ms == 240
     assert train_split.channels["jawOpen"].std > 0.02  # the driven mouth really moves

@@ -1,5 +1,12 @@
 """Quality on the demo corpus: the PoC (`tcn_poc`, a2bs/demo/demo.yaml, the seed's 50 epochs) trained
-on the training clips and scored by `a2bs evaluate` on the held-out clips against the seed's targets.
+on the training clips and scored by `a2bs evaluate` on held-out clips of the same voices against the
+seed's targets.
+
+The split is the one this test has always used (by clip, 10 of the 48 clips held out, no test split:
+CLIP_SPLIT), so the shards and the numbers are those of earlier runs: a regression guard on the model
+and its training. The demo preset itself splits by speaker (val, test and known voices on unseen
+clips); on today's 4-voice corpus that leaves 2 training voices, too few for the targets (README,
+"Demo results").
 
 The training runs the same loop as Ray Train in this process (`a2bs train --no-ray`, ~2.5 min on 2 cores):
 Ray Train's own behaviour is covered by test_train.py, and one worker there costs ~1.7x the time on
@@ -30,17 +37,20 @@ from a2bs.train.data import arrow_to_arrays, shard_info
 pytestmark = pytest.mark.slow
 
 DEMO_YAML = DEMO_PRESET
+CLIP_SPLIT = ["sequence.split_by=clip", "sequence.val_fraction=0.2", "sequence.test_fraction=0",
+              "sequence.known_clip_fraction=0"]
 
 
 def test_demo_quality_against_the_seed_targets(demo_features, tmp_path):
     clips_dir, _ = demo_features
-    cfg = load_config(DEMO_YAML)
-    assert cfg.sequence.split_by == "clip" and cfg.model.name == "tcn_poc" and cfg.train.epochs == 50
+    cfg = load_config(DEMO_YAML, CLIP_SPLIT)
+    assert cfg.model.name == "tcn_poc" and cfg.train.epochs == 50
     shards, run, report_dir = tmp_path / "shards", tmp_path / "run", tmp_path / "report"
     run_build(str(clips_dir), str(shards), cfg, use_ray=False)
-    assert main(["train", str(shards), "--out", str(run), "--config", str(DEMO_YAML), "--no-ray"]) == 0
+    assert main(["train", str(shards), "--out", str(run), "--config", str(DEMO_YAML), "--no-ray", *CLIP_SPLIT]) == 0
     assert main(["evaluate", str(run / "model.safetensors"), str(shards), "--out", str(report_dir)]) == 0
     report = json.loads((report_dir / "report.json").read_text())
+    assert report["split"] == "val" and list(report["splits"]) == ["val"]  # 10 clips of the 4 known voices
     m = report["metrics"]
     numbers = {k: round(m[k], 4) for k in ("mae", "mouth_mae", "jaw_corr", "lip_corr", "smile_corr", "pose_mae")}
     print(f"\ndemo quality (held-out clips): {numbers}")

@@ -1,12 +1,13 @@
-"""The demo job's choice of a held-out clip to run inference on."""
+"""The demo job's choice of a held-out clip to run inference on, and its two held-out numbers."""
 
 from __future__ import annotations
 
 from support import demo_clips, listing_manifest
 
 from a2bs.config import AudioConfig
-from a2bs.demo.job import _held_out_clip
+from a2bs.demo.job import _held_out_clip, held_out_lines
 from a2bs.manifests import ClipEntry, ClipsManifest
+from a2bs.train.metrics import target_table
 
 
 def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
@@ -18,3 +19,33 @@ def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
                                   for c in clips}).write(tmp_path / "clips")
     listing_manifest({"train": [ids[c] for c in clips if c != val], "val": [ids[val]]}).write(tmp_path / "shards")
     assert _held_out_clip(str(tmp_path / "clips"), str(tmp_path / "shards"), clips) == val
+
+
+def test_held_out_clip_prefers_the_test_split(tmp_path) -> None:
+    clips = demo_clips()
+    ids = {c: f"clip{i:03d}" for i, c in enumerate(clips)}
+    ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30)
+                                  for c in clips}).write(tmp_path / "clips")
+    val, test = clips[3], clips[-2]
+    listing_manifest({"train": [ids[c] for c in clips if c not in (val, test)], "val": [ids[val]],
+                      "test": [ids[test]]}).write(tmp_path / "shards")
+    assert _held_out_clip(str(tmp_path / "clips"), str(tmp_path / "shards"), clips) == test
+
+
+def _entry(speakers: list[str], lip_corr: float) -> dict:
+    metrics = {"n_clips": 2, "n_frames": 100, "mae": 0.02, "mouth_mae": 0.03, "jaw_corr": 0.9, "lip_corr": lip_corr}
+    return {"metrics": metrics, "targets": target_table(metrics), "speakers": speakers}
+
+
+def test_the_demo_shows_both_held_out_numbers_against_the_seed_targets() -> None:
+    splits = {"test": _entry(["astronaut_slt"], 0.4), "val": _entry(["hopper_awb"], 0.5),
+              "known": _entry(["astronaut_rms", "hopper_kal16"], 0.7)}
+    known, unseen = held_out_lines(splits, "speaker")
+    assert known.startswith("demo: known voices, unseen clips (known split: astronaut_rms, hopper_kal16): ")
+    assert "lip_corr 0.700" in known and known.endswith("(4/4 seed targets)")
+    assert unseen.startswith("demo: unseen voices (test split: astronaut_slt): ")
+    assert "lip_corr 0.400" in unseen and unseen.endswith("(3/4 seed targets)")
+    # By clip, the test clips are of known voices and no voice is unseen.
+    known, unseen = held_out_lines({"test": splits["known"], "val": splits["val"]}, "clip")
+    assert known.startswith("demo: known voices, unseen clips (test split: ")
+    assert unseen == "demo: unseen voices: none held out (too few speakers, or sequence.*_fraction 0)"

@@ -85,3 +85,20 @@ def test_merge_metrics_weights_by_frames() -> None:
     assert merge_metrics([a]) is a
     empty = merge_metrics([])
     assert empty["n_frames"] == 0 and math.isnan(empty["mae"])
+
+
+def test_group_of_scores_each_speaker_on_its_own() -> None:
+    """Per-speaker metrics (a2bs evaluate): each group's clips alone, and the whole pass unchanged."""
+    rows = [_window("a1", 0, 0.1), _window("b1", 0, 0.5), _window("a2", 0, 0.3), _window("a1", 4, 0.1)]
+    speakers = {"a1": "anna", "a2": "anna", "b1": "ben"}
+    plain = score_batches(nn.Identity(), [_batch(*rows)], RATE_HZ, OVERLAP, torch.device("cpu"))
+    grouped = score_batches(nn.Identity(), [_batch(*rows[:3]), _batch(rows[3])], RATE_HZ, OVERLAP,
+                            torch.device("cpu"), group_of=speakers)
+    assert grouped.metrics["mae"] == pytest.approx(plain.metrics["mae"], abs=1e-7) and not plain.groups
+    assert list(grouped.groups) == ["anna", "ben"]
+    anna, ben = grouped.groups["anna"], grouped.groups["ben"]
+    assert (anna["n_clips"], ben["n_clips"]) == (2, 1)
+    assert anna["n_frames"] + ben["n_frames"] == grouped.metrics["n_frames"]
+    # anna: a1 has 8 frames off by 0.1, a2 4 frames off by 0.3 (a lone window keeps its central frames).
+    assert anna["mae"] == pytest.approx((8 * 0.1 + 4 * 0.3) / 12, abs=1e-6)
+    assert ben["mae"] == pytest.approx(0.5, abs=1e-6)
