@@ -35,8 +35,7 @@ from a2bs.synth.visemes import Segment, blink_curve, head_curves, mouth_curves
 FPS = 30.0
 SAMPLE_RATE = 16000
 FRAME_PX = 384
-CLIP_RANGE_S = (5.0, 15.0)  # what a corpus clip may last
-GENERATE_RANGE_S = (5.0, 10.0)  # what the generator aims for: short clips keep `a2bs demo` quick
+CLIP_RANGE_S = (5.0, 10.0)  # short clips: many voices and `a2bs demo` still quick
 DEFAULT_CLIPS = 6 * len(VOICES)  # 6 clips per voice
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "demo" / "corpus"
 
@@ -140,10 +139,10 @@ def speak_clip(voice: Voice, rng: np.random.Generator, work: Path
         sentences = _pick_sentences(rng, voice.language)
         audio, segments = assemble_speech(sentences, voice, rng, work)
         duration_s = len(audio) / SAMPLE_RATE
-        if GENERATE_RANGE_S[0] + 0.3 <= duration_s <= GENERATE_RANGE_S[1] - 0.3:
+        if CLIP_RANGE_S[0] + 0.3 <= duration_s <= CLIP_RANGE_S[1] - 0.3:
             return sentences, audio, segments
     raise RuntimeError(f"could not assemble a clip of voice {voice.name!r} within "
-                       f"{GENERATE_RANGE_S} s")
+                       f"{CLIP_RANGE_S} s")
 
 
 def _record(sentences: list[str], audio: np.ndarray, fps: float) -> dict:
