@@ -256,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.verify_only:
             generate_corpus(args.out, n_clips=args.clips, seed=args.seed, jobs=args.jobs)
         if not args.no_verify:
-            from a2bs.synth.verify import verify_corpus
+            from a2bs.synth.verify import face_summary, verify_corpus, voice_table
 
             res = verify_corpus(args.out, progress=True, jobs=args.jobs)
+            meta = json.loads((Path(args.out) / "corpus.json").read_text())
+            print(f"{face_summary(res, meta)}\n\n{voice_table(res, meta)}")  # README's tables
             print(f"verified {len(res['per_clip'])} clips: jawOpen r={res['overall']['jawOpen']:.3f}"
                   f" -> {Path(args.out) / 'verification.json'}")
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
