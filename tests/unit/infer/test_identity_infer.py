@@ -202,3 +202,38 @@ def test_cli_identity_errors_are_one_line(model_files, tmp_path, capsys) -> None
     assert main(["infer", model_files["faces"], str(wav), "--out", str(out), "--no-ray", "--identity", "ben",
                  "--format", "npz"]) == 0
     assert (out / "speech.npz").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_serve_engine_sessions_of_different_faces_equal_offline(backend: str) -> None:
+    import time
+
+    from a2bs.infer.engine import ServeEngine, StreamSpec
+    from a2bs.infer.offline import predict_samples
+
+    net = _model()
+    loaded = LoadedModel(net, net.cfg, ModelCard.for_untrained(net.cfg), AudioConfig(), "faces")
+    cfg = load_config(None, [f"serve.backend={backend}", "infer.neutral_calibration=false"])
+    engine = ServeEngine(loaded, cfg, capacity=3)
+    audio = _audio(0.6, 3)
+    streams = {name: engine.open(StreamSpec(16000, fps=60, identity=name)) for name in ("anna", "ben", None)}
+    chunks = [audio[i : i + 320] for i in range(0, len(audio), 320)]  # 20 ms per tick, in step
+    out: dict = {s.slot: [] for s in streams.values()}
+    done: set = set()
+    for tick in range(10000):
+        for s in streams.values():
+            if tick < len(chunks):
+                s.feed(chunks[tick], time.perf_counter())
+            s.ending = tick >= len(chunks)
+        results, _ = engine.tick(engine.prepare())
+        for slot, r in results.items():
+            out[slot].append(r.values)
+            if r.done:
+                done.add(slot)
+        if len(done) == len(streams):
+            break
+    for name, s in streams.items():
+        ref = predict_samples(loaded, audio, cfg, 60, identity=name).values
+        np.testing.assert_allclose(np.concatenate(out[s.slot]), ref, atol=1e-5)
+    anna, ben = (np.concatenate(out[streams[n].slot]) for n in ("anna", "ben"))
+    assert np.abs(anna - ben).max() > 1e-2
