@@ -12,7 +12,8 @@ with one row per identity plus a learned *average* identity at index ``n`` (used
 
 Plain tables rather than a small embedding and a shared projection: a2bs trains on a handful of faces,
 and a new face (``a2bs finetune``) is exactly one new row of each, trained with everything else frozen,
-so the other faces' outputs stay bit-identical. Both tables start at zero: a fresh conditioned model
+so the other faces' outputs stay bit-identical (:func:`with_added_identity`, :func:`train_only_identity`).
+Both tables start at zero: a fresh conditioned model
 computes what the unconditioned one does, and every face starts at the average.
 
 The average row learns the mean face when training replaces a fraction of the windows' identities by
@@ -131,8 +132,7 @@ def with_added_identity(model: nn.Module, name: str) -> nn.Module:
 
     Every weight is copied; the new identity's rows start as the average's; the average moves to the
     new last row. The other identities' rows are unchanged, so with the backbone frozen their outputs
-    stay bit-identical. Train only ``new.identity.film.weight[i]`` / ``out_bias.weight[i]`` (row
-    ``i = len(old identities)``, e.g. by zeroing the other rows' gradients) and optionally the head.
+    stay bit-identical. Train only row ``len(old identities)`` with :func:`train_only_identity`.
     """
     import dataclasses
 
@@ -154,3 +154,23 @@ def with_added_identity(model: nn.Module, name: str) -> nn.Module:
             state[key] = rows
     new.load_state_dict(state, strict=True)
     return new.train(model.training)
+
+
+def train_only_identity(model: nn.Module, row: int) -> list[nn.Parameter]:
+    """Freeze `model` except identity row `row` of both tables (``a2bs finetune``); returns what to optimise.
+
+    Every other parameter stops requiring gradients, and a gradient hook zeroes the tables' other rows,
+    so an optimiser without weight decay (decay would shrink the frozen rows too) leaves every other
+    identity bit-identical. Unfreeze the head on top of this to adapt it as well (the other faces then change).
+    """
+    if getattr(model, "identity", None) is None:
+        raise ValueError("model: this model has no identities to fine-tune")
+    keep = torch.zeros(model.identity.film.num_embeddings, 1)
+    keep[row] = 1.0
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tables = [model.identity.film.weight, model.identity.out_bias.weight]
+    for table in tables:
+        table.requires_grad_(True)
+        table.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+    return tables

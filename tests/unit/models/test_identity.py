@@ -16,6 +16,7 @@ from a2bs.models.identity import (
     check_identities,
     drop_identities,
     identity_index,
+    train_only_identity,
     with_added_identity,
 )
 from a2bs.schema import TARGET_NAMES
@@ -177,3 +178,29 @@ def test_model_file_and_card_carry_the_identities(tmp_path) -> None:
     bad["identities"] = ["anna"]
     with pytest.raises(ManifestError, match="identities"):
         ModelCard.from_json(json.dumps(bad), "bad")
+
+
+def test_training_only_the_new_identity_leaves_the_others_bit_identical() -> None:
+    model = with_added_identity(_small("tcn_full", identities=("anna", "ben")), "carl")
+    params = train_only_identity(model, 2)
+    opt = torch.optim.Adam(params, lr=1e-2)
+    mel = _mel(3, 30, 6)
+    model.eval()
+    with torch.no_grad():
+        before = model(mel, torch.tensor([0, 1, 3]))
+        carl_before = model(mel, torch.tensor([2, 2, 2]))
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(5):
+        loss = (model(mel, torch.tensor([2, 2, 2]))[..., :52] - 0.9).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert torch.equal(model(mel, torch.tensor([0, 1, 3])), before)
+        assert (model(mel, torch.tensor([2, 2, 2])) - carl_before).abs().max() > 1e-3
+    for key, value in model.state_dict().items():
+        if key.startswith("identity."):
+            assert torch.equal(value[[0, 1, 3]], frozen[key][[0, 1, 3]]), key
+            assert not torch.equal(value[2], frozen[key][2]), key
+        else:
+            assert torch.equal(value, frozen[key]), key
