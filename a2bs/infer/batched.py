@@ -97,9 +97,10 @@ class TapLayout:
 class FrameStep(nn.Module):
     """One frame of a causal TCN for B streams, past taps in and new convolution inputs out.
 
-    ``forward(mel (B, n_mels), taps (B, n_taps, C)[, identity (B,)]) -> (out (B, 59), writes (B, n_writes, C))``,
-    taps and writes in :class:`TapLayout` order; `identity` (rows) for a model with identities only. The same arithmetic as ``TCN.step`` on one frame, written
-    as per-frame matrix products (no time axis), so each call is a short chain of ops.
+    ``forward(mel (B, n_mels), taps (B, n_taps, C)[, identity (B,)]) -> (out (B, 59), writes (B, n_writes,
+    C))``, taps and writes in :class:`TapLayout` order, `identity` (rows) for a model with identities. The
+    same arithmetic as ``TCN.step`` on one frame, written as per-frame matrix products (no time axis),
+    so each call is a short chain of ops.
     """
 
     def __init__(self, model: nn.Module) -> None:

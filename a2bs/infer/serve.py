@@ -340,8 +340,9 @@ class BackgroundServer:
     ``with BackgroundServer(model, cfg) as srv: connect(srv.url)``; ``serve.port`` 0 picks a free port.
     """
 
-    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None) -> None:
-        self.server = Server(model, cfg, token)
+    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None,
+                 identity: str | None = None) -> None:
+        self.server = Server(model, cfg, token, identity)
         self.host = cfg.serve.host
         self._port = cfg.serve.port
         self._loop = asyncio.new_event_loop()
