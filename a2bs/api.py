@@ -4,6 +4,7 @@
 
     model = a2bs.load_model("model.safetensors")          # or "default" (InferConfig.model_path)
     curves = model.predict("speech.wav", fps=60)          # or numpy samples + sample_rate
+    curves = model.predict("speech.wav", identity="anna") # whose face (model.identities; default: the average)
     curves.to_livelink_csv("take.csv"); curves.to_npz("take.npz"); data = curves.to_json()
 
     session = model.stream(fps=60)                         # causal models only
@@ -60,29 +61,42 @@ class Model:
         return self._loaded.card
 
     @property
+    def identities(self) -> tuple[str, ...]:
+        """The faces the model can drive (``identity=`` of :meth:`predict` / :meth:`stream`); () = none."""
+        return tuple(self._loaded.card.identities)
+
+    @property
     def causal(self) -> bool:
         """True if the model can stream."""
         return bool(self._loaded.model_cfg.causal)
 
     def predict(self, audio: np.ndarray | str | os.PathLike, sample_rate: int | None = None,
-                fps: float | None = None) -> Curves:
+                fps: float | None = None, identity: str | None = None) -> Curves:
         """Curves for `audio`: a file path (audio or video) or samples ((n,) or (n, channels)).
 
         Args:
             audio: path (local or ``s3://``), or float samples in [-1, 1].
             sample_rate: rate of numpy `audio` (default: the model's rate).
             fps: output frame rate (default ``config.infer.fps``).
+            identity: whose face to drive, one of :attr:`identities` (default: their learned average).
+
+        Raises:
+            ConfigError: an unknown identity (the message lists the known ones), or one for a model
+                without identities.
         """
+        self._loaded.identity_row(identity)  # an unknown identity: before any decoding
         if isinstance(audio, (str, os.PathLike)):
             if storage.is_remote(audio):
                 with tempfile.TemporaryDirectory(prefix="a2bs-") as tmp:
-                    return predict_file(self._loaded, storage.local_copy(audio, tmp), self.config, fps)
-            return predict_file(self._loaded, audio, self.config, fps)
-        return predict_samples(self._loaded, np.asarray(audio), self.config, fps, sample_rate)
+                    return predict_file(self._loaded, storage.local_copy(audio, tmp), self.config, fps, identity)
+            return predict_file(self._loaded, audio, self.config, fps, identity)
+        return predict_samples(self._loaded, np.asarray(audio), self.config, fps, sample_rate, identity=identity)
 
-    def stream(self, fps: float | None = None, rest: np.ndarray | None = None) -> StreamingSession:
-        """A new :class:`StreamingSession` (push mono samples at :attr:`sample_rate`)."""
-        return StreamingSession(self._loaded, self.config, fps, rest)
+    def stream(self, fps: float | None = None, rest: np.ndarray | None = None,
+               identity: str | None = None) -> StreamingSession:
+        """A new :class:`StreamingSession` (push mono samples at :attr:`sample_rate`) driving `identity`'s
+        face (default: the average)."""
+        return StreamingSession(self._loaded, self.config, fps, rest, identity)
 
 
 def load_model(path: str | os.PathLike = "default", config: Config | str | os.PathLike | None = None,

@@ -117,6 +117,9 @@ class ModelConfig:
     attn_layers: int = 1
     attn_causal: bool = True
     attn_max_len: int = 4096  # attention window in frames (also bounds the streaming key/value cache)
+    # Ordered identity (face) names the model is conditioned on (a2bs.models.identity); () = none, and
+    # then the model has no identity weights at all.
+    identities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,8 @@ class ModelCard:
         metrics: split -> metric -> value, for every split the weights were scored on.
         data: the training shards (None = untrained).
         training_config: the resolved config of the run ({} = untrained).
+        identities: the faces the model is conditioned on, in index order (``model.identities``; () = none,
+            and cards written before identities existed read as ()).
     """
 
     __pydantic_config__ = _STRICT
@@ -295,19 +297,25 @@ class ModelCard:
     metrics: dict[str, dict[str, float]]
     data: DataSummary | None
     training_config: dict[str, Any]
+    identities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if tuple(self.identities) != tuple(self.model.identities):
+            raise ValueError(f"model card: identities {list(self.identities)} differ from the model's "
+                             f"{list(self.model.identities)}")
 
     @classmethod
     def for_untrained(cls, model_cfg: ModelConfig, audio_cfg: AudioConfig | None = None,
                       output_fps: float | None = None) -> ModelCard:
         """The card of a model that was not trained by a2bs (tests, benchmarks, random weights)."""
         return cls(model_cfg, audio_cfg or AudioConfig(), VERSION, SCHEMA_VERSION, TARGET_NAMES, MEL_DB_RANGE,
-                   InferConfig().fps if output_fps is None else output_fps, -1, {}, None, {})
+                   InferConfig().fps if output_fps is None else output_fps, -1, {}, None, {}, model_cfg.identities)
 
     @classmethod
     def for_run(cls, cfg: Config, shards: ShardsManifest) -> ModelCard:
         """The card of a training run on `shards` before its first epoch (the loop fills in the rest)."""
         return cls(cfg.model, shards.audio, VERSION, SCHEMA_VERSION, TARGET_NAMES, MEL_DB_RANGE, cfg.infer.fps,
-                   -1, {}, DataSummary.from_shards(shards), config_to_dict(cfg))
+                   -1, {}, DataSummary.from_shards(shards), config_to_dict(cfg), cfg.model.identities)
 
     def to_dict(self) -> dict[str, Any]:
         """The card as plain JSON-able data (what :meth:`to_json` writes, without the envelope)."""

@@ -15,6 +15,10 @@ other streams share its calls: they equal :class:`~a2bs.infer.streaming.Streamin
 rounding, ~1e-7). Streams with several frames pending take one call per frame ("rounds"), each call
 holding every stream that still has a frame.
 
+A model with identities (:mod:`a2bs.models.identity`) takes each stream's identity row as one more
+input of the frame step (``identity (B,)`` int64); the row is chosen when the slot is reset and kept
+with the stream's rings, so one call can hold streams of different faces.
+
 Models with attention (``tcn_attn``) keep a growing key/value cache per stream; they run through
 :class:`PerStreamStepper` (one :class:`~a2bs.infer.streaming.StreamingModel` per stream, PyTorch only).
 """
@@ -32,6 +36,7 @@ from torch import nn
 
 from a2bs.config import ConfigError
 from a2bs.infer.streaming import StreamingError, StreamingModel, supports_streaming
+from a2bs.models.identity import film_norm
 from a2bs.schema import N_TARGETS
 
 
@@ -92,9 +97,10 @@ class TapLayout:
 class FrameStep(nn.Module):
     """One frame of a causal TCN for B streams, past taps in and new convolution inputs out.
 
-    ``forward(mel (B, n_mels), taps (B, n_taps, C)) -> (out (B, 59), writes (B, n_writes, C))``, taps
-    and writes in :class:`TapLayout` order. The same arithmetic as ``TCN.step`` on one frame, written
-    as per-frame matrix products (no time axis), so each call is a short chain of ops.
+    ``forward(mel (B, n_mels), taps (B, n_taps, C)[, identity (B,)]) -> (out (B, 59), writes (B, n_writes,
+    C))``, taps and writes in :class:`TapLayout` order, `identity` (rows) for a model with identities. The
+    same arithmetic as ``TCN.step`` on one frame, written as per-frame matrix products (no time axis),
+    so each call is a short chain of ops.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -102,6 +108,7 @@ class FrameStep(nn.Module):
         if not supports_frame_step(model):
             raise StreamingError("the batched frame step needs a causal convolution model (tcn_full, causal tcn_poc)")
         self.model = model.eval()
+        self.conditioned = getattr(model, "identity", None) is not None
         backbone = model.backbone
         self.mel_lo_db, self.mel_hi_db = backbone.mel_lo_db, backbone.mel_hi_db
         self.taps_per_conv = TapLayout(model).taps_per_conv
@@ -131,8 +138,12 @@ class FrameStep(nn.Module):
             return F.linear((z * w).sum(dim=1), pw, bias)  # depthwise taps, then pointwise
         return F.linear(z.reshape(z.shape[0], -1), w, bias)
 
-    def forward(self, mel: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mel: torch.Tensor, taps: torch.Tensor,
+                identity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         backbone = self.model.backbone
+        film = bias = None
+        if self.conditioned:
+            film, bias = self.model.identity(identity, mel.shape[0], mel.device)  # (B, n_blocks, 2, C), (B, 58)
         mid, half = (self.mel_hi_db + self.mel_lo_db) / 2, (self.mel_hi_db - self.mel_lo_db) / 2
         x = F.linear((mel.clamp(self.mel_lo_db, self.mel_hi_db) - mid) / half, self.in_w,
                      backbone.in_proj.bias)  # (B, C)
@@ -140,8 +151,10 @@ class FrameStep(nn.Module):
         writes, t0, ci = [], 0, 0
         for bi, block in enumerate(backbone.blocks):
             h = x
-            for norm in (block.norm1, block.norm2):
-                u = F.gelu(self._norm(h, norm))  # the convolution's input (dropout is off in eval)
+            for ni, norm in enumerate((block.norm1, block.norm2)):
+                # The convolution's input (dropout is off in eval); the identity's FiLM follows the first norm.
+                block_film = film[:, bi] if film is not None and ni == 0 else None
+                u = F.gelu(film_norm(self._norm(h, norm), block_film))
                 n = self.taps_per_conv[ci]
                 if n:
                     writes.append(u)
@@ -149,14 +162,16 @@ class FrameStep(nn.Module):
                 t0, ci = t0 + n, ci + 1
             x = x + h
             total = total + F.linear(h, self.skip_w[bi], block.skip.bias)
-        out = self.model.head(total[:, :, None])[:, 0]  # (B, 59)
+        out = self.model.head(total[:, :, None], bias)[:, 0]  # (B, 59)
         return out, torch.stack(writes, dim=1)  # (B, n_writes, C)
 
 
 class FrameRunner(Protocol):
-    """Runs the frame step: ``(mel (B, n_mels), taps (B, n_taps, C))`` float32 -> ``(out, writes)``."""
+    """Runs the frame step: ``(mel (B, n_mels), taps (B, n_taps, C))`` float32 and, for a model with
+    identities, ``identity (B,)`` int64 rows -> ``(out, writes)``."""
 
-    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, mel: np.ndarray, taps: np.ndarray,
+                 identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class TorchFrameRunner:
@@ -165,9 +180,11 @@ class TorchFrameRunner:
     def __init__(self, model: nn.Module) -> None:
         self.step = FrameStep(model)
 
-    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, mel: np.ndarray, taps: np.ndarray,
+                 identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ident = None if identity is None else torch.from_numpy(identity)
         with torch.inference_mode():
-            out, writes = self.step(torch.from_numpy(mel), torch.from_numpy(taps))
+            out, writes = self.step(torch.from_numpy(mel), torch.from_numpy(taps), ident)
         return out.numpy(), writes.numpy()
 
 
@@ -179,8 +196,12 @@ def export_frame_step(model: nn.Module, path: str | os.PathLike, opset: int = 17
     layout = TapLayout(model)
     mel = torch.zeros(2, model.cfg.n_mels)
     taps = torch.zeros(2, layout.n_taps, model.cfg.channels)
-    dyn = {name: {0: "batch"} for name in ("mel", "taps", "out", "writes")}
-    return export_graph(step, (mel, taps), ["mel", "taps"], ["out", "writes"], dyn, path, "frame_step", model, opset)
+    names, args = ["mel", "taps"], [mel, taps]
+    if step.conditioned:
+        names.append("identity")
+        args.append(torch.full((2,), model.identity.average_index, dtype=torch.long))
+    dyn = {name: {0: "batch"} for name in (*names, "out", "writes")}
+    return export_graph(step, tuple(args), names, ["out", "writes"], dyn, path, "frame_step", model, opset)
 
 
 class OnnxFrameRunner:
@@ -193,13 +214,18 @@ class OnnxFrameRunner:
             path = export_frame_step(model, os.path.join(tmp, "frame_step.onnx"))
             self.session = onnx_session(path, threads=threads)
 
-    def __call__(self, mel: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out, writes = self.session.run(None, {"mel": mel, "taps": taps})
+    def __call__(self, mel: np.ndarray, taps: np.ndarray,
+                 identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"mel": mel, "taps": taps}
+        if identity is not None:
+            feeds["identity"] = identity
+        out, writes = self.session.run(None, feeds)
         return out, writes
 
 
 class SlotRings:
-    """Per-stream state of the frame step: `capacity` slots of ring buffers and frame counters.
+    """Per-stream state of the frame step: `capacity` slots of ring buffers, frame counters and
+    identity rows (-1 = none chosen: the model's average, or no conditioning).
 
     The rings are one ``np.zeros`` array: its pages are mapped on first use, so unused slots cost no
     memory (``tcn_full``: 2.1 MB per stream in use).
@@ -209,11 +235,13 @@ class SlotRings:
         self.layout = layout
         self.rings = np.zeros((capacity, max(1, layout.ring_frames), channels), np.float32)
         self.frames = np.zeros(capacity, np.int64)
+        self.identities = np.full(capacity, -1, np.int64)
 
-    def reset(self, slot: int) -> None:
-        """Zero a slot for a new stream."""
+    def reset(self, slot: int, identity: int | None = None) -> None:
+        """Zero a slot for a new stream of identity row `identity` (None = the average / none)."""
         self.rings[slot] = 0.0
         self.frames[slot] = 0
+        self.identities[slot] = -1 if identity is None else identity
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """Taps of the next frame of each stream in `slots` (B,) -> (B, n_taps, C) float32."""
@@ -231,7 +259,7 @@ class Stepper(Protocol):
 
     capacity: int
 
-    def reset(self, slot: int) -> None: ...
+    def reset(self, slot: int, identity: int | None = None) -> None: ...
 
     def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
@@ -256,6 +284,8 @@ class BatchedStepper:
         self.max_batch = int(max_batch)
         self.backend = backend
         self.calls = 0  # model calls made (each holds one frame of up to max_batch streams)
+        identity = getattr(model, "identity", None)
+        self.average_identity = None if identity is None else identity.average_index
         if backend == "torch":
             self.runner: FrameRunner = TorchFrameRunner(model)
         elif backend == "onnx":
@@ -263,14 +293,21 @@ class BatchedStepper:
         else:
             raise ConfigError(f"stream backend must be 'torch' or 'onnx', not {backend!r}")
 
-    def reset(self, slot: int) -> None:
-        """Start a new stream in `slot` (zero context, as at the start of an offline pass)."""
-        self.state.reset(slot)
+    def reset(self, slot: int, identity: int | None = None) -> None:
+        """Start a new stream in `slot` (zero context, as at the start of an offline pass), of identity
+        row `identity` (None = the average, or no conditioning for a model without identities)."""
+        if identity is not None and self.average_identity is None:
+            raise StreamingError("an identity was given, but this model has no identities")
+        self.state.reset(slot, identity)
 
     def step_frame(self, slots: np.ndarray, mel: np.ndarray) -> np.ndarray:
         """One frame for each stream in `slots` (B,) (distinct): mel (B, n_mels) -> (B, 59)."""
         taps = self.state.gather(slots)
-        out, writes = self.runner(np.ascontiguousarray(mel, np.float32), taps)
+        identity = None
+        if self.average_identity is not None:
+            rows = self.state.identities[slots]
+            identity = np.where(rows < 0, self.average_identity, rows)
+        out, writes = self.runner(np.ascontiguousarray(mel, np.float32), taps, identity)
         self.state.scatter(slots, writes)
         self.calls += 1
         return out
@@ -304,8 +341,8 @@ class PerStreamStepper:
         self._streams: dict[int, StreamingModel] = {}
         self.calls = 0
 
-    def reset(self, slot: int) -> None:
-        self._streams[slot] = StreamingModel(self.model)
+    def reset(self, slot: int, identity: int | None = None) -> None:
+        self._streams[slot] = StreamingModel(self.model, identity=identity)
 
     def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]:
         outs = []
@@ -320,13 +357,14 @@ class SingleStream:
     """One stream through a slot stepper, with :class:`~a2bs.infer.streaming.StreamingModel`'s interface
     (``reset()``, ``step(mel (n, n_mels)) -> (n, 59)``): what `a2bs stream` runs with the ONNX backend."""
 
-    def __init__(self, stepper: Stepper) -> None:
+    def __init__(self, stepper: Stepper, identity: int | None = None) -> None:
         self.stepper = stepper
+        self.identity = identity
         self.reset()
 
     def reset(self) -> None:
-        """Start a new stream."""
-        self.stepper.reset(0)
+        """Start a new stream (of the identity given at creation)."""
+        self.stepper.reset(0, self.identity)
 
     def step(self, mel: np.ndarray) -> np.ndarray:
         """Advance by (n, n_mels) mel frames -> (n, 59) outputs."""

@@ -25,7 +25,7 @@ def cmd_infer(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError("infer: give a model (or 'default') and at least one input file, folder or s3:// prefix")
     use_ray = False if args.no_ray else None
     summary = run_infer(args.model, inputs, args.out, cfg, fmt=args.format, fps=args.fps, use_ray=use_ray,
-                        overrides=explicit, progress=not args.quiet)
+                        overrides=explicit, progress=not args.quiet, identity=args.identity)
     console.summary(summary.line())  # each failure was shown (and logged) as it happened
     return 0 if summary.ok and not summary.failed else 1
 
@@ -55,7 +55,7 @@ def cmd_stream(args: argparse.Namespace, rest: list[str]) -> int:
     torch.set_num_threads(1)  # one frame at a time: intra-op threads only add overhead and jitter
     model = load_model(args.model, cfg, explicit)
     fps = float(cfg.infer.fps if args.fps is None else args.fps)
-    session = StreamingSession(model, cfg, fps)  # raises StreamingError for a non-causal model
+    session = StreamingSession(model, cfg, fps, identity=args.identity)  # StreamingError: a non-causal model
     sinks: list = []
     if args.livelink:
         sinks.append(livelink_sink_for(args.livelink, cfg, fps))
@@ -108,8 +108,9 @@ def _stream_to_server(args: argparse.Namespace, cfg) -> int:
         probe(audio)  # one clear reason for a bad file before connecting
         blocks, realtime, blocking = blocks_of(load_audio(audio, sr), sr, chunk_ms), args.realtime, False
     try:
+        start = {"identity": args.identity} if args.identity is not None else None
         result = asyncio.run(stream_async(args.server, blocks, sr, fps=fps, token=token, realtime=realtime,
-                                          blocking_source=blocking,
+                                          blocking_source=blocking, start=start,
                                           on_frames=lambda chunk, lat: [s.write(chunk, lat) for s in sinks]))
     finally:
         for sink in sinks:
@@ -135,7 +136,7 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     overrides += [f"serve.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(args.config, overrides)
     model = load_model(args.model, cfg)
-    return run_server(model, cfg)
+    return run_server(model, cfg, identity=args.identity)
 
 
 def cmd_preview(args: argparse.Namespace, rest: list[str]) -> int:
@@ -147,11 +148,17 @@ def cmd_preview(args: argparse.Namespace, rest: list[str]) -> int:
     if extra:
         raise ConfigError(f"preview: unexpected arguments {' '.join(extra)}")
     model = load_model(args.model, cfg, explicit)
-    path, curves = preview_file(model, args.input, args.out, cfg, args.fps)
+    path, curves = preview_file(model, args.input, args.out, cfg, args.fps, args.identity)
     if args.plot:
         plot_curves(curves, args.plot)
     print(f"preview: {len(curves)} frames at {curves.fps:g} fps ({curves.duration_s:.2f} s) -> {path}")
     return 0
+
+
+def _add_identity(p: argparse.ArgumentParser, default_help: str = "their learned average") -> None:
+    p.add_argument("--identity", metavar="NAME", default=None,
+                   help=f"whose face to drive: one of the model's identities (`a2bs info MODEL`); default "
+                        f"{default_help}")
 
 
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add_common: Callable) -> None:
@@ -164,6 +171,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
                    "npy is an alias) or parquet (default infer.format)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default infer.fps)")
     p.add_argument("--no-ray", action="store_true", help="run in this process even for many files")
+    _add_identity(p)
     add_common(p)
     handlers["infer"] = cmd_infer
 
@@ -178,6 +186,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
                    help="pace a file at real time (default) or run as fast as possible")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default infer.fps)")
     p.add_argument("--seconds", type=float, default=None, help="microphone: stop after this many seconds")
+    _add_identity(p, "their learned average (with --server: the server's default)")
     add_common(p)
     handlers["stream"] = cmd_stream
 
@@ -188,6 +197,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
     p.add_argument("--port", type=int, help="TCP port (default serve.port, 8765; 0 = any free port)")
     p.add_argument("--max-sessions", type=int, help="admission limit (default serve.max_sessions)")
     p.add_argument("--token-file", help="file holding the access token clients must send")
+    _add_identity(p, "their learned average; for the sessions that name no identity (each session may)")
     add_common(p)
     handlers["serve"] = cmd_serve
 
@@ -197,5 +207,6 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
     p.add_argument("--out", required=True, help="MP4 to write")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default infer.fps)")
     p.add_argument("--plot", help="also write a PNG plot of key curves")
+    _add_identity(p)
     add_common(p)
     handlers["preview"] = cmd_preview

@@ -46,11 +46,13 @@ class StreamSpec:
     encoding: str = "pcm_s16le"
     fps: float = 60.0
     livelink: str | None = None
-    identity: str | None = None
+    identity: str | None = None  # the face to drive (None = the model's learned average)
 
 
-def parse_spec(msg: Any, cfg: Config, model: LoadedModel) -> StreamSpec:
+def parse_spec(msg: Any, cfg: Config, model: LoadedModel, default_identity: str | None = None) -> StreamSpec:
     """Check a client's first message (a decoded JSON object) -> StreamSpec.
+
+    A session without an ``identity`` gets `default_identity` (``a2bs serve --identity``; None = the average).
 
     Raises:
         StreamError: not an object, unknown keys, or a value out of range.
@@ -75,9 +77,13 @@ def parse_spec(msg: Any, cfg: Config, model: LoadedModel) -> StreamSpec:
     livelink = msg.get("livelink")
     if livelink is not None and not isinstance(livelink, str):
         raise StreamError(f'livelink must be "host:port", got {livelink!r}')
-    identity = msg.get("identity")
-    if identity is not None:  # no a2bs model is conditioned on identities yet (the card would list them)
-        raise StreamError(f"identity {identity!r}: this model has no identity conditioning")
+    identity = msg.get("identity", default_identity)
+    if identity is not None and not isinstance(identity, str):
+        raise StreamError(f"identity must be a string (one of the model's identities), got {identity!r}")
+    try:
+        model.identity_row(identity)
+    except ConfigError as exc:
+        raise StreamError(str(exc)) from None
     return StreamSpec(int(rate), encoding, float(fps), livelink, identity)
 
 
@@ -228,7 +234,7 @@ class ServeEngine:
         for s in streams:
             if s.pipeline is None:
                 s.pipeline = _Pipeline(self, s.spec)
-                self.stepper.reset(s.slot)
+                self.stepper.reset(s.slot, self.model.identity_row(s.spec.identity))
         self._front_end(streams)
         t1 = time.perf_counter()
         cap = self.cfg.serve.max_step_frames

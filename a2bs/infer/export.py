@@ -8,6 +8,10 @@ Two graphs:
   and ``new_state_0 ..``. Start with zero states (:func:`initial_onnx_state`) and feed each step's new
   states to the next; B and n are dynamic.
 
+A model with identities (``model.identities``, see :mod:`a2bs.models.identity`) takes one more input
+in both graphs, right after ``mel``: ``identity (B,)`` int64, each stream's row in the card's
+``identities`` (their count = the learned average). Models without identities export exactly as before.
+
 Each file carries the model config JSON in its metadata (``a2bs_model_config``), and given the model
 file's card also the card (``a2bs_model_card``: the audio front end the ``mel`` input must be computed
 with, see :class:`a2bs.manifests.ModelCard`); it is written atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
@@ -35,16 +39,32 @@ from a2bs.runtime.storage import atomic_write_bytes
 DEFAULT_OPSET = 17
 
 
+def has_identities(model: nn.Module) -> bool:
+    """True when `model` is conditioned on identities (its graphs take an ``identity`` input)."""
+    return getattr(model, "identity", None) is not None
+
+
 class _StepGraph(nn.Module):
-    """Flat-argument view of ``model.step`` for export: (mel, *state) -> (out, *new_state)."""
+    """Flat-argument view of ``model.step`` for export: (mel, [identity,] *state) -> (out, *new_state)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.conditioned = has_identities(model)
 
-    def forward(self, mel: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out, new_state = self.model.step(mel, list(state))
+    def forward(self, mel: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.conditioned:
+            out, new_state = self.model.step(mel, list(inputs[1:]), inputs[0])
+        else:
+            out, new_state = self.model.step(mel, list(inputs))
         return (out, *new_state)
+
+
+def _example_identity(model: nn.Module, batch: int) -> tuple[torch.Tensor, ...]:
+    """The example ``identity`` input of the graphs of `model` (the average), or () without identities."""
+    if not has_identities(model):
+        return ()
+    return (torch.full((batch,), model.identity.average_index, dtype=torch.long),)
 
 
 def _export_bytes(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -98,10 +118,11 @@ def export_onnx_offline(model: nn.Module, path: str | os.PathLike, opset: int = 
     model = model.eval()
     n_mels = model.cfg.n_mels
     example = torch.zeros(1, example_frames, n_mels)
-    data = _export_bytes(
-        model, (example,), ["mel"], ["out"], {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}},
-        opset,
-    )
+    ident = _example_identity(model, 1)
+    dyn = {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}}
+    if ident:
+        dyn["identity"] = {0: "batch"}
+    data = _export_bytes(model, (example, *ident), ["mel"] + ["identity"] * len(ident), ["out"], dyn, opset)
     atomic_write_bytes(path, _with_metadata(data, model, "offline", card))
     return str(path)
 
@@ -125,13 +146,14 @@ def export_onnx_step(model: nn.Module, path: str | os.PathLike, opset: int = DEF
     _check_step_exportable(model)
     model = model.eval()
     state = model.init_state(1)
-    names_in = ["mel"] + [f"state_{i}" for i in range(len(state))]
+    ident = _example_identity(model, 1)
+    names_in = ["mel"] + ["identity"] * len(ident) + [f"state_{i}" for i in range(len(state))]
     names_out = ["out"] + [f"new_state_{i}" for i in range(len(state))]
     dyn: dict[str, dict[int, str]] = {"mel": {0: "batch", 1: "frames"}, "out": {0: "batch", 1: "frames"}}
     for name in names_in[1:] + names_out[1:]:
         dyn[name] = {0: "batch"}
     example = torch.zeros(1, example_frames, model.cfg.n_mels)
-    data = _export_bytes(_StepGraph(model), (example, *state), names_in, names_out, dyn, opset)
+    data = _export_bytes(_StepGraph(model), (example, *ident, *state), names_in, names_out, dyn, opset)
     atomic_write_bytes(path, _with_metadata(data, model, "step", card))
     return str(path)
 
@@ -162,11 +184,16 @@ def initial_onnx_state(model: nn.Module, batch: int = 1) -> list[np.ndarray]:
 
 
 class OnnxStreamer:
-    """Runs an exported step graph chunk by chunk, carrying its states (one stream per object)."""
+    """Runs an exported step graph chunk by chunk, carrying its states (one stream per object).
 
-    def __init__(self, session: Any, initial_state: Sequence[np.ndarray]) -> None:
+    `identity`: each stream's identity row (B,) for a graph with an ``identity`` input (required there).
+    """
+
+    def __init__(self, session: Any, initial_state: Sequence[np.ndarray],
+                 identity: Sequence[int] | np.ndarray | None = None) -> None:
         self.session = session
         self._initial = [np.array(s) for s in initial_state]
+        self.identity = None if identity is None else np.asarray(identity, np.int64).reshape(-1)
         self.reset()
 
     def reset(self) -> None:
@@ -176,24 +203,42 @@ class OnnxStreamer:
     def step(self, mel: np.ndarray) -> np.ndarray:
         """(B, n, n_mels) float32 -> (B, n, 59)."""
         feeds = {"mel": np.ascontiguousarray(mel, dtype=np.float32)}
+        if self.identity is not None:
+            feeds["identity"] = self.identity
         feeds.update({f"state_{i}": s for i, s in enumerate(self.state)})
         out, *self.state = self.session.run(None, feeds)
         return out
 
 
-def verify_onnx_offline(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor) -> float:
-    """Max |ONNX Runtime - PyTorch| of the offline graph on `mel` (B, T, n_mels)."""
+def _identity_feed(model: nn.Module, identity: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """The identity rows the graphs of `model` are fed (the average when none is given), or None."""
+    if not has_identities(model):
+        return None
+    return identity if identity is not None else _example_identity(model, batch)[0]
+
+
+def verify_onnx_offline(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor,
+                        identity: torch.Tensor | None = None) -> float:
+    """Max |ONNX Runtime - PyTorch| of the offline graph on `mel` (B, T, n_mels) with `identity` (B,) rows."""
+    ident = _identity_feed(model, identity, mel.shape[0])
     with torch.no_grad():
-        ref = model.eval()(mel).numpy()
-    got = onnx_session(path).run(None, {"mel": mel.numpy().astype(np.float32)})[0]
+        ref = model.eval()(mel, ident).numpy()
+    feeds = {"mel": mel.numpy().astype(np.float32)}
+    if ident is not None:
+        feeds["identity"] = ident.numpy().astype(np.int64)
+    got = onnx_session(path).run(None, feeds)[0]
     return float(np.abs(got - ref).max())
 
 
-def verify_onnx_step(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor, chunk_frames: int) -> float:
-    """Max |ONNX step graph run chunk by chunk - PyTorch offline forward| on `mel` (B, T, n_mels)."""
+def verify_onnx_step(path: str | os.PathLike, model: nn.Module, mel: torch.Tensor, chunk_frames: int,
+                     identity: torch.Tensor | None = None) -> float:
+    """Max |ONNX step graph run chunk by chunk - PyTorch offline forward| on `mel` (B, T, n_mels), with
+    `identity` (B,) rows for a model with identities (None = the average)."""
+    ident = _identity_feed(model, identity, mel.shape[0])
     with torch.no_grad():
-        ref = model.eval()(mel).numpy()
-    streamer = OnnxStreamer(onnx_session(path), initial_onnx_state(model, mel.shape[0]))
+        ref = model.eval()(mel, ident).numpy()
+    streamer = OnnxStreamer(onnx_session(path), initial_onnx_state(model, mel.shape[0]),
+                            None if ident is None else ident.numpy())
     x = mel.numpy().astype(np.float32)
     got = np.concatenate(
         [streamer.step(x[:, i : i + chunk_frames]) for i in range(0, x.shape[1], chunk_frames)], axis=1

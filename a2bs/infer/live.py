@@ -77,15 +77,15 @@ class StreamingVAD:
         return self._emit(1 + self._n // self.cfg.hop_length)
 
 
-def make_stepper(net, backend: str):
+def make_stepper(net, backend: str, identity: int | None = None):
     """The streaming model runner: ``"torch"`` (StreamingModel, the cached-context step: fastest per
     frame when blocks hold several frames) or ``"onnx"`` (the ring-buffer frame step of
     :mod:`a2bs.infer.batched` in ONNX Runtime: ~4x cheaper than the cached-context graph per 10 ms
-    frame, benchmarks/README.md)."""
+    frame, benchmarks/README.md); `identity` is the identity row (None = the average)."""
     if backend == "torch":
-        return StreamingModel(net)
+        return StreamingModel(net, identity=identity)
     if backend == "onnx":
-        return SingleStream(make_batched_stepper(net, 1, "onnx"))
+        return SingleStream(make_batched_stepper(net, 1, "onnx"), identity)
     raise ConfigError(f"infer.stream_backend must be 'torch' or 'onnx', not {backend!r}")
 
 
@@ -97,21 +97,25 @@ class StreamingSession:
         cfg: resolved config (``infer`` section: post-processing).
         fps: output frame rate (default ``cfg.infer.fps``).
         rest: fixed rest face (52,) for neutral calibration (default: measured on silence as it comes).
+        identity: the face to drive, one of the card's identities (None = their learned average).
 
     Raises:
         StreamingError: the model is not causal, so it cannot stream.
+        ConfigError: an unknown identity, or one for a model without identities.
     """
 
     def __init__(self, model: LoadedModel, cfg: Config, fps: float | None = None,
-                 rest: np.ndarray | None = None) -> None:
+                 rest: np.ndarray | None = None, identity: str | None = None) -> None:
         self.model, self.cfg = model, cfg
+        self.identity = identity
+        row = model.identity_row(identity)
         self.fps = float(cfg.infer.fps if fps is None else fps)
         if self.fps <= 0:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         self.sample_rate = model.audio_cfg.sample_rate
         self.rate_hz = model.audio_cfg.sample_rate / model.audio_cfg.hop_length
         self._frontend = StreamingLogMel(model.audio_cfg)
-        self._stepper = make_stepper(model.net, cfg.infer.stream_backend)
+        self._stepper = make_stepper(model.net, cfg.infer.stream_backend, row)
         self._rest = rest
         self._warm_up()
         self.reset()

@@ -46,6 +46,16 @@ class LoadedModel:
     audio_cfg: AudioConfig
     path: str
 
+    def identity_row(self, name: str | None) -> int | None:
+        """The row of identity `name` (None = the learned average; None for a model without identities).
+
+        Raises:
+            ConfigError: an unknown name (listing the known ones), or a name for a model without identities.
+        """
+        from a2bs.models.identity import identity_index
+
+        return identity_index(self.model_cfg.identities, name)
+
 
 def resolve_model_path(model: str, cfg: Config) -> str:
     """``"default"`` (or empty) -> ``cfg.infer.model_path``; anything else as given."""
@@ -88,19 +98,25 @@ def to_mono_rate(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.
 
 
 @torch.no_grad()
-def forward_long(net: nn.Module, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+def forward_long(net: nn.Module, mel: torch.Tensor, chunk_frames: int, identity: int | None = None) -> torch.Tensor:
     """``net(mel)`` for (1, T, n_mels) in pieces of `chunk_frames`, with the same result as one pass.
 
     Causal models carry their streaming state from piece to piece; convolution-only models read each
-    piece with a margin of their receptive field on both sides; anything else runs whole.
+    piece with a margin of their receptive field on both sides; anything else runs whole. `identity`:
+    the identity row for a model with identities (None = the average).
     """
     from a2bs.infer.streaming import StreamingModel, supports_streaming
 
+    ident = None if identity is None else torch.full((mel.shape[0],), identity, dtype=torch.long)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return net(x) if ident is None else net(x, ident)
+
     n = mel.shape[1]
     if chunk_frames <= 0 or n <= chunk_frames:
-        return net(mel)
+        return run(mel)
     if supports_streaming(net):
-        stream = StreamingModel(net)
+        stream = StreamingModel(net, batch_size=mel.shape[0], identity=identity)
         return torch.cat([stream.step(mel[:, i : i + chunk_frames]) for i in range(0, n, chunk_frames)], dim=1)
     if hasattr(net, "receptive_field") and not hasattr(net, "layers"):  # convolutions only (no attention)
         past, future = net.receptive_field()
@@ -108,34 +124,39 @@ def forward_long(net: nn.Module, mel: torch.Tensor, chunk_frames: int) -> torch.
         for a in range(0, n, chunk_frames):
             b = min(n, a + chunk_frames)
             lo, hi = max(0, a - past), min(n, b + future)
-            outs.append(net(mel[:, lo:hi])[:, a - lo : b - lo])  # (1, b - a, 59)
+            outs.append(run(mel[:, lo:hi])[:, a - lo : b - lo])  # (1, b - a, 59)
         return torch.cat(outs, dim=1)
-    return net(mel)
+    return run(mel)
 
 
 @torch.no_grad()
 def predict_100hz(model: LoadedModel, samples: np.ndarray, cfg: Config,
-                  rest: np.ndarray | None = None) -> Curves:
-    """Post-processed predictions at the model's frame rate (100 Hz) for mono samples at 16 kHz."""
+                  rest: np.ndarray | None = None, identity: str | None = None) -> Curves:
+    """Post-processed predictions at the model's frame rate (100 Hz) for mono samples at 16 kHz, driving
+    the face of `identity` (None = the learned average of a model with identities)."""
+    row = model.identity_row(identity)
     feats = features_from_samples(samples, model.audio_cfg)
     mel = torch.from_numpy(feats.mel_db)[None]  # (1, T, n_mels)
-    raw = forward_long(model.net, mel, cfg.infer.max_chunk_frames)[0].cpu().numpy()  # (T, 59)
+    raw = forward_long(model.net, mel, cfg.infer.max_chunk_frames, row)[0].cpu().numpy()  # (T, 59)
     values = postprocess_offline(raw, feats.vad, cfg.infer, feats.frame_rate_hz, rest=rest)
     return Curves(values, feats.frame_rate_hz, duration_s=feats.duration_s)
 
 
 def predict_samples(model: LoadedModel, samples: np.ndarray, cfg: Config, fps: float | None = None,
-                    sample_rate: int | None = None, rest: np.ndarray | None = None) -> Curves:
-    """Curves at `fps` (default ``cfg.infer.fps``) for audio samples (mono or (n, channels))."""
+                    sample_rate: int | None = None, rest: np.ndarray | None = None,
+                    identity: str | None = None) -> Curves:
+    """Curves at `fps` (default ``cfg.infer.fps``) for audio samples (mono or (n, channels)), driving the
+    face of `identity` (None = the average)."""
     rate = sample_rate or model.audio_cfg.sample_rate
     mono = to_mono_rate(samples, rate, model.audio_cfg.sample_rate)
     if mono.size == 0:
         raise ValueError("no audio samples")
-    return predict_100hz(model, mono, cfg, rest).resample(cfg.infer.fps if fps is None else fps)
+    return predict_100hz(model, mono, cfg, rest, identity).resample(cfg.infer.fps if fps is None else fps)
 
 
-def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: float | None = None) -> Curves:
-    """Curves for an audio file or a video file's audio track (local path).
+def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: float | None = None,
+                 identity: str | None = None) -> Curves:
+    """Curves for an audio file or a video file's audio track (local path), face `identity` (None = average).
 
     Raises:
         InputError: the file is missing, empty, not media, or has no audio track.
@@ -145,7 +166,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, cfg: Config, fps: 
     info = probe(path)
     if not info.has_audio:
         raise InputError(path, "no audio track")
-    curves = predict_samples(model, load_audio(path, model.audio_cfg.sample_rate), cfg, fps)
+    curves = predict_samples(model, load_audio(path, model.audio_cfg.sample_rate), cfg, fps, identity=identity)
     curves.meta["source"] = str(path)
     return curves
 
@@ -158,7 +179,8 @@ def output_name(uri: str, root: str, fmt: str) -> str:
     return stem + FORMAT_SUFFIXES[fmt]
 
 
-def infer_one(model: LoadedModel, uri: str, out_uri: str, cfg: Config, fmt: str, fps: float) -> dict[str, Any]:
+def infer_one(model: LoadedModel, uri: str, out_uri: str, cfg: Config, fmt: str, fps: float,
+              identity: str | None = None) -> dict[str, Any]:
     """Infer one input and write its output; never raises for a bad input (status row instead)."""
     row: dict[str, Any] = {"source": uri, "output": out_uri, "status": "failed", "reason": "",
                            "duration_s": 0.0, "frames": 0, "infer_s": 0.0}
@@ -169,7 +191,7 @@ def infer_one(model: LoadedModel, uri: str, out_uri: str, cfg: Config, fmt: str,
 
             check_readable(uri)
         with tempfile.TemporaryDirectory(prefix="a2bs-infer-") as tmp:
-            curves = predict_file(model, storage.local_copy(uri, tmp), cfg, fps)
+            curves = predict_file(model, storage.local_copy(uri, tmp), cfg, fps, identity)
         stem = PurePosixPath(out_uri).stem
         curves.save(out_uri, fmt, eye_range_rad=eye_range(cfg), session_id=f"session_{stem}_infer")
         row.update(status="ok", duration_s=float(curves.duration_s), frames=len(curves))
@@ -189,16 +211,16 @@ def eye_range(cfg: Config) -> float:
 class InferWorker:
     """Loads the model once and infers every input it is given (one per actor on Ray Data)."""
 
-    def __init__(self, model_path: str, cfg_dict: dict, fmt: str, fps: float,
+    def __init__(self, model_path: str, cfg_dict: dict, fmt: str, fps: float, identity: str | None = None,
                  loaded: LoadedModel | None = None) -> None:
         self.cfg = config_from_dict(cfg_dict)
         if loaded is None:  # on an actor: one actor per CPU, so intra-op threads would oversubscribe
             torch.set_num_threads(1)
         self.model = loaded or load_model(model_path, self.cfg)
-        self.fmt, self.fps = fmt, fps
+        self.fmt, self.fps, self.identity = fmt, fps, identity
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
-        return infer_one(self.model, str(item["uri"]), str(item["out"]), self.cfg, self.fmt, self.fps)
+        return infer_one(self.model, str(item["uri"]), str(item["out"]), self.cfg, self.fmt, self.fps, self.identity)
 
 
 @dataclass
@@ -225,7 +247,7 @@ def _single_local_file(inputs: list[str]) -> bool:
 
 def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str | None = None,
               fps: float | None = None, use_ray: bool | None = None, progress: bool = True,
-              overrides: Mapping[str, Any] | None = None) -> InferSummary:
+              overrides: Mapping[str, Any] | None = None, identity: str | None = None) -> InferSummary:
     """Infer every input into `out_dir` (one output per input); failures go to ``_failures.json``.
 
     Args:
@@ -239,6 +261,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
         use_ray: None = Ray Data unless the input is one local file.
         progress: show the files done on the console (:mod:`a2bs.runtime.console`).
         overrides: what the user set explicitly (checked against the model card, see :func:`load_model`).
+        identity: the face to drive, one of the card's identities (None = their learned average).
     """
     from a2bs.runtime.inputs import list_inputs
 
@@ -251,6 +274,7 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
     if fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps}")
     loaded = load_model(model, cfg, overrides)  # a bad model file or setting: say so before any work
+    loaded.identity_row(identity)  # an unknown identity too
     cfg = replace(cfg, audio=loaded.audio_cfg)  # the saved config and the workers use the card's front end
     model_path = loaded.path
     entries, failures = list_inputs(inputs)
@@ -259,7 +283,8 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
     items = [{"uri": e.uri, "out": storage.join(out_dir, output_name(e.uri, e.root, fmt))} for e in entries]
     if use_ray is None:
         use_ray = not _single_local_file(inputs)
-    worker_kwargs = {"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps}
+    worker_kwargs = {"model_path": model_path, "cfg_dict": config_to_dict(cfg), "fmt": fmt, "fps": fps,
+                     "identity": identity}
     rows = map_items(items, InferWorker, worker_kwargs, use_ray=use_ray, ray_cfg=cfg.ray, n_actors=cfg.infer.actors,
                      progress=progress, label="infer", unit="files",
                      local_worker=InferWorker(**worker_kwargs, loaded=loaded))
@@ -273,6 +298,6 @@ def run_infer(model: str, inputs: list[str], out_dir: str, cfg: Config, fmt: str
             summary.failed += 1
             summary.failures.append({"source": r["source"], "reason": r["reason"]})
     summary.wall_s = time.perf_counter() - t0
-    write_run_records(out_dir, summary.failures,
-                      {**asdict(summary), "model": model_path, "format": fmt, "fps": fps, "files": rows})
+    write_run_records(out_dir, summary.failures, {**asdict(summary), "model": model_path, "format": fmt, "fps": fps,
+                                                  "identity": identity, "files": rows})
     return summary

@@ -240,7 +240,7 @@ def plot_curves(curves: Curves, path: str | os.PathLike, names: Sequence[str] | 
 
 
 def preview_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike, cfg,
-                 fps: float | None = None) -> tuple[str, Curves]:
+                 fps: float | None = None, identity: str | None = None) -> tuple[str, Curves]:
     """Predict curves for `input_path` (audio or video) and render its preview MP4.
 
     Args:
@@ -249,6 +249,7 @@ def preview_file(model, input_path: str | os.PathLike, out_path: str | os.PathLi
         out_path: MP4 to write.
         cfg: resolved :class:`a2bs.config.Config`.
         fps: video frame rate (default ``cfg.infer.fps``).
+        identity: the face to drive, one of the card's identities (None = their learned average).
 
     Returns:
         (path written, the curves drawn).
@@ -259,11 +260,12 @@ def preview_file(model, input_path: str | os.PathLike, out_path: str | os.PathLi
     from a2bs.infer.offline import predict_samples
     from a2bs.runtime.inputs import AUDIO_SUFFIXES
 
+    model.identity_row(identity)  # an unknown identity: say so before decoding anything
     info = probe(input_path)
     if not info.has_audio:
         raise InputError(input_path, "no audio track")
     samples = load_audio(input_path, model.audio_cfg.sample_rate)
-    curves = predict_samples(model, samples, cfg, fps)
+    curves = predict_samples(model, samples, cfg, fps, identity=identity)
     show_video = info.has_video and info.width and info.height and Path(input_path).suffix.lower() not in AUDIO_SUFFIXES
     video = (info.width, info.height) if show_video else None
     path = render_preview(curves, samples, model.audio_cfg, input_path, out_path, cfg.infer.preview_height, video)

@@ -65,10 +65,13 @@ class Server:
         model: a loaded causal model.
         cfg: resolved config (``serve``, ``infer``).
         token: the access token, or None for an open (loopback) server.
+        identity: the face of sessions that name none (None = the model's learned average).
     """
 
-    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None) -> None:
+    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None,
+                 identity: str | None = None) -> None:
         self.model, self.cfg, self.token = model, cfg, token
+        self.identity = identity
         self.engine = ServeEngine(model, cfg)
         self.metrics = ServeMetrics()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2bs-step")
@@ -138,7 +141,7 @@ class Server:
                 msg = json.loads(first)
             except ValueError:
                 raise StreamError("the first message is not valid JSON") from None
-            spec = parse_spec(msg, self.cfg, self.model)
+            spec = parse_spec(msg, self.cfg, self.model, self.identity)
             sink = self._livelink(spec.livelink, spec.fps, ws) if spec.livelink else None
         except (StreamError, ConfigError) as exc:
             self.metrics.refused.labels("bad_start").inc()
@@ -337,8 +340,9 @@ class BackgroundServer:
     ``with BackgroundServer(model, cfg) as srv: connect(srv.url)``; ``serve.port`` 0 picks a free port.
     """
 
-    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None) -> None:
-        self.server = Server(model, cfg, token)
+    def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None,
+                 identity: str | None = None) -> None:
+        self.server = Server(model, cfg, token, identity)
         self.host = cfg.serve.host
         self._port = cfg.serve.port
         self._loop = asyncio.new_event_loop()
@@ -385,15 +389,19 @@ def tune_process(cfg: Config) -> None:
     sys.setswitchinterval(cfg.serve.gil_switch_ms / 1000.0)
 
 
-def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True) -> int:
-    """Serve until interrupted (Ctrl-C / SIGTERM) with :func:`tune_process` applied; returns the exit code."""
+def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identity: str | None = None) -> int:
+    """Serve until interrupted (Ctrl-C / SIGTERM) with :func:`tune_process` applied; returns the exit code.
+
+    `identity`: the face of sessions that name none (None = the average); an unknown one is a ConfigError.
+    """
     import signal
 
+    model.identity_row(identity)  # an unknown identity: say so before listening
     token = read_token(cfg)
     tune_process(cfg)
 
     async def main() -> None:
-        server = Server(model, cfg, token)
+        server = Server(model, cfg, token, identity)
         await server.start(cfg.serve.host, cfg.serve.port)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

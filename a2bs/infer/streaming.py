@@ -16,12 +16,15 @@ Two stateful wrappers, each stream's state living in its own object (create one 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 
 from a2bs.config import AudioConfig
 from a2bs.extract.audio import log_mel_frames
+from a2bs.models.identity import identity_rows
 from a2bs.schema import N_TARGETS
 
 
@@ -113,12 +116,16 @@ class StreamingModel:
     Args:
         model: a causal model from :mod:`a2bs.models` (put in eval mode here).
         batch_size: number of parallel streams advanced together (each row is independent).
+        identity: the identity row of every stream (an int), of each stream (B ints), or None (the
+            average, or no conditioning for a model without identities); see
+            :func:`a2bs.models.identity.identity_index` for names -> rows.
 
     Raises:
         StreamingError: the model is not causal.
     """
 
-    def __init__(self, model: nn.Module, batch_size: int = 1) -> None:
+    def __init__(self, model: nn.Module, batch_size: int = 1,
+                 identity: int | Sequence[int] | torch.Tensor | None = None) -> None:
         if not supports_streaming(model):
             name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
             raise StreamingError(
@@ -127,6 +134,9 @@ class StreamingModel:
             )
         self.model = model.eval()
         self.batch_size = batch_size
+        self.identity = identity_rows(identity, batch_size)
+        if self.identity is not None and getattr(model, "identity", None) is None:
+            raise StreamingError("an identity was given, but this model has no identities")
         self.reset()
 
     def reset(self) -> None:
@@ -151,8 +161,10 @@ class StreamingModel:
         x = x.to(device=param.device, dtype=param.dtype)
         if x.shape[1] == 0:
             y = x.new_zeros(x.shape[0], 0, N_TARGETS)
-        else:
+        elif self.identity is None:
             y, self.state = self.model.step(x, self.state)  # (B, n, 59)
+        else:
+            y, self.state = self.model.step(x, self.state, self.identity.to(param.device))
         self.frames_seen += x.shape[1]
         y = y[0] if squeeze else y
         return y.cpu().numpy() if as_numpy else y
@@ -161,9 +173,9 @@ class StreamingModel:
 class AudioStream:
     """Audio chunks -> model output frames, for one stream (a StreamingLogMel + a StreamingModel)."""
 
-    def __init__(self, model: nn.Module, audio_cfg: AudioConfig) -> None:
+    def __init__(self, model: nn.Module, audio_cfg: AudioConfig, identity: int | None = None) -> None:
         self.frontend = StreamingLogMel(audio_cfg)
-        self.model = StreamingModel(model, batch_size=1)
+        self.model = StreamingModel(model, batch_size=1, identity=identity)
 
     def reset(self) -> None:
         """Start a new stream."""

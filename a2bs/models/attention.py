@@ -24,7 +24,9 @@ from a2bs.config import ModelConfig
 from a2bs.models.tcn import (
     OutputHead,
     TCNBackbone,
+    identity_conditioning,
     init_weights,
+    make_identity_conditioning,
     receptive_field_frames,
 )
 
@@ -162,6 +164,7 @@ class TCNAttention(nn.Module):
                 nn.init.xavier_uniform_(layer.attn.out.weight)
                 layer.attn.out.weight.mul_(scale)
                 layer.ffn_out.weight.mul_(scale)
+        self.identity = make_identity_conditioning(cfg)
 
     @property
     def causal(self) -> bool:
@@ -174,17 +177,19 @@ class TCNAttention(nn.Module):
         window = self.cfg.attn_max_len - 1
         return past + window, future + (0 if self.cfg.attn_causal else window)
 
-    def _fuse(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def _fuse(self, h: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         fused = self.fusion(torch.cat([h, self.norm_attn(a)], dim=-1))  # (B, T, C)
-        return self.head(fused.transpose(1, 2))  # (B, T, 59)
+        return self.head(fused.transpose(1, 2), bias)  # (B, T, 59)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(mel).transpose(1, 2)  # (B, T, C)
+    def forward(self, mel: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """`identity` (B,) int64 rows of ``cfg.identities`` (or its length: the average); None = the average."""
+        film, bias = identity_conditioning(self, identity, mel.shape[0], mel.device)
+        h = self.backbone(mel, film).transpose(1, 2)  # (B, T, C)
         positions = torch.arange(h.shape[1], device=h.device)  # (T,)
         a = h
         for layer in self.layers:
             a = layer(a, positions, self.cfg.attn_max_len, self.cfg.attn_causal)
-        return self._fuse(h, a)
+        return self._fuse(h, a, bias)
 
     def init_state(self, batch: int = 1, device: torch.device | None = None, dtype: torch.dtype | None = None) -> list:
         """Backbone contexts + frame counter (0-dim int64) + empty (B, H, 0, Dh) key/value caches."""
@@ -200,10 +205,12 @@ class TCNAttention(nn.Module):
                 state.append(torch.zeros(batch, self.cfg.attn_heads, 0, head_dim, device=device, dtype=dtype))
         return state
 
-    def step(self, mel: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """Pure causal step: (B, n, n_mels) chunk + state -> (B, n, 59) outputs + new state."""
+    def step(self, mel: torch.Tensor, state: list,
+             identity: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+        """Pure causal step: (B, n, n_mels) chunk + state (+ identity rows) -> (B, n, 59) outputs + new state."""
+        film, bias = identity_conditioning(self, identity, mel.shape[0], mel.device)
         n_conv = 2 * len(self.cfg.dilations)
-        feats, new_state = self.backbone.step(mel, state[:n_conv])
+        feats, new_state = self.backbone.step(mel, state[:n_conv], film)
         h = feats.transpose(1, 2)  # (B, n, C)
         start = state[n_conv]
         positions = start + torch.arange(h.shape[1], device=h.device)  # (n,)
@@ -213,4 +220,4 @@ class TCNAttention(nn.Module):
             k_cache, v_cache = state[n_conv + 1 + 2 * i], state[n_conv + 2 + 2 * i]
             a, k_cache, v_cache = layer.step(a, positions, k_cache, v_cache, self.cfg.attn_max_len)
             new_state += [k_cache, v_cache]
-        return self._fuse(h, a), new_state
+        return self._fuse(h, a, bias), new_state

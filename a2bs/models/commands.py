@@ -33,6 +33,9 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
         f"  outputs: {len(card.target_names)} channels (schema {card.schema_version}: {card.target_names[0]} .. "
         f"{card.target_names[-1]}), {card.output_fps:g} fps by default",
     ]
+    if card.identities:
+        lines.append(f"  identities: {len(card.identities)} ({', '.join(card.identities)}; --identity NAME picks one, "
+                     "none = their learned average)")
     if card.data is not None:
         d = card.data
         lines.append(f"  training data: corpus {d.fingerprint[:16]}, windows of {d.window_frames} frames, "

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from a2bs.config import ModelConfig
+from a2bs.models.identity import IdentityConditioning, film_norm
 from a2bs.schema import MEL_DB_RANGE, N_BLENDSHAPES, N_TARGETS
 
 # Pose values the head predicts directly: tx, ty, tz, qx, qy, qz (qw is derived).
@@ -122,20 +123,20 @@ class TCNBlock(nn.Module):
         self.skip = nn.Conv1d(c, c, 1)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def _pre(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(F.gelu(norm(x)))
+    def _pre(self, norm: nn.Module, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        return self.drop(F.gelu(film_norm(norm(x), film)))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, T) -> residual stream (B, C, T), skip (B, C, T)."""
-        h = self.conv1(self._pre(self.norm1, x))  # (B, C, T)
+    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T) -> residual stream (B, C, T), skip (B, C, T); `film` (B, 2, C): the identity's."""
+        h = self.conv1(self._pre(self.norm1, x, film))  # (B, C, T)
         h = self.conv2(self._pre(self.norm2, h))  # (B, C, T)
         return x + h, self.skip(h)
 
     def step(
-        self, x: torch.Tensor, ctx1: torch.Tensor, ctx2: torch.Tensor
+        self, x: torch.Tensor, ctx1: torch.Tensor, ctx2: torch.Tensor, film: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Causal chunk step with each convolution's cached left context."""
-        h, ctx1 = self.conv1.step(self._pre(self.norm1, x), ctx1)  # (B, C, n)
+        h, ctx1 = self.conv1.step(self._pre(self.norm1, x, film), ctx1)  # (B, C, n)
         h, ctx2 = self.conv2.step(self._pre(self.norm2, h), ctx2)  # (B, C, n)
         return x + h, self.skip(h), ctx1, ctx2
 
@@ -160,11 +161,12 @@ class TCNBackbone(nn.Module):
         x = (mel.clamp(self.mel_lo_db, self.mel_hi_db) - mid) / half  # (B, T, n_mels)
         return self.in_proj(x.transpose(1, 2))  # (B, C, T)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """`film` (B, n_blocks, 2, C): the identity's FiLM of each block (None = no conditioning)."""
         x = self._project(mel)  # (B, C, T)
         total = torch.zeros_like(x)
-        for block in self.blocks:
-            x, skip = block(x)
+        for i, block in enumerate(self.blocks):
+            x, skip = block(x, None if film is None else film[:, i])
             total = total + skip  # (B, C, T)
         return total
 
@@ -180,13 +182,13 @@ class TCNBackbone(nn.Module):
                 state.append(torch.zeros(batch, self.cfg.channels, conv.context_frames, device=device, dtype=dtype))
         return state
 
-    def step(self, mel: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+    def step(self, mel: torch.Tensor, state: list, film: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
         """(B, n, n_mels) chunk -> features (B, C, n) and the new state."""
         x = self._project(mel)  # (B, C, n)
         total = torch.zeros_like(x)
         new_state = []
         for i, block in enumerate(self.blocks):
-            x, skip, c1, c2 = block.step(x, state[2 * i], state[2 * i + 1])
+            x, skip, c1, c2 = block.step(x, state[2 * i], state[2 * i + 1], None if film is None else film[:, i])
             total = total + skip
             new_state += [c1, c2]
         return total, new_state
@@ -201,8 +203,11 @@ class OutputHead(nn.Module):
         self.norm = ChannelLayerNorm(channels)
         self.proj = nn.Conv1d(channels, N_BLENDSHAPES + N_POSE_PREDICTED, 1)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`bias` (B, 58): the identity's output bias, added before the activations (None = none)."""
         z = self.proj(F.gelu(self.norm(feats))).transpose(1, 2)  # (B, T, 58)
+        if bias is not None:
+            z = z + bias[:, None, :]
         shapes = torch.sigmoid(z[..., :N_BLENDSHAPES])  # (B, T, 52)
         pose = torch.tanh(z[..., N_BLENDSHAPES:]) * self.pose_scale  # (B, T, 6): tx ty tz qx qy qz
         qv = pose[..., 3:]  # (B, T, 3)
@@ -235,6 +240,27 @@ def init_weights(model: nn.Module, n_blocks: int) -> None:
                 nn.init.normal_(module.proj.weight, std=0.01)
 
 
+def make_identity_conditioning(cfg: ModelConfig) -> IdentityConditioning | None:
+    """The identity tables of a model configured with `cfg` (None for ``identities = ()``)."""
+    if not cfg.identities:
+        return None
+    return IdentityConditioning(cfg.identities, len(cfg.dilations), cfg.channels, N_BLENDSHAPES + N_POSE_PREDICTED)
+
+
+def identity_conditioning(model: nn.Module, identity: torch.Tensor | None,
+                          batch: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(film, out_bias) of `identity` (B,) rows for `model` (None = the average); (None, None) without identities.
+
+    Raises:
+        ValueError: an identity was given to a model without identities.
+    """
+    if model.identity is None:
+        if identity is not None:
+            raise ValueError("model: this model has no identities (model.identities is empty)")
+        return None, None
+    return model.identity(identity, batch, device)
+
+
 def receptive_field_frames(cfg: ModelConfig) -> tuple[int, int]:
     """(past, future) input frames that one output frame of the TCN backbone depends on.
 
@@ -259,6 +285,7 @@ class TCN(nn.Module):
         self.backbone = TCNBackbone(cfg)
         self.head = OutputHead(cfg.channels, cfg.pose_scale)
         init_weights(self, len(cfg.dilations))
+        self.identity = make_identity_conditioning(cfg)
 
     @property
     def causal(self) -> bool:
@@ -269,17 +296,21 @@ class TCN(nn.Module):
         """(past, future) frames of input context per output frame."""
         return receptive_field_frames(self.cfg)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(mel))  # (B, T, 59)
+    def forward(self, mel: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        """`identity` (B,) int64 rows of ``cfg.identities`` (or its length: the average); None = the average."""
+        film, bias = identity_conditioning(self, identity, mel.shape[0], mel.device)
+        return self.head(self.backbone(mel, film), bias)  # (B, T, 59)
 
     def init_state(self, batch: int = 1, device: torch.device | None = None, dtype: torch.dtype | None = None) -> list:
         """Initial streaming state (list of tensors) for `batch` independent streams."""
         return self.backbone.init_state(batch, device, dtype)
 
-    def step(self, mel: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """Pure causal step: (B, n, n_mels) chunk + state -> (B, n, 59) outputs + new state."""
-        feats, new_state = self.backbone.step(mel, state)  # (B, C, n)
-        return self.head(feats), new_state
+    def step(self, mel: torch.Tensor, state: list,
+             identity: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+        """Pure causal step: (B, n, n_mels) chunk + state (+ identity rows) -> (B, n, 59) outputs + new state."""
+        film, bias = identity_conditioning(self, identity, mel.shape[0], mel.device)
+        feats, new_state = self.backbone.step(mel, state, film)  # (B, C, n)
+        return self.head(feats, bias), new_state
 
 
 assert N_TARGETS == N_BLENDSHAPES + N_POSE_PREDICTED + 1

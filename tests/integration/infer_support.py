@@ -38,16 +38,22 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
     return path
 
 
-def make_model(path: Path, causal: bool = True, seed: int = 0) -> Path:
-    """A tiny seeded model saved with save_model; the head is scaled so the curves move with the audio."""
+def make_model(path: Path, causal: bool = True, seed: int = 0, identities: tuple[str, ...] = ()) -> Path:
+    """A tiny seeded model saved with save_model; the head is scaled so the curves move with the audio.
+
+    With `identities`, their tables are random too, so the faces differ (fresh tables are all zero).
+    """
     torch.manual_seed(seed)
     if causal:
-        cfg = preset("tcn_full", channels=16, dilations=(1, 2, 4), dropout=0.0)
+        cfg = preset("tcn_full", channels=16, dilations=(1, 2, 4), dropout=0.0, identities=identities)
     else:
-        cfg = preset("tcn_poc", channels=16, dilations=(1, 2), dropout=0.0)
+        cfg = preset("tcn_poc", channels=16, dilations=(1, 2), dropout=0.0, identities=identities)
     model = build_model(cfg)
     with torch.no_grad():
         model.head.proj.weight.mul_(40.0)  # init std 0.01 would give nearly constant 0.5 curves
+        if identities:
+            for table in (model.identity.film.weight, model.identity.out_bias.weight):
+                table.normal_(0.0, 0.5)
     save_model(path, model, ModelCard.for_untrained(cfg))
     return path
 

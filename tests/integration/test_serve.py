@@ -16,7 +16,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from infer_support import causal_model, noncausal_model, speech_like, write_wav  # noqa: F401  (fixtures)
+from infer_support import (  # noqa: F401  (fixtures)
+    causal_model,
+    make_model,
+    noncausal_model,
+    speech_like,
+    write_wav,
+)
 from support import REPO, free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -291,3 +297,28 @@ def test_cli_serve_and_stream_client(causal_model, noncausal_model, tmp_path):
     assert main(["serve", str(noncausal_model), "--port", str(free_port())]) == 1
     # Binding beyond loopback without a token is a configuration error.
     assert main(["serve", str(causal_model), "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+
+
+def test_each_session_chooses_its_face(tmp_path):
+    path = make_model(tmp_path / "faces.safetensors", identities=("anna", "ben"))
+    audio = speech_like(0.8, seed=12)
+    cfg = load_config(None, ["serve.port=0"])
+    with BackgroundServer(load_model(str(path), cfg), cfg, identity="anna") as srv:
+
+        async def both():
+            return await asyncio.gather(
+                stream_async(srv.url, blocks_of(audio, 16000, 20), 16000, fps=60, realtime=False,
+                             start={"identity": "ben"}),
+                stream_async(srv.url, blocks_of(audio, 16000, 20), 16000, fps=60, realtime=False),  # the default
+            )
+
+        ben, default = asyncio.run(both())
+        with pytest.raises(ServeError, match=r"unknown identity 'carl' \(known: anna, ben"):
+            asyncio.run(stream_async(srv.url, blocks_of(audio, 16000, 20), 16000, realtime=False,
+                                     start={"identity": "carl"}))
+        model, scfg = srv.server.model, srv.server.cfg
+    heard = wire_samples(audio)
+    np.testing.assert_allclose(ben.values, predict_samples(model, heard, scfg, 60, identity="ben").values, atol=ATOL)
+    anna = predict_samples(model, heard, scfg, 60, identity="anna").values
+    np.testing.assert_allclose(default.values, anna, atol=ATOL)
+    assert np.abs(ben.values - anna).max() > 1e-2

@@ -49,7 +49,7 @@ def test_start_message_checks(model) -> None:
         ({"sample_rate": 16000, "fps": 0}, "fps must be a number in (0, 240]"),
         ({"sample_rate": 16000, "fps": True}, "fps must be a number"),
         ({"sample_rate": 16000, "livelink": 11111}, 'livelink must be "host:port"'),
-        ({"sample_rate": 16000, "identity": "anna"}, "identity 'anna': this model has no identity conditioning"),
+        ({"sample_rate": 16000, "identity": "anna"}, "identity 'anna': this model has no identities"),
     ]
     for msg, reason in bad:
         with pytest.raises(StreamError) as err:
