@@ -103,6 +103,26 @@ def speed_positions(factors: np.ndarray, n_frames: int) -> np.ndarray:
     return centre + (np.arange(n_frames)[None, :] - centre) * factors[:, None]
 
 
+def resample_time(b: Batch, idx: torch.Tensor, factors: np.ndarray) -> None:
+    """Speed windows `idx` of `b` (in place) up by `factors` (len(idx),): audio, targets, vad and mask alike.
+
+    Linear interpolation between frames; a frame counts (mask 1) only if both source frames it mixes
+    had a face and it lies inside the window.
+    """
+    n_frames = b["audio"].shape[1]
+    pos = torch.from_numpy(speed_positions(factors, n_frames)).to(b["audio"].device)
+    inside = ((pos >= -1e-6) & (pos <= n_frames - 1 + 1e-6)).float()
+    pos = pos.float()
+    # Mixing two floor values can round a hair below the floor: clamp so the floor stays exact.
+    b["audio"][idx] = _gather(b["audio"][idx], pos, 1).clamp(*MEL_DB_RANGE)
+    b["targets"][idx] = _gather(b["targets"][idx], pos, 1)
+    b["vad"][idx] = _gather(b["vad"][idx].unsqueeze(2), pos, 1).squeeze(2)
+    mask = b["mask"][idx].unsqueeze(2)
+    lo = _gather(mask, pos.floor(), 1).squeeze(2)
+    hi = _gather(mask, pos.ceil(), 1).squeeze(2)
+    b["mask"][idx] = torch.minimum(lo, hi) * inside
+
+
 class Augmenter:
     """The transforms of an :class:`AugmentConfig` for one front end; call it on a train batch.
 
@@ -149,24 +169,19 @@ class Augmenter:
 
     def _speed(self, b: Batch, idx: torch.Tensor, rng: np.random.Generator) -> None:
         r = self.cfg.speed_range
-        n_frames = b["audio"].shape[1]
-        pos = torch.from_numpy(speed_positions(rng.uniform(1 - r, 1 + r, len(idx)), n_frames)).to(b["audio"].device)
-        inside = ((pos >= -1e-6) & (pos <= n_frames - 1 + 1e-6)).float()
-        pos = pos.float()
-        for key in ("audio", "targets"):
-            b[key][idx] = _gather(b[key][idx], pos, 1)
-        b["vad"][idx] = _gather(b["vad"][idx].unsqueeze(2), pos, 1).squeeze(2)
-        # A frame counts only if both source frames it mixes had a face and it lies inside the window.
-        mask = b["mask"][idx].unsqueeze(2)
-        lo = _gather(mask, pos.floor(), 1).squeeze(2)
-        hi = _gather(mask, pos.ceil(), 1).squeeze(2)
-        b["mask"][idx] = torch.minimum(lo, hi) * inside
+        resample_time(b, idx, rng.uniform(1 - r, 1 + r, len(idx)))
 
     def _vtlp(self, b: Batch, idx: torch.Tensor, rng: np.random.Generator) -> None:
-        r, sp = self.cfg.vtlp_range, self.spectra
-        warped = vtlp_warp_hz(sp.centres_hz, rng.uniform(1 - r, 1 + r, len(idx)), self.cfg.vtlp_boundary_hz, sp.fmax_hz)
+        r = self.cfg.vtlp_range
+        self.warp_mel(b, idx, rng.uniform(1 - r, 1 + r, len(idx)))
+
+    def warp_mel(self, b: Batch, idx: torch.Tensor, alphas: np.ndarray) -> None:
+        """Warp the mel axis of windows `idx` of `b` (in place) by VTLP factors `alphas` (len(idx),)."""
+        sp = self.spectra
+        warped = vtlp_warp_hz(sp.centres_hz, alphas, self.cfg.vtlp_boundary_hz, sp.fmax_hz)
         pos = np.stack([np.interp(w, sp.centres_hz, np.arange(len(sp.centres_hz))) for w in warped])
-        b["audio"][idx] = _gather(b["audio"][idx], torch.from_numpy(pos).float().to(b["audio"].device), 2)
+        warped_db = _gather(b["audio"][idx], torch.from_numpy(pos).float().to(b["audio"].device), 2)
+        b["audio"][idx] = warped_db.clamp(*MEL_DB_RANGE)
 
     def _gain(self, b: Batch, idx: torch.Tensor, rng: np.random.Generator) -> None:
         lo, hi = MEL_DB_RANGE
