@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from a2bs.config import AudioConfig, AugmentConfig, ConfigError, load_config
-from a2bs.schema import JAW_INDEX, MEL_DB_RANGE, N_TARGETS, sequence_schema
 from a2bs.runtime.storage import write_parquet_atomic
+from a2bs.schema import JAW_INDEX, MEL_DB_RANGE, N_TARGETS, sequence_schema
 from a2bs.train.augment import (
     Augmenter,
     augment_batches,
