@@ -202,7 +202,8 @@ def test_masks_fill_with_the_window_mean(name: str, axis: int) -> None:
 # Through the trainer's own data path: train batches augmented, validation rows exactly as stored.
 
 
-def _write_split(root: Path, split: str, n: int, seed: int) -> str:
+def write_split(root: Path, split: str, n: int, seed: int) -> str:
+    """A shard of `n` synthetic windows (4 per clip) under ROOT/SPLIT; its name relative to ROOT."""
     b = _batch(seed, n)
     name = f"{split}/part-00000.parquet"
     table = pa.Table.from_pydict({
@@ -223,7 +224,7 @@ def _write_split(root: Path, split: str, n: int, seed: int) -> str:
 
 def test_trainer_context_augments_train_batches_and_never_val(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    files = {"train": [_write_split(shards, "train", 24, 0)], "val": [_write_split(shards, "val", 12, 1)]}
+    files = {"train": [write_split(shards, "train", 24, 0)], "val": [write_split(shards, "val", 12, 1)]}
     listing_manifest({"train": ["train0"], "val": ["val0"]}, files).write(shards)
     info = shard_info(str(shards))
     every = [f"augment.{k}=1.0" for k in ("gain_prob", "noise_prob", "speed_prob", "vtlp_prob", "time_mask_prob",
@@ -248,7 +249,16 @@ def test_trainer_context_augments_train_batches_and_never_val(tmp_path: Path) ->
 
 
 def test_local_batches_without_an_augmenter_read_as_stored(tmp_path: Path) -> None:
-    name = _write_split(tmp_path, "val", 10, 2)
+    name = write_split(tmp_path, "val", 10, 2)
     stored = arrow_to_arrays(read_shard(str(tmp_path / name)), M)
     got = list(LocalBatches([str(tmp_path / name)], M, 4).torch_batches(0))
     np.testing.assert_array_equal(np.concatenate([g["audio"].numpy() for g in got]), stored["audio"])
+
+
+def test_tune_spaces_search_the_augmentation_strength() -> None:
+    from a2bs.tune.search import apply_sample, search_space
+
+    for name in ("small", "full"):
+        sample = {k: v.sample() if hasattr(v, "sample") else v for k, v in search_space(name).items()}
+        cfg = apply_sample(load_config(), sample)
+        assert cfg.augment.strength == sample["augment.strength"] and 0.0 <= cfg.augment.strength <= 1.5
