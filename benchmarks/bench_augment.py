@@ -124,7 +124,8 @@ def cost_section(shards: str, epochs: int, batch_size: int) -> list[str]:
                   rows)]
 
 
-def quality_section(shard_dirs: list[str], epochs: int, seeds: list[int], results: Path | None) -> list[str]:
+def quality_section(shard_dirs: list[str], epochs: int, seeds: list[int], results: Path | None,
+                    settings: list[str]) -> list[str]:
     """Off vs on per shards folder and seed; with `results`, runs already recorded there are reused."""
     done = json.loads(results.read_text()) if results and results.is_file() else {}
     rows = []
@@ -132,7 +133,8 @@ def quality_section(shard_dirs: list[str], epochs: int, seeds: list[int], result
         info = shard_info(shards)
         split = f"{info.manifest.sequence.split_by}: val {'/'.join(info.manifest.splits['val'].speakers)}"
         seq = [f"sequence.split_by={info.manifest.sequence.split_by}"]
-        for name, overrides in SETTINGS.items():
+        for name in settings:
+            overrides = SETTINGS[name]
             for seed in seeds:
                 key = f"{Path(shards).resolve()} {name} seed={seed} epochs={epochs}"
                 if key not in done:
@@ -156,6 +158,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--quality-epochs", type=int, default=0, help="epochs of each quality run (0 = no quality runs)")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--settings", default="on,off", help="quality runs of these settings (on, off)")
     ap.add_argument("--results", type=Path, help="JSON file keeping every quality run (reused when rerun)")
     ap.add_argument("--no-cost", action="store_true", help="quality runs only (e.g. to fill --results in parallel)")
     ap.add_argument("--write-readme", action="store_true")
@@ -165,7 +168,7 @@ def main() -> None:
     lines = []
     if args.quality_epochs:  # first: the long part, kept in --results as it goes
         lines += quality_section(args.shards, args.quality_epochs, [int(s) for s in args.seeds.split(",")],
-                                 args.results)
+                                 args.results, args.settings.split(","))
     if not args.no_cost:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
