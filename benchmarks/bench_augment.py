@@ -1,18 +1,20 @@
 """Issue 14 benchmark: the cost of on-the-fly augmentation on training throughput, and what it does to
 the validation numbers, side by side (augment.enabled=false vs the defaults) in one run.
 
-Run: .venv/bin/python benchmarks/bench_augment.py SHARDS_DIR [SHARDS_DIR ...] [--epochs 4]
-     [--quality-epochs 50] [--seeds 0] [--write-readme]
+Run: .venv/bin/python benchmarks/bench_augment.py SHARDS_DIR [SHARDS_DIR ...] [--epochs 2] [--whole-runs]
+     [--quality-epochs 50] [--seeds 0] [--runs-dir out/bench_augment] [--write-readme]
 
-- cost: the augmenter alone (ms per batch of `--batch-size` windows); the training step interleaved
-  (each batch trained once as read and once augmented, in alternating order, so a shared machine's
-  changing load falls on both alike): (augment + step) / step; then `a2bs train` in this process and
-  through Ray Train (1 worker) on the first SHARDS_DIR, off vs on, median epoch seconds after epoch 0
-  (goal: on / off <= 1.2 per epoch).
+- cost (on the first SHARDS_DIR): the augmenter alone (ms per batch of `--batch-size` windows); the
+  training step interleaved (each batch trained once as read and once augmented, in alternating order,
+  so a shared machine's changing load falls on both alike): (augment + step) / step, goal <= 1.2;
+  with ``--whole-runs`` also `a2bs train` in this process and through Ray Train (1 worker), off then on,
+  median epoch seconds after epoch 0.
 - quality (``--quality-epochs`` > 0): every SHARDS_DIR trained in this process with the demo preset
-  (a2bs/demo/demo.yaml; its `sequence` settings are the shards' own), off vs on, per seed: the val split
+  (a2bs/demo/demo.yaml; its `sequence` settings are the shards' own), on vs off, per seed: the val split
   at the selected epoch and at the last epoch (the last is not chosen on the val split, so it is the
-  fair number when val holds voices the model never heard).
+  fair number when val holds voices the model never heard). Run folders are kept in ``--runs-dir``;
+  one that already holds a history is reused, a partial one (a run stopped early) compared at the
+  epochs every setting reached.
 """
 
 from __future__ import annotations
@@ -87,10 +89,10 @@ def interleaved_ratio(shards: str, batch_size: int, epochs: int) -> tuple[float,
     return augmented / plain, plain / n * 1000
 
 
-def run(shards: str, overrides: list[str], use_ray: bool, preset: Path | None = None) -> dict:
-    """One training run: median epoch times after epoch 0, and the selected and last epochs' metrics."""
+def run(shards: str, overrides: list[str], use_ray: bool) -> dict:
+    """One timed training run: median epoch times after epoch 0."""
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
-        cfg = load_config(preset, overrides)
+        cfg = load_config(None, overrides)
         t0 = time.perf_counter()
         result = train(shards, f"{tmp}/run", cfg, use_ray=use_ray)
         wall = time.perf_counter() - t0
@@ -98,13 +100,19 @@ def run(shards: str, overrides: list[str], use_ray: bool, preset: Path | None = 
     steady = h[1:] or h
     return {"wall_s": wall, "epoch_s": statistics.median(r["epoch_s"] for r in steady),
             "train_s": statistics.median(r["train_s"] for r in steady),
-            "seq_per_s": statistics.median(r["train_samples_per_s"] for r in steady),
-            "best_epoch": result.best_epoch, "best": result.best_metrics, "last": h[-1], "rows": h[0]["train_rows"]}
+            "seq_per_s": statistics.median(r["train_samples_per_s"] for r in steady)}
 
 
-def cost_section(shards: str, epochs: int, batch_size: int) -> list[str]:
-    ratio, step_ms = interleaved_ratio(shards, batch_size, epochs)
-    print("interleaved", ratio, step_ms, flush=True)
+def cost_section(shards: str, epochs: int, batch_size: int, whole_runs: bool) -> list[str]:
+    step_ratio, step_ms = interleaved_ratio(shards, batch_size, epochs)
+    print("interleaved", step_ratio, step_ms, flush=True)
+    ms = augmenter_ms(shards, batch_size)
+    lines = [(f"Training step interleaved (each batch as read and augmented, alternating; {epochs} epochs, one "
+              f"torch thread): **(augment + step) / step = {step_ratio:.2f}x** (goal <= 1.2), a step "
+              f"{step_ms:.0f} ms; the default augmenter alone: **{ms:.1f} ms per batch of {batch_size} windows** "
+              f"(it runs in the training thread).")]
+    if not whole_runs:
+        return lines
     base = [f"train.epochs={epochs}", f"train.batch_size={batch_size}", "train.torch_threads=1",
             "train.checkpoints_to_keep=1"]
     rows = []
@@ -114,65 +122,69 @@ def cost_section(shards: str, epochs: int, batch_size: int) -> list[str]:
         rows.append([name, f"{r['off']['epoch_s']:.2f}", f"{r['on']['epoch_s']:.2f}", f"**{ratio:.2f}x**",
                      f"{r['off']['seq_per_s']:.0f}", f"{r['on']['seq_per_s']:.0f}"])
         print(rows[-1], flush=True)
-    ms = augmenter_ms(shards, batch_size)
-    return [(f"Training step interleaved (each batch as read and augmented, alternating; {epochs} epochs, one "
-             f"torch thread): **(augment + step) / step = {ratio:.2f}x** (goal <= 1.2), a step {step_ms:.0f} ms; "
-             f"the default augmenter alone: **{ms:.1f} ms per batch of {batch_size} windows** (it runs in the "
-             f"training thread). Whole runs, off then on (epoch times include validation, untouched by "
-             f"augmentation, and the machine's load at that moment):"),
-            table(["loop (tcn_poc)", "epoch s off", "epoch s on", "on / off (goal <= 1.2)", "seq/s off", "seq/s on"],
-                  rows)]
+    return lines + ["Whole runs, off then on (epoch times include validation, untouched by augmentation, and the "
+                    "machine's load at that moment):",
+                    table(["loop (tcn_poc)", "epoch s off", "epoch s on", "on / off (goal <= 1.2)", "seq/s off",
+                           "seq/s on"], rows)]
 
 
-def quality_section(shard_dirs: list[str], epochs: int, seeds: list[int], results: Path | None,
+def quality_run(shards: str, name: str, seed: int, epochs: int, runs_dir: Path) -> list[dict]:
+    """History of one quality run in RUNS_DIR (trained now unless its folder already holds a history, which
+    may be partial: a run stopped early is compared at the epochs it reached)."""
+    info = shard_info(shards)
+    run_dir = runs_dir / f"{Path(shards).name}-{name}-seed{seed}-e{epochs}"
+    if not (run_dir / "history.json").is_file():
+        overrides = [f"sequence.split_by={info.manifest.sequence.split_by}", *SETTINGS[name],
+                     f"train.epochs={epochs}", f"train.seed={seed}", "train.checkpoints_to_keep=1"]
+        train(shards, str(run_dir), load_config(DEMO_PRESET, overrides), use_ray=False)
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def quality_section(shard_dirs: list[str], epochs: int, seeds: list[int], runs_dir: Path,
                     settings: list[str]) -> list[str]:
-    """Off vs on per shards folder and seed; with `results`, runs already recorded there are reused."""
-    done = json.loads(results.read_text()) if results and results.is_file() else {}
+    """Settings side by side per shards folder and seed, at the epochs every one of them reached."""
     rows = []
     for shards in shard_dirs:
         info = shard_info(shards)
         split = f"{info.manifest.sequence.split_by}: val {'/'.join(info.manifest.splits['val'].speakers)}"
-        seq = [f"sequence.split_by={info.manifest.sequence.split_by}"]
-        for name in settings:
-            overrides = SETTINGS[name]
-            for seed in seeds:
-                key = f"{Path(shards).resolve()} {name} seed={seed} epochs={epochs}"
-                if key not in done:
-                    done[key] = run(shards, seq + overrides + [f"train.epochs={epochs}", f"train.seed={seed}",
-                                                               "train.checkpoints_to_keep=1"], False, DEMO_PRESET)
-                    if results:
-                        results.write_text(json.dumps(done, indent=1, default=float))
-                r = done[key]
-                for which, m in ((f"selected (epoch {r['best_epoch']})", r["best"]), ("last", r["last"])):
-                    rows.append([split, name, seed, which, *(f"{m[k]:.3f}" for k, _ in METRICS),
-                                 f"{r['wall_s']:.0f}"])
+        for seed in seeds:
+            runs = {name: quality_run(shards, name, seed, epochs, runs_dir) for name in settings}
+            reached = min(len(h) for h in runs.values())
+            for name, h in runs.items():
+                h = h[:reached]
+                best = min(h, key=lambda r: r["val_objective"])  # the demo preset's train.best_metric
+                for which, m in ((f"selected ({best['epoch']})", best), (f"last ({h[-1]['epoch']})", h[-1])):
+                    rows.append([split, name, seed, f"{reached}/{epochs}", which,
+                                 *(f"{m[k]:.3f}" for k, _ in METRICS)])
                 print(rows[-2], rows[-1], flush=True)
-    return [table(["shards (split: val speakers)", "augment", "seed", "epoch", *(label for _, label in METRICS),
-                   "train wall s"], rows)]
+    return [table(["shards (split: val speakers)", "augment", "seed", "epochs compared", "epoch", 
+                   *(label for _, label in METRICS)], rows)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("shards", nargs="+")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs of each cost run")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of the interleaved cost run (and of each whole run)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--quality-epochs", type=int, default=0, help="epochs of each quality run (0 = no quality runs)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--settings", default="on,off", help="quality runs of these settings (on, off)")
-    ap.add_argument("--results", type=Path, help="JSON file keeping every quality run (reused when rerun)")
+    ap.add_argument("--runs-dir", type=Path, default=Path("out/bench_augment"),
+                    help="quality run folders (a folder with a history is reused, even a partial one)")
+    ap.add_argument("--whole-runs", action="store_true", help="also time whole training runs off vs on")
     ap.add_argument("--no-cost", action="store_true", help="quality runs only (e.g. to fill --results in parallel)")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     load_start = os.getloadavg()
     lines = []
-    if args.quality_epochs:  # first: the long part, kept in --results as it goes
+    if args.quality_epochs:  # first: the long part, kept in --runs-dir as it goes
         lines += quality_section(args.shards, args.quality_epochs, [int(s) for s in args.seeds.split(",")],
-                                 args.results, args.settings.split(","))
+                                 args.runs_dir, args.settings.split(","))
     if not args.no_cost:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        lines = cost_section(args.shards[0], args.epochs, args.batch_size) + lines
+        lines = cost_section(args.shards[0], args.epochs, args.batch_size, args.whole_runs) + lines
     load_end = os.getloadavg()
     header = (f"`.venv/bin/python benchmarks/bench_augment.py {' '.join(Path(s).name for s in args.shards)} "
               f"--epochs {args.epochs} --quality-epochs {args.quality_epochs} --seeds {args.seeds}`: "
