@@ -43,7 +43,11 @@ from a2bs.train.trainer import train
 
 SECTION = "## Augmentation (issue 14)"
 DEMO_PRESET = Path(__file__).resolve().parent.parent / "a2bs" / "demo" / "demo.yaml"
-SETTINGS = {"on": [], "off": ["augment.enabled=false"]}
+# on = the defaults; strong = the first, stronger defaults; off = none.
+SETTINGS = {"on": [], "off": ["augment.enabled=false"],
+            "strong": ["augment.noise_prob=0.3", "augment.noise_snr_min_db=10", "augment.speed_prob=0.5",
+                       "augment.time_mask_prob=0.2", "augment.time_mask_frames=3", "augment.freq_mask_prob=0.5",
+                       "augment.freq_masks=2"]}
 METRICS = (("val_mae", "MAE"), ("val_mouth_mae", "mouth MAE"), ("val_jaw_corr", "jaw r"), ("val_lip_corr", "lip r"))
 
 
