@@ -284,6 +284,7 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
         raise ConfigError(f"model.n_mels={cfg.model.n_mels} but the shards hold {info.n_mels} mel bins")
     if cfg.train.best_mode not in ("min", "max"):
         raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
+    make_augmenter(cfg.augment, cfg.audio)  # a bad `augment` section fails here, not in every worker
     storage.makedirs(run_dir)
     save_config(cfg, storage.join(run_dir, CONFIG_NAME))
     with track_epochs(run_dir, cfg.train.epochs, resume):
