@@ -174,6 +174,40 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation of training batches (a2bs.train.augment); val and test are never augmented.
+
+    Training sees log-mel windows, not waveforms, so every transform works on the mel (dB / power)
+    axes. Each one is drawn per window with its own probability (times `strength`); the defaults
+    aim at voices the model has not heard: other loudness, channels, speaking rates and vocal tracts.
+    """
+
+    enabled: bool = True  # false switches every transform off
+    strength: float = 1.0  # multiplies every probability below (capped at 1); Tune searches it
+    # Moderate by default: tcn_poc underfits its windows, and a first, stronger set (noise 0.3 from 10 dB,
+    # speed 0.5, time masks 0.2, two frequency masks at 0.5) cost known voices ~0.1 lip r over the first
+    # ten epochs (benchmarks/README.md, "Augmentation").
+    gain_prob: float = 0.5
+    gain_db: float = 6.0  # uniform in [-gain_db, +gain_db]; frames at the dB floor stay there
+    noise_prob: float = 0.2
+    noise_snr_min_db: float = 15.0  # SNR uniform in [min, max] (window mean powers)
+    noise_snr_max_db: float = 30.0
+    noise_kinds: tuple[str, ...] = ("white", "pink", "babble")  # one drawn per window
+    babble_windows: int = 3  # other windows of the batch summed into one babble
+    speed_prob: float = 0.3
+    speed_range: float = 0.1  # speed factor uniform in [1 - range, 1 + range]; targets follow
+    vtlp_prob: float = 0.5
+    vtlp_range: float = 0.1  # vocal-tract-length warp factor uniform in [1 - range, 1 + range]
+    vtlp_boundary_hz: float = 4800.0  # the warp is linear below this and bends to fmax_hz above (Jaitly & Hinton)
+    time_mask_prob: float = 0.1
+    time_masks: int = 1
+    time_mask_frames: int = 2  # each mask 1..N frames wide
+    freq_mask_prob: float = 0.3
+    freq_masks: int = 1
+    freq_mask_bins: int = 8  # each mask 1..N mel bands wide
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     """Ray Tune search."""
 
@@ -289,6 +323,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     infer: InferConfig = field(default_factory=InferConfig)

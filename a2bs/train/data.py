@@ -9,6 +9,11 @@ Two sources feed the same training loop:
 - :class:`LocalBatches`: the same shard files read in this process with pyarrow, a few files at a
   time (Tune trials that run in one process, the plain-PyTorch baseline, tests).
 
+Augmentation (:mod:`a2bs.train.augment`) is applied to the train split only, and structurally so: the
+train readers (:meth:`LocalBatches.torch_batches` of a reader given an augmenter, :func:`ray_train_batches`)
+take an augmenter; the validation and test readers (:meth:`LocalBatches.arrays`, :func:`ray_val_arrays`)
+have no way to apply one.
+
 Validation keeps whole clips together: worker ``rank`` of ``world_size`` validates the clips with
 ``clip_rank(clip_id, world_size) == rank``, so every clip's windows meet in one metric accumulator.
 """
@@ -28,6 +33,7 @@ from a2bs.errors import InputError
 from a2bs.manifests import ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS
+from a2bs.train.augment import Augmenter, augment_batches
 
 TRAIN_COLUMNS: tuple[str, ...] = ("audio", "targets", "vad", "mask")
 VAL_COLUMNS: tuple[str, ...] = ("clip_id", "start_s") + TRAIN_COLUMNS
@@ -196,6 +202,26 @@ def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) ->
     return ray.data.read_parquet(files, **kwargs).select_columns(list(columns))  # projection is pushed into the read
 
 
+def ray_train_batches(shard: Any, n_mels: int, batch_size: int, shuffle_rows: int, seed: int, epoch: int, rank: int,
+                      device: torch.device, augmenter: Augmenter | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of a Ray Train worker's train shard (a ``DataIterator``) as tensor batches on `device`.
+
+    Shuffled within a local buffer of `shuffle_rows` (0 = no shuffle), seeded by (seed, epoch, rank);
+    each batch then goes through `augmenter` (None = as read).
+    """
+    batches = shard.iter_torch_batches(
+        batch_size=batch_size, collate_fn=WindowCollate(n_mels), device=device, prefetch_batches=2,
+        local_shuffle_buffer_size=max(shuffle_rows, batch_size) if shuffle_rows else None,
+        local_shuffle_seed=seed * 100_003 + epoch * 101 + rank)
+    return augment_batches(batches, augmenter, epoch, rank)
+
+
+def ray_val_arrays(shard: Any, n_mels: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """All rows of a validation (or test) ``DataIterator`` as numpy batches, exactly as stored."""
+    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        yield arrow_to_arrays(table, n_mels)
+
+
 class LocalBatches:
     """Batches from shard files read in this process (no Ray): a shuffle pool of whole files.
 
@@ -206,16 +232,19 @@ class LocalBatches:
         columns: columns to read.
         shuffle_rows: shuffle within a pool of at least this many rows (0 = keep file order, no shuffle).
         seed: base seed; epoch `e` uses ``seed + e``.
+        augmenter: applied by :meth:`torch_batches` (give one to the train split's reader only).
     """
 
     def __init__(self, files: tuple[str, ...] | list[str], n_mels: int, batch_size: int,
-                 columns: tuple[str, ...] = TRAIN_COLUMNS, shuffle_rows: int = 0, seed: int = 0) -> None:
+                 columns: tuple[str, ...] = TRAIN_COLUMNS, shuffle_rows: int = 0, seed: int = 0,
+                 augmenter: Augmenter | None = None) -> None:
         self.files = list(files)
         self.n_mels = n_mels
         self.batch_size = batch_size
         self.columns = list(columns)
         self.shuffle_rows = shuffle_rows
         self.seed = seed
+        self.augmenter = augmenter
 
     def tables(self, epoch: int = 0) -> Iterator[pa.Table]:
         """Pools of rows (whole files, shuffled when `shuffle_rows` > 0)."""
@@ -237,7 +266,7 @@ class LocalBatches:
         return table.take(rng.permutation(table.num_rows)) if self.shuffle_rows else table
 
     def arrays(self, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Numpy batches of `batch_size` rows; leftovers carry into the next pool."""
+        """Numpy batches of `batch_size` rows as stored (never augmented); leftovers carry into the next pool."""
         carry: pa.Table | None = None
         for table in self.tables(epoch):
             if carry is not None:
@@ -250,6 +279,5 @@ class LocalBatches:
             yield arrow_to_arrays(carry, self.n_mels)
 
     def torch_batches(self, epoch: int = 0, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Tensor batches (audio, targets, vad, mask) on `device`."""
-        for arrays in self.arrays(epoch):
-            yield to_tensors(arrays, device)
+        """Tensor batches (audio, targets, vad, mask) on `device`, through the augmenter if one was given."""
+        return augment_batches((to_tensors(arrays, device) for arrays in self.arrays(epoch)), self.augmenter, epoch)

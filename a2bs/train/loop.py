@@ -41,7 +41,8 @@ from a2bs.train.checkpoint import (
     state_digest,
     unwrap,
 )
-from a2bs.train.data import WindowCollate, clip_rank
+from a2bs.train.augment import make_augmenter
+from a2bs.train.data import clip_rank, ray_train_batches, ray_val_arrays
 from a2bs.train.losses import TERMS, compute_loss, stage_weights
 from a2bs.train.metrics import (
     SCALAR_METRICS,
@@ -383,19 +384,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     n_mels = int(loop_config["n_mels"])
     train_it = ray.train.get_dataset_shard("train")
     val_it = ray.train.get_dataset_shard("val")
-    collate = WindowCollate(n_mels)
+    augmenter = make_augmenter(cfg.augment, cfg.audio, tc.seed)  # cfg.audio is the shards' front end
 
     def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        return iter(train_it.iter_torch_batches(
-            batch_size=tc.batch_size, collate_fn=collate, device=device, prefetch_batches=2,
-            local_shuffle_buffer_size=max(tc.shuffle_buffer_rows, tc.batch_size) if tc.shuffle_buffer_rows else None,
-            local_shuffle_seed=tc.seed * 100_003 + epoch * 101 + rank))
+        return ray_train_batches(train_it, n_mels, tc.batch_size, tc.shuffle_buffer_rows, tc.seed, epoch, rank, device,
+                                 augmenter)
 
     def val_arrays() -> Iterator[dict[str, np.ndarray]]:
-        from a2bs.train.data import arrow_to_arrays
-
-        for table in val_it.iter_batches(batch_size=val_batch_rows(tc), batch_format="pyarrow"):
-            yield arrow_to_arrays(table, n_mels)
+        return ray_val_arrays(val_it, n_mels, val_batch_rows(tc))
 
     @contextlib.contextmanager
     def restore() -> Iterator[str | None]:

@@ -42,6 +42,7 @@ from a2bs.config import (
 from a2bs.manifests import ModelCard, resolve_front_end
 from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.runtime import storage
+from a2bs.train.augment import make_augmenter
 from a2bs.train.checkpoint import (
     CHECKPOINT_FILES,
     checkpoint_dir_name,
@@ -294,6 +295,7 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
         raise ConfigError(f"model.n_mels={cfg.model.n_mels} but the shards hold {info.n_mels} mel bins")
     if cfg.train.best_mode not in ("min", "max"):
         raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
+    make_augmenter(cfg.augment, cfg.audio)  # a bad `augment` section fails here, not in every worker
     storage.makedirs(run_dir)
     save_config(cfg, storage.join(run_dir, CONFIG_NAME))
     with track_epochs(run_dir, cfg.train.epochs, resume):
@@ -324,7 +326,7 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     tc = cfg.train
     device = resolve_device(tc)
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
-                             seed=tc.seed)
+                             seed=tc.seed, augmenter=make_augmenter(cfg.augment, info.manifest.audio, tc.seed))
     val_src = LocalBatches(info.val_files, info.n_mels, val_batch_rows(tc), columns=VAL_COLUMNS)
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
 

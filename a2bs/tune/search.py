@@ -91,6 +91,8 @@ def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
             "loss.temporal_weight": tune.uniform(0.0, 1.0),
             "loss.silence_weight": tune.uniform(0.0, 0.3),
             "loss.pose_weight": tune.uniform(0.0, 0.3),
+            # Scales every augmentation probability (0 = none; a2bs.config.AugmentConfig).
+            "augment.strength": tune.uniform(0.0, 1.5),
         },
         # Adds the full 10-layer schedule (use with long windows, e.g. the full preset).
         "full": lambda: {
@@ -102,6 +104,7 @@ def _spaces() -> dict[str, Callable[[], dict[str, Any]]]:
             "loss.temporal_weight": tune.uniform(0.0, 1.0),
             "loss.silence_weight": tune.uniform(0.0, 0.3),
             "loss.pose_weight": tune.uniform(0.0, 0.3),
+            "augment.strength": tune.uniform(0.0, 1.5),
         },
     }
 
