@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -162,3 +164,92 @@ def test_shard_rows_do_not_depend_on_how_they_arrive(tmp_path) -> None:
     np.testing.assert_array_equal(arrays["targets"], windows["targets"])
     np.testing.assert_array_equal(arrays["audio"], windows["audio"])
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def whole_part(clip_id: str, features) -> SegmentPart:
+    """A clip's extracted features (a2bs.extract.clip.ClipFeatures) as one whole-clip part."""
+    face, audio = features.face, features.audio
+    return SegmentPart(clip_id, -1, 0.0, math.inf, face.frame_index, face.time_s, features.targets, face.has_face,
+                       audio.time_s, audio.mel_db, audio.rms, audio.zcr, audio.vad)
+
+
+def write_store(clips_dir: str, wholes: dict[str, tuple[str, SegmentPart, float]], segment_s: float,
+                missing: tuple[int, ...] = ()) -> None:
+    """A clip store of whole-clip features cut into parts of `segment_s` (0: one part), less `missing`."""
+    entries = {}
+    for clip_id, (speaker, whole, duration_s) in wholes.items():
+        plan = plan_segments(duration_s, segment_s)
+        kept = [p for p in split_part(whole, plan) if p.segment not in missing]
+        for part in kept:
+            write_segment(clips_dir, part)
+        entries[clip_id] = ClipEntry(f"{clip_id}.mp4", speaker, duration_s, 30.0, 30.0, RATE_HZ, len(whole.frame_index),
+                                     int(whole.has_face.sum()), 1, segment_s, len(plan), tuple(p.segment for p in kept))
+    ClipsManifest(Config().audio, entries).write(clips_dir)
+
+
+@pytest.fixture(scope="module")
+def demo_features(demo_clip) -> dict[str, tuple[str, SegmentPart, float]]:
+    """Real extracted features (MediaPipe, log-mel) of two demo clips of two speakers."""
+    clips = [demo_clip] + [c for c in sorted(demo_clip.parent.parent.rglob("*.mp4")) if c.parent != demo_clip.parent][:1]
+    cfg = Config()
+    out = {}
+    with FaceTracker(cfg.video) as tracker:
+        for path in clips:
+            features = extract_clip(path, cfg, tracker, clip_id=path.stem)
+            out[path.stem] = (path.parent.name, whole_part(path.stem, features), features.audio.duration_s)
+    return out
+
+
+def read_shards(shards_dir: str) -> tuple[ShardsManifest, dict[str, pa.Table]]:
+    manifest = ShardsManifest.load(shards_dir)
+    tables = {f.name: pq.read_table(storage.join(shards_dir, f.name)) for s in manifest.splits.values()
+              for f in s.shards}
+    return manifest, tables
+
+
+def test_build_from_a_segmented_store_equals_the_whole_clip_build(tmp_path, demo_features) -> None:
+    cfg = Config()
+    builds = {}
+    for name, segment_s in (("whole", 0.0), ("segmented", 2.37)):
+        write_store(str(tmp_path / f"clips_{name}"), demo_features, segment_s)
+        run_build(str(tmp_path / f"clips_{name}"), str(tmp_path / f"shards_{name}"), cfg, use_ray=False,
+                  progress=False)
+        builds[name] = read_shards(str(tmp_path / f"shards_{name}"))
+    (whole_manifest, whole), (seg_manifest, seg) = builds["whole"], builds["segmented"]
+    assert set(whole) == set(seg) and sum(t.num_rows for t in whole.values()) > 100
+    for name in whole:
+        assert seg[name].equals(whole[name]), name  # row for row, every column
+    assert seg_manifest.splits == whole_manifest.splits  # rows, clips, channel means and stds, clip counts
+    # The whole-clip store gives today's windows: one clip through today's algorithm.
+    clip_id, (_, part, _) = next(iter(demo_features.items()))
+    expected, _ = whole_windows(part, cfg.sequence)
+    table = next(t for t in whole.values() if t.column("clip_id")[0].as_py() == clip_id)
+    rows = arrow_to_arrays(table.filter(pc.equal(table.column("clip_id"), clip_id)), cfg.audio.n_mels)
+    np.testing.assert_array_equal(rows["targets"], expected["targets"])
+    np.testing.assert_array_equal(rows["audio"], expected["audio"])
+    np.testing.assert_array_equal(rows["start_s"], expected["start_s"])
+
+
+def test_build_with_a_failed_segment_keeps_the_rest(tmp_path, demo_features) -> None:
+    cfg = Config()
+    write_store(str(tmp_path / "clips_whole"), demo_features, 0.0)
+    write_store(str(tmp_path / "clips_gap"), demo_features, 2.37, missing=(2,))
+    run_build(str(tmp_path / "clips_whole"), str(tmp_path / "shards_whole"), cfg, use_ray=False, progress=False)
+    run_build(str(tmp_path / "clips_gap"), str(tmp_path / "shards_gap"), cfg, use_ray=False, progress=False)
+    (_, whole), (manifest, gap) = read_shards(str(tmp_path / "shards_whole")), read_shards(str(tmp_path / "shards_gap"))
+    gap_s = (2 * 2.37, 3 * 2.37)
+    length, _ = window_params(cfg.sequence, RATE_HZ)
+    for name, table in gap.items():
+        rows = table.to_pydict()
+        starts = np.array(rows["start_s"])
+        assert not ((starts < gap_s[1]) & (starts + length / RATE_HZ > gap_s[0])).any()
+        # Every row is the whole-clip build's row of the same clip and start.
+        ref = whole[name].to_pydict()
+        index = {(c, s): i for i, (c, s) in enumerate(zip(ref["clip_id"], ref["start_s"]))}
+        for i, key in enumerate(zip(rows["clip_id"], rows["start_s"])):
+            assert all(rows[col][i] == ref[col][index[key]] for col in rows), key
+    total = {name: t.num_rows for name, t in gap.items()}
+    whole_total = {name: t.num_rows for name, t in whole.items()}
+    # Each clip loses about the windows of one segment (2.37 s at 0.12 s a window), no more.
+    assert all(whole_total[n] - 2 * (2.37 / 0.12 + 3) <= total[n] < whole_total[n] for n in total)
+    assert sum(manifest.rows.values()) == sum(total.values())
