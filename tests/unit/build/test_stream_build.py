@@ -10,7 +10,9 @@ through ``run_build`` from a whole-clip store and from segmented stores, with an
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -182,15 +184,17 @@ def write_store(clips_dir: str, wholes: dict[str, tuple[str, SegmentPart, float]
         kept = [p for p in split_part(whole, plan) if p.segment not in missing]
         for part in kept:
             write_segment(clips_dir, part)
-        entries[clip_id] = ClipEntry(f"{clip_id}.mp4", speaker, duration_s, 30.0, 30.0, RATE_HZ, len(whole.frame_index),
-                                     int(whole.has_face.sum()), 1, segment_s, len(plan), tuple(p.segment for p in kept))
+        entries[clip_id] = ClipEntry(f"{clip_id}.mp4", speaker, duration_s, 30.0, 30.0, RATE_HZ,
+                                     len(whole.frame_index), int(whole.has_face.sum()), 1, segment_s, len(plan),
+                                     tuple(p.segment for p in kept))
     ClipsManifest(Config().audio, entries).write(clips_dir)
 
 
 @pytest.fixture(scope="module")
 def demo_features(demo_clip) -> dict[str, tuple[str, SegmentPart, float]]:
     """Real extracted features (MediaPipe, log-mel) of two demo clips of two speakers."""
-    clips = [demo_clip] + [c for c in sorted(demo_clip.parent.parent.rglob("*.mp4")) if c.parent != demo_clip.parent][:1]
+    others = [c for c in sorted(demo_clip.parent.parent.rglob("*.mp4")) if c.parent != demo_clip.parent]
+    clips = [demo_clip, others[0]]
     cfg = Config()
     out = {}
     with FaceTracker(cfg.video) as tracker:
@@ -253,3 +257,27 @@ def test_build_with_a_failed_segment_keeps_the_rest(tmp_path, demo_features) -> 
     # Each clip loses about the windows of one segment (2.37 s at 0.12 s a window), no more.
     assert all(whole_total[n] - 2 * (2.37 / 0.12 + 3) <= total[n] < whole_total[n] for n in total)
     assert sum(manifest.rows.values()) == sum(total.values())
+
+
+def test_shards_on_s3_equal_local_ones(tmp_path, s3_server) -> None:
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="a2bs-build")
+    cfg = Config()
+    wholes = {f"clip{i}": (f"spk{i}", synthetic_clip(7.0, n_mels=cfg.audio.n_mels, seed=i), 7.0) for i in range(2)}
+    for clips, shards in ((str(tmp_path / "clips"), str(tmp_path / "shards")),
+                          ("s3://a2bs-build/clips", "s3://a2bs-build/shards")):
+        write_store(clips, {k: (s, replace(w, clip_id=k), d) for k, (s, w, d) in wholes.items()}, 2.0)
+        run_build(clips, shards, cfg, use_ray=False, progress=False)
+    local_manifest, local = read_shards(str(tmp_path / "shards"))
+    s3_manifest, s3 = read_shards("s3://a2bs-build/shards")
+    assert local_manifest.splits == s3_manifest.splits and set(local) == set(s3) and len(local) == 2
+    assert all(s3[name].equals(local[name]) and local[name].num_rows > 0 for name in local)
+
+
+def test_a_failed_shard_write_leaves_no_file(tmp_path) -> None:
+    target = tmp_path / "train" / "part-00000.parquet"
+    with pytest.raises(RuntimeError, match="stop"):
+        with storage.atomic_parquet_writer(str(target), sequence_schema(4)) as writer:
+            rows = ShardRows(writer, "train", 4, row_group_rows=4)
+            rows.add("clip", "spk", whole_windows(synthetic_clip(2.0, n_mels=4), SequenceConfig())[0])
+            raise RuntimeError("stop")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "train"]  # no shard, no temporary file
