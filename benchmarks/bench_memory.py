@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from common import demo_clips, machine, table, write_readme_section  # noqa: E402
 from media_factory import make_long_clip  # noqa: E402
 
+from a2bs.build.shards import ROW_GROUP_ROWS  # noqa: E402
 from a2bs.config import Config  # noqa: E402
 from a2bs.extract.clip import extract_clip  # noqa: E402
 from a2bs.extract.face import FaceTracker  # noqa: E402
@@ -134,7 +135,7 @@ def bench_build(minutes: list[float]) -> None:
         f"segment parts of `extract.segment_s` = {cfg.extract.segment_s:g} s, as a segment-parallel extraction "
         "writes them. Build reads a take part by part (synchronisation and windowing carry only the last face "
         "frame and the start of the next window across a border) and writes each shard a row group of "
-        "512 windows at a time, so peak memory is the process baseline plus about one part and one row "
+        f"{ROW_GROUP_ROWS} windows at a time, so peak memory is the process baseline plus about one part and one row "
         "group, whatever the take's length (before: a clip was one Parquet row read whole through "
         "`to_pylist()`, 954 MB at 10.6 minutes and rising). The frame times of the whole take are the one "
         "thing held per clip (8 bytes per face frame, under 1 MB per hour).",

@@ -62,7 +62,7 @@ def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
         raise InputError(missing[0], f"listed in the clips manifest but missing ({len(missing)} segment part(s) "
                                      "missing; rerun `a2bs extract`)")
     return [{"clip_id": cid, "speaker_id": e.speaker_id, "duration_s": e.duration_s,
-             "mel_frame_rate": e.mel_frame_rate, "n_segments": e.n_segments, "segments": tuple(e.segments),
+             "mel_frame_rate": e.mel_frame_rate, "n_segments": e.n_segments, "segments": tuple(sorted(e.segments)),
              "uri": segment_folder(clips_dir, cid)}
             for cid, e in sorted(manifest.clips.items())]
 

@@ -162,7 +162,7 @@ def synchronise_parts(parts: Iterable[SegmentPart], n_segments: int, segments: I
         are left out, so a run that does not continue the one before starts after a gap.
     """
     present = set(segments)
-    missing_after = max((k for k in range(n_segments) if k not in present), default=-1)
+    last_missing = max((k for k in range(n_segments) if k not in present), default=-1)
     face_t, face_y, face_h = np.zeros(0), np.zeros((0, N_TARGETS), np.float32), np.zeros(0, bool)
     audio_t = audio_vad = np.zeros(0)
     audio_mel: np.ndarray | None = None
@@ -188,7 +188,7 @@ def synchronise_parts(parts: Iterable[SegmentPart], n_segments: int, segments: I
             else:
                 if after_gap:  # the frame before the part's first one was in the missing segment
                     lo = int(np.searchsorted(audio_t, face_t[0], side="left"))
-                at_end = part.segment > missing_after and face_t[-1] >= track.last_s
+                at_end = part.segment > last_missing and face_t[-1] >= track.last_s
                 if not at_end:  # frames after the last face frame here need the next one
                     hi = max(lo, int(np.searchsorted(audio_t, face_t[-1], side="right")))
         if hi > lo:

@@ -33,6 +33,7 @@ from a2bs.build.sequences import (
 )
 from a2bs.build.shards import ShardRows
 from a2bs.config import Config, SequenceConfig
+from a2bs.errors import InputError
 from a2bs.extract.clip import extract_clip
 from a2bs.extract.face import FaceTracker
 from a2bs.extract.store import Segment, SegmentPart, plan_segments, split_part, write_segment
@@ -181,7 +182,7 @@ def write_store(clips_dir: str, wholes: dict[str, tuple[str, SegmentPart, float]
     entries = {}
     for clip_id, (speaker, whole, duration_s) in wholes.items():
         plan = plan_segments(duration_s, segment_s)
-        kept = [p for p in split_part(whole, plan) if p.segment not in missing]
+        kept = [p for p in split_part(replace(whole, clip_id=clip_id), plan) if p.segment not in missing]
         for part in kept:
             write_segment(clips_dir, part)
         entries[clip_id] = ClipEntry(f"{clip_id}.mp4", speaker, duration_s, 30.0, 30.0, RATE_HZ,
@@ -265,7 +266,7 @@ def test_shards_on_s3_equal_local_ones(tmp_path, s3_server) -> None:
     wholes = {f"clip{i}": (f"spk{i}", synthetic_clip(7.0, n_mels=cfg.audio.n_mels, seed=i), 7.0) for i in range(2)}
     for clips, shards in ((str(tmp_path / "clips"), str(tmp_path / "shards")),
                           ("s3://a2bs-build/clips", "s3://a2bs-build/shards")):
-        write_store(clips, {k: (s, replace(w, clip_id=k), d) for k, (s, w, d) in wholes.items()}, 2.0)
+        write_store(clips, wholes, 2.0)
         run_build(clips, shards, cfg, use_ray=False, progress=False)
     local_manifest, local = read_shards(str(tmp_path / "shards"))
     s3_manifest, s3 = read_shards("s3://a2bs-build/shards")
@@ -281,3 +282,27 @@ def test_a_failed_shard_write_leaves_no_file(tmp_path) -> None:
             rows.add("clip", "spk", whole_windows(synthetic_clip(2.0, n_mels=4), SequenceConfig())[0])
             raise RuntimeError("stop")
     assert list(tmp_path.rglob("*")) == [tmp_path / "train"]  # no shard, no temporary file
+
+
+def test_a_part_listed_but_missing_is_named(tmp_path) -> None:
+    clips = str(tmp_path / "clips")
+    write_store(clips, {"clip0": ("spk", synthetic_clip(7.0, n_mels=80), 7.0)}, 2.0)
+    (tmp_path / "clips" / "clips" / "clip0" / "seg-00001.parquet").unlink()
+    with pytest.raises(InputError, match=r"clip0/seg-00001\.parquet: listed in the clips manifest but missing"):
+        run_build(clips, str(tmp_path / "shards"), Config(), use_ray=False, progress=False)
+
+
+def test_filling_a_gap_rebuilds(tmp_path) -> None:
+    cfg = Config()
+    wholes = {f"clip{i}": (f"spk{i}", synthetic_clip(7.0, n_mels=80, seed=i), 7.0) for i in range(2)}
+    clips, shards = str(tmp_path / "clips"), str(tmp_path / "shards")
+    write_store(clips, wholes, 2.0, missing=(1,))
+    gap = run_build(clips, shards, cfg, use_ray=False, progress=False)
+    write_store(clips, wholes, 2.0)  # the failed segment extracted on a rerun
+    filled = run_build(clips, shards, cfg, use_ray=False, progress=False)
+    assert not filled.up_to_date and sum(filled.rows.values()) > sum(gap.rows.values())
+    assert run_build(clips, shards, cfg, use_ray=False, progress=False).up_to_date
+    write_store(str(tmp_path / "clips_whole"), wholes, 0.0)
+    run_build(str(tmp_path / "clips_whole"), str(tmp_path / "shards_whole"), cfg, use_ray=False, progress=False)
+    (_, got), (_, expected) = read_shards(shards), read_shards(str(tmp_path / "shards_whole"))
+    assert set(got) == set(expected) and all(got[name].equals(expected[name]) for name in got)
