@@ -109,6 +109,7 @@ def bench_build(minutes: list[float]) -> None:
     cfg = Config()
     source = demo_features(4)
     rows, peaks = [], []
+    baseline_mb, _ = peak_rss_mb([sys.executable, "-m", "a2bs.cli", "build", "--help"])  # imports, no work
     with tempfile.TemporaryDirectory() as tmp:
         for m in minutes:
             clips, shards = Path(tmp) / f"clips_{m:g}", Path(tmp) / f"shards_{m:g}"
@@ -135,8 +136,9 @@ def bench_build(minutes: list[float]) -> None:
         f"segment parts of `extract.segment_s` = {cfg.extract.segment_s:g} s, as a segment-parallel extraction "
         "writes them. Build reads a take part by part (synchronisation and windowing carry only the last face "
         "frame and the start of the next window across a border) and writes each shard a row group of "
-        f"{ROW_GROUP_ROWS} windows at a time, so peak memory is the process baseline plus about one part and one row "
-        "group, whatever the take's length (before: a clip was one Parquet row read whole through "
+        f"{ROW_GROUP_ROWS} windows at a time, so peak memory is the process baseline "
+        f"({baseline_mb:.0f} MB for `a2bs build --help`: the CLI imports every stage's commands, torch included; "
+        "a build task on Ray does not) plus about one part and one row group, whatever the take's length (before: a clip was one Parquet row read whole through "
         "`to_pylist()`, 954 MB at 10.6 minutes and rising). The frame times of the whole take are the one "
         "thing held per clip (8 bytes per face frame, under 1 MB per hour).",
     ])
