@@ -138,9 +138,10 @@ def bench_build(minutes: list[float]) -> None:
         "frame and the start of the next window across a border) and writes each shard a row group of "
         f"{ROW_GROUP_ROWS} windows at a time, so peak memory is the process baseline "
         f"({baseline_mb:.0f} MB for `a2bs build --help`: the CLI imports every stage's commands, torch included; "
-        "a build task on Ray does not) plus about one part and one row group, whatever the take's length (before: a clip was one Parquet row read whole through "
-        "`to_pylist()`, 954 MB at 10.6 minutes and rising). The frame times of the whole take are the one "
-        "thing held per clip (8 bytes per face frame, under 1 MB per hour).",
+        "a build task on Ray does not) plus about one part and one row group, whatever the take's length "
+        "(before: a clip was one Parquet row read whole through `to_pylist()`, 954 MB at 10.6 minutes and "
+        "rising). The frame times of the whole take are the one thing held per clip (8 bytes per face frame, "
+        "under 1 MB per hour).",
     ])
     print("\n" + text)
     write_readme_section(README_SECTION, text)
