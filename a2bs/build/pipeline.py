@@ -1,9 +1,10 @@
 """The build graph: clip features -> sequence shards (Ray tasks or this process), manifest written last.
 
 The clips come from the clips manifest (``CLIPS/_manifest.json``), never from a folder listing, and
-so does the audio front end. Clips are planned into shards; each shard task windows its clips and
-writes one Parquet file. A rerun with the same clips and settings rewrites nothing (the shards
-manifest's fingerprint says so).
+so does the audio front end. Clips are planned into shards; each shard task windows its clips, each
+read one segment part at a time (a2bs.extract.store), and writes one Parquet file a row group at a
+time, so a task's memory does not grow with the length of a take. A rerun with the same clips (and
+parts present) and settings rewrites nothing (the shards manifest's fingerprint says so).
 """
 
 from __future__ import annotations
