@@ -5,20 +5,22 @@ Run: .venv/bin/python benchmarks/bench_memory.py [MINUTES ...]         extractio
                                                                          writes benchmarks/README.md)
 
 Extraction: each clip is the first demo clip looped (stream copy, so building it is quick) and
-extracted in a fresh subprocess (`a2bs extract --no-ray`), whose peak RSS comes from getrusage.
+extracted in a fresh subprocess (`a2bs extract --no-ray`), whose peak RSS comes from wait4.
 Frames are streamed through MediaPipe one at a time, so peak memory should grow only with the
 clip's features (~40 MB per hour), not with its frames (30 minutes of 384x384 RGB frames would be 24 GB).
 
 Build: real features of demo clips (MediaPipe and log-mel, extracted once here) are tiled onto the
 30 Hz and 100 Hz grids of one take of each length and cut into segment parts of
 ``extract.segment_s`` (the clip store a segment-parallel extraction writes); each store is built in
-a fresh subprocess (`a2bs build --no-ray`), whose peak RSS comes from getrusage.
+a fresh subprocess (`a2bs build --no-ray`), whose own peak RSS comes from wait4; with the PoC windows
+and with the full preset's.
 """
 
 from __future__ import annotations
 
 import json
-import resource
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ import numpy as np  # noqa: E402
 from common import demo_clips, machine, table, write_readme_section  # noqa: E402
 from media_factory import make_long_clip  # noqa: E402
 
-from a2bs.build.shards import ROW_GROUP_ROWS  # noqa: E402
+from a2bs.build.shards import ROW_GROUP_BYTES  # noqa: E402
 from a2bs.config import Config  # noqa: E402
 from a2bs.extract.clip import extract_clip  # noqa: E402
 from a2bs.extract.face import FaceTracker  # noqa: E402
@@ -44,13 +46,13 @@ README_SECTION = "## Build memory with long takes (issue 13)"
 
 def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
     """Run `cmd` to completion; return (peak RSS of the child in MB, wall seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:  # ru_maxrss of children is a running max: keep runs in increasing size
-        raise RuntimeError("run clips in increasing length so each child's peak is visible")
-    return peak / 1024.0, time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN is a running max)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return usage.ru_maxrss / 1024.0, time.perf_counter() - t0
 
 
 def bench_extract(minutes: list[float]) -> None:
@@ -104,44 +106,51 @@ def tiled_store(clips_dir: Path, source: SegmentPart, minutes: float, cfg: Confi
 
 
 def bench_build(minutes: list[float]) -> None:
-    """Peak RSS of `a2bs build` on a clip store holding one take of each length (side by side, one run)."""
+    """Peak RSS of `a2bs build` on a clip store holding one take of each length (side by side, one run),
+    with the PoC windows (240 ms) and the full preset's (10 s, jobs/configs/full.yaml)."""
     minutes = sorted(minutes or [1.0, 10.0, 60.0])
     cfg = Config()
     source = demo_features(4)
-    rows, peaks = [], []
+    full = ["--config", str(Path(__file__).resolve().parent.parent / "jobs" / "configs" / "full.yaml")]
     baseline_mb, _ = peak_rss_mb([sys.executable, "-m", "a2bs.cli", "build", "--help"])  # imports, no work
+    rows, peaks = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in minutes:
-            clips, shards = Path(tmp) / f"clips_{m:g}", Path(tmp) / f"shards_{m:g}"
+            clips = Path(tmp) / f"clips_{m:g}"
             frames = tiled_store(clips, source, m, cfg)
-            store_mb = sum(f.stat().st_size for f in clips.rglob("*.parquet")) / 2**20
-            rss, wall = peak_rss_mb([sys.executable, "-m", "a2bs.cli", "build", str(clips), "--out", str(shards),
-                                     "--no-ray", "--quiet"])
-            n_rows = sum(ShardsManifest.load(str(shards)).rows.values())
-            shard_mb = sum(f.stat().st_size for f in shards.rglob("*.parquet")) / 2**20
-            peaks.append(rss)
-            rows.append([f"{m:g}", frames, n_rows, f"{store_mb:.0f}", f"{shard_mb:.0f}", f"{rss:.0f}",
-                         f"{rss / peaks[0]:.2f}", f"{wall:.0f}"])
-            print(rows[-1], flush=True)
+            row = [f"{m:g}", frames, f"{sum(f.stat().st_size for f in clips.rglob('*.parquet')) / 2**20:.0f}"]
+            for preset, extra in (("poc", []), ("full", full)):
+                shards = Path(tmp) / f"shards_{m:g}_{preset}"
+                rss, wall = peak_rss_mb([sys.executable, "-m", "a2bs.cli", "build", str(clips), "--out", str(shards),
+                                         "--no-ray", "--quiet", *extra])
+                n_rows = sum(ShardsManifest.load(str(shards)).rows.values())
+                peaks.setdefault(preset, rss)
+                row += [n_rows, f"{rss:.0f}", f"{rss / peaks[preset]:.2f}", f"{wall:.0f}"]
+                shutil.rmtree(shards)
+            shutil.rmtree(clips)
+            rows.append(row)
+            print(row, flush=True)
     text = "\n".join([
         README_SECTION, "",
         f"`nice .venv/bin/python benchmarks/bench_memory.py build` ({machine()}): one take of each length, "
-        f"built in a fresh process each (`a2bs build --no-ray`), side by side in one run; peak RSS from getrusage.",
+        "built in a fresh process each (`a2bs build --no-ray`), side by side in one run; peak RSS of that process "
+        "(wait4). PoC windows: 240 ms every 120 ms; full preset: 10 s every 2 s (`--config jobs/configs/full.yaml`).",
         "",
-        table(["take minutes", "face frames", "windows", "clip store MB", "shards MB", "peak RSS MB",
-               "vs shortest", "wall s"], rows),
+        table(["take minutes", "face frames", "clip store MB",
+               "PoC windows", "PoC peak RSS MB", "vs 1st", "PoC wall s",
+               "full windows", "full peak RSS MB", "vs 1st", "full wall s"], rows),
         "",
         f"The takes are real features of the first 4 demo clips (MediaPipe blendshapes and pose, log-mel, "
         f"{source.mel_db.shape[0] / 100:.0f} s of audio) tiled onto each take's 30 Hz and 100 Hz grids and cut into "
         f"segment parts of `extract.segment_s` = {cfg.extract.segment_s:g} s, as a segment-parallel extraction "
         "writes them. Build reads a take part by part (synchronisation and windowing carry only the last face "
         "frame and the start of the next window across a border) and writes each shard a row group of "
-        f"{ROW_GROUP_ROWS} windows at a time, so peak memory is the process baseline "
+        f"{ROW_GROUP_BYTES >> 20} MB of windows at a time, so peak memory is the process baseline "
         f"({baseline_mb:.0f} MB for `a2bs build --help`: the CLI imports every stage's commands, torch included; "
         "a build task on Ray does not) plus about one part and one row group, whatever the take's length "
         "(before: a clip was one Parquet row read whole through `to_pylist()`, 954 MB at 10.6 minutes and "
-        "rising). The frame times of the whole take are the one thing held per clip (8 bytes per face frame, "
-        "under 1 MB per hour).",
+        "rising, 1.27 GB with the full preset). The frame times of the whole take are the one thing held per "
+        "clip (8 bytes per face frame, under 1 MB per hour).",
     ])
     print("\n" + text)
     write_readme_section(README_SECTION, text)

@@ -30,9 +30,9 @@ from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS, sequence_schema
 
 SPLITS = ("train", "val")
-# Rows per Parquet row group of a shard: what a shard writer holds at once (~3.5 MB of windows at
-# 80 mels), whatever the length of its clips.
-ROW_GROUP_ROWS = 256
+# Window data per Parquet row group of a shard: what a shard writer holds at once, whatever the length
+# of its clips (309 windows of 240 ms at 80 mels, 7 of the full preset's 10 s).
+ROW_GROUP_BYTES = 4 << 20
 
 
 def assign_splits(keys: list[str], val_fraction: float, seed: int) -> dict[str, str]:
@@ -112,15 +112,16 @@ def _list_rows(values: np.ndarray) -> pa.Array:
 
 
 class ShardRows:
-    """Window rows -> a shard file, one row group of `row_group_rows` rows at a time, and its statistics.
+    """Window rows -> a shard file, one row group of about `row_group_bytes` at a time, and its statistics.
 
-    The statistics are summed per row group, and row groups are cut at fixed row counts, so they do not
-    depend on how the clips were cut into parts.
+    Row groups hold a fixed number of windows (all windows of a shard have the same size) and the
+    statistics are summed per row group, so neither depends on how the clips were cut into parts.
     """
 
     def __init__(self, writer: pq.ParquetWriter, split: str, n_mels: int,
-                 row_group_rows: int = ROW_GROUP_ROWS) -> None:
-        self.writer, self.split, self.row_group_rows = writer, split, row_group_rows
+                 row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+        self.writer, self.split, self.row_group_bytes = writer, split, row_group_bytes
+        self.row_group_rows = 0  # set by the first window
         self.schema = sequence_schema(n_mels)
         self.rows = 0
         self.target_sum = np.zeros(N_TARGETS)
@@ -134,6 +135,9 @@ class ShardRows:
         n = len(windows["start_s"])
         if n == 0:
             return
+        if not self.row_group_rows:
+            window_bytes = sum(windows[k][0].nbytes for k in ("audio", "targets", "vad", "mask"))
+            self.row_group_rows = max(1, self.row_group_bytes // window_bytes)
         self._pending.append({"clip_id": np.full(n, clip_id, dtype=object),
                               "speaker_id": np.full(n, speaker_id, dtype=object), **windows})
         self._pending_rows += n

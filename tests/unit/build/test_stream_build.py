@@ -149,11 +149,12 @@ def test_shard_rows_do_not_depend_on_how_they_arrive(tmp_path) -> None:
     cfg = SequenceConfig()
     windows, _ = whole_windows(whole, cfg)
     n = len(windows["start_s"])
+    window_bytes = sum(windows[k][0].nbytes for k in ("audio", "targets", "vad", "mask"))
     results = []
     for name, cuts in (("one", [0, n]), ("many", [0, 3, 4, 17, 40, n])):
         path = tmp_path / f"{name}.parquet"
         with storage.atomic_parquet_writer(str(path), sequence_schema(4)) as writer:
-            rows = ShardRows(writer, "train", 4, row_group_rows=16)
+            rows = ShardRows(writer, "train", 4, row_group_bytes=16 * window_bytes + 1)
             for a, b in zip(cuts, cuts[1:]):
                 rows.add("clip", "spk", {k: v[a:b] for k, v in windows.items()})
             rows.finish()
@@ -278,7 +279,7 @@ def test_a_failed_shard_write_leaves_no_file(tmp_path) -> None:
     target = tmp_path / "train" / "part-00000.parquet"
     with pytest.raises(RuntimeError, match="stop"):
         with storage.atomic_parquet_writer(str(target), sequence_schema(4)) as writer:
-            rows = ShardRows(writer, "train", 4, row_group_rows=4)
+            rows = ShardRows(writer, "train", 4, row_group_bytes=1)
             rows.add("clip", "spk", whole_windows(synthetic_clip(2.0, n_mels=4), SequenceConfig())[0])
             raise RuntimeError("stop")
     assert list(tmp_path.rglob("*")) == [tmp_path / "train"]  # no shard, no temporary file
