@@ -160,6 +160,9 @@ def synchronise_parts(parts: Iterable[SegmentPart], n_segments: int, segments: I
     Yields:
         Runs in time order. Audio frames whose interpolation needs a face frame of a missing segment
         are left out, so a run that does not continue the one before starts after a gap.
+
+    Memory: one part, plus the audio frames waiting for the next face frame (a few; all of them
+    before the first face frame of a clip whose video starts late).
     """
     present = set(segments)
     last_missing = max((k for k in range(n_segments) if k not in present), default=-1)
