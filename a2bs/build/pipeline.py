@@ -1,9 +1,10 @@
 """The build graph: clip features -> sequence shards (Ray tasks or this process), manifest written last.
 
 The clips come from the clips manifest (``CLIPS/_manifest.json``), never from a folder listing, and
-so does the audio front end. Clips are planned into shards; each shard task windows its clips and
-writes one Parquet file. A rerun with the same clips and settings rewrites nothing (the shards
-manifest's fingerprint says so).
+so does the audio front end. Clips are planned into shards; each shard task windows its clips, each
+read one segment part at a time (a2bs.extract.store), and writes one Parquet file a row group at a
+time, so a task's memory does not grow with the length of a take. A rerun with the same clips (and
+parts present) and settings rewrites nothing (the shards manifest's fingerprint says so).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from a2bs.build.sequences import expected_windows, window_params
-from a2bs.build.shards import SPLITS, build_shard, plan_shards, split_clips
+from a2bs.build.shards import SPLITS, ClipSource, build_shard, plan_shards, split_clips
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
 from a2bs.errors import InputError, ManifestError
-from a2bs.extract.pipeline import CLIPS_SUBDIR, clip_uri
+from a2bs.extract.store import CLIPS_SUBDIR, segment_folder, segment_uri
 from a2bs.manifests import (
     ChannelStats,
     ClipsManifest,
@@ -51,16 +52,26 @@ class BuildSummary:
 
 
 def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
-    """The clips the manifest lists (by clip id), each of which must be on disk."""
-    on_disk = {uri.rsplit("/", 1)[-1].removesuffix(".parquet")
-               for uri in storage.list_files(storage.join(clips_dir, CLIPS_SUBDIR), suffix=".parquet")}
-    missing = sorted(set(manifest.clips) - on_disk)
+    """The clips the manifest lists (by clip id), each of whose listed segment parts must be on disk."""
+    def tail(uri: str) -> str:  # "<clip_id>/seg-NNNNN.parquet", however the folder is spelled
+        return "/".join(uri.rsplit("/", 2)[-2:])
+
+    on_disk = {tail(uri) for uri in storage.list_files(storage.join(clips_dir, CLIPS_SUBDIR), suffix=".parquet")}
+    missing = [uri for cid, e in sorted(manifest.clips.items()) for uri in
+               (segment_uri(clips_dir, cid, k) for k in e.segments) if tail(uri) not in on_disk]
     if missing:
-        raise InputError(clip_uri(clips_dir, missing[0]), f"listed in the clips manifest but missing ({len(missing)} "
-                                                          "clip(s) missing; rerun `a2bs extract`)")
+        raise InputError(missing[0], f"listed in the clips manifest but missing ({len(missing)} segment part(s) "
+                                     "missing; rerun `a2bs extract`)")
     return [{"clip_id": cid, "speaker_id": e.speaker_id, "duration_s": e.duration_s,
-             "mel_frame_rate": e.mel_frame_rate, "uri": clip_uri(clips_dir, cid)}
+             "mel_frame_rate": e.mel_frame_rate, "n_segments": e.n_segments, "segments": tuple(sorted(e.segments)),
+             "uri": segment_folder(clips_dir, cid)}
             for cid, e in sorted(manifest.clips.items())]
+
+
+def _sources(clips_dir: str, clips: list[dict]) -> dict[str, ClipSource]:
+    """Each clip's parts, by the key shard plans list it under."""
+    return {c["uri"]: ClipSource(clips_dir, c["clip_id"], c["speaker_id"], c["mel_frame_rate"], c["n_segments"],
+                                 c["segments"]) for c in clips}
 
 
 def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True,
@@ -86,7 +97,9 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
     settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence)}
-    fingerprint = hashlib.sha256(json.dumps({"clips": sorted(c["clip_id"] for c in clips), "settings": settings,
+    # The parts present count: a segment extracted after a failed one fills a gap and changes the windows.
+    fingerprint = hashlib.sha256(json.dumps({"clips": {c["clip_id"]: list(c["segments"]) for c in clips},
+                                             "settings": settings,
                                              "schema_version": SCHEMA_VERSION}, sort_keys=True).encode()).hexdigest()
     try:
         old = ShardsManifest.load(shards_dir)
@@ -97,15 +110,18 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         if all(storage.exists(storage.join(shards_dir, n)) for n in names):
             return BuildSummary(len(clips), old.rows, len(names), True, time.perf_counter() - t0)
     plans = plan_shards(clips, cfg.sequence.rows_per_shard)
+    sources = _sources(clips_dir, clips)
+    plan_clips = [[sources[uri] for uri in p.clip_uris] for p in plans]
     if use_ray:
         import ray
 
         init_ray(cfg.ray)
         cfg_dict = config_to_dict(cfg)
         ds = ray.data.from_items([{"i": i} for i in range(len(plans))], override_num_blocks=max(1, len(plans)))
-        done = rows_as_done(ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict))))
+        done = rows_as_done(ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict),
+                                                            plan_clips[r["i"]])))
     else:
-        done = (build_shard(p, shards_dir, cfg) for p in plans)
+        done = (build_shard(p, shards_dir, cfg, c) for p, c in zip(plans, plan_clips))
     stats = list(tracked(done, "build", len(plans), "shards", enabled=progress))
     stats.sort(key=lambda s: s["name"])
     # Remove shards a previous, larger run left behind, so the folder matches the manifest.

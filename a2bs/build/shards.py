@@ -14,15 +14,17 @@ rewrites the same names (never appends) and the manifest lists exactly the files
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
+from a2bs.build.sequences import ClipCounts, Windower, synchronise_parts, track_span
 from a2bs.config import Config, ConfigError, SequenceConfig
-from a2bs.extract.clip import record_arrays
+from a2bs.extract.store import iter_segments, segment_uri
 from a2bs.manifests import ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import N_TARGETS, sequence_schema
@@ -32,6 +34,9 @@ from a2bs.schema import N_TARGETS, sequence_schema
 SPLITS = ("train", "val", "test", "known")
 SELECTION_SPLIT = "val"
 REPORTED_SPLITS = ("test", "known")
+# Window data per Parquet row group of a shard: what a shard writer holds at once, whatever the length
+# of its clips (309 windows of 240 ms at 80 mels, 7 of the full preset's 10 s).
+ROW_GROUP_BYTES = 4 << 20
 
 
 def _ranked(keys: list[str], salt: str) -> list[str]:
@@ -148,52 +153,130 @@ def plan_shards(clips: list[dict[str, Any]], rows_per_shard: int) -> list[ShardP
     return plans
 
 
-def build_shard(plan: ShardPlan, out_dir: str, cfg: Config) -> dict[str, Any]:
-    """Window every clip of a plan and write the shard atomically; return its statistics."""
-    n_mels = cfg.audio.n_mels
-    cols: dict[str, list] = {n: [] for n in sequence_schema(n_mels).names}
-    mel_clipped = 0
-    target_clipped = np.zeros(N_TARGETS, np.int64)
-    sums = np.zeros(N_TARGETS)
-    sq_sums = np.zeros(N_TARGETS)
-    n_valid = 0.0
-    for uri in plan.clip_uris:
-        row = storage.read_parquet(uri).to_pylist()[0]
-        arrs = record_arrays(row)
-        targets, mask = synchronise(arrs["audio_time_s"], arrs["frame_time_s"], arrs["targets"], arrs["has_face"])
-        mel, targets, counts = validate(arrs["mel_db"], targets)
-        mel_clipped += counts.mel_clipped
-        target_clipped += counts.target_clipped
-        clip = SyncedClip(arrs["audio_time_s"], mel, targets, arrs["vad"], mask)
-        w = make_windows(clip, cfg.sequence, row["mel_frame_rate"])
-        n = len(w["start_s"])
+@dataclass(frozen=True)
+class ClipSource:
+    """One clip of a shard: where its segment parts are and what the clips manifest says about it."""
+
+    clips_dir: str
+    clip_id: str
+    speaker_id: str
+    mel_frame_rate: float
+    n_segments: int  # segments in the clip's plan
+    segments: tuple[int, ...]  # the parts present (a missing one is a gap no window crosses)
+
+
+def _face_track(uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """(frame_time_s, has_face) of one part, without reading its other columns."""
+    table = storage.read_parquet(uri, columns=["frame_time_s", "has_face"])
+    return (table.column("frame_time_s").combine_chunks().flatten().to_numpy(),
+            table.column("has_face").combine_chunks().flatten().to_numpy(zero_copy_only=False))
+
+
+def clip_windows(clip: ClipSource, cfg: Config) -> Iterator[tuple[dict[str, np.ndarray], ClipCounts]]:
+    """The windows of one clip with what validation clipped, read part by part (memory: a part or two)."""
+    track = track_span(_face_track(segment_uri(clip.clips_dir, clip.clip_id, k)) for k in clip.segments)
+    parts = iter_segments(clip.clips_dir, clip.clip_id, clip.segments)
+    windower = Windower(cfg.sequence, clip.mel_frame_rate)
+    for run in synchronise_parts(parts, clip.n_segments, clip.segments, track, clip.mel_frame_rate):
+        yield windower.push(run), run.counts
+
+
+def _list_rows(values: np.ndarray) -> pa.Array:
+    """(N, ...) values as N rows of a list column, each row one window's values flattened."""
+    n = len(values)
+    width = int(np.prod(values.shape[1:], dtype=np.int64))
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width),
+                                    pa.array(np.ascontiguousarray(values).reshape(-1)))
+
+
+class ShardRows:
+    """Window rows -> a shard file, one row group of about `row_group_bytes` at a time, and its statistics.
+
+    Row groups hold a fixed number of windows (all windows of a shard have the same size) and the
+    statistics are summed per row group, so neither depends on how the clips were cut into parts.
+    """
+
+    def __init__(self, writer: pq.ParquetWriter, split: str, n_mels: int,
+                 row_group_bytes: int = ROW_GROUP_BYTES) -> None:
+        self.writer, self.split, self.row_group_bytes = writer, split, row_group_bytes
+        self.row_group_rows = 0  # set by the first window
+        self.schema = sequence_schema(n_mels)
+        self.rows = 0
+        self.target_sum = np.zeros(N_TARGETS)
+        self.target_sq_sum = np.zeros(N_TARGETS)
+        self.valid_frames = 0.0
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, clip_id: str, speaker_id: str, windows: dict[str, np.ndarray]) -> None:
+        """Queue one clip's windows (:func:`a2bs.build.sequences.make_windows`); full row groups are written."""
+        n = len(windows["start_s"])
         if n == 0:
-            continue
-        m = w["mask"][..., None].astype(np.float64)  # float64 sums: the manifest's means initialise training
-        sums += (w["targets"] * m).sum(axis=(0, 1))
-        sq_sums += ((w["targets"].astype(np.float64) ** 2) * m).sum(axis=(0, 1))
-        n_valid += float(m.sum())
-        cols["clip_id"] += [row["clip_id"]] * n
-        cols["speaker_id"] += [row["speaker_id"]] * n
-        cols["split"] += [plan.split] * n
-        cols["start_s"] += w["start_s"].tolist()
-        cols["n_frames"] += [w["audio"].shape[1]] * n
-        cols["audio"] += list(w["audio"].reshape(n, -1))
-        cols["targets"] += list(w["targets"].reshape(n, -1))
-        cols["vad"] += list(w["vad"])
-        cols["mask"] += list(w["mask"])
-    table = pa.Table.from_pydict(cols, schema=sequence_schema(n_mels))
-    storage.write_parquet_atomic(table, storage.join(out_dir, plan.name))
+            return
+        if not self.row_group_rows:
+            window_bytes = sum(windows[k][0].nbytes for k in ("audio", "targets", "vad", "mask"))
+            self.row_group_rows = max(1, self.row_group_bytes // window_bytes)
+        self._pending.append({"clip_id": np.full(n, clip_id, dtype=object),
+                              "speaker_id": np.full(n, speaker_id, dtype=object), **windows})
+        self._pending_rows += n
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def finish(self) -> None:
+        """Write the rows still queued."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+
+    def _flush(self, n: int) -> None:
+        """Write the first `n` queued rows as one row group (only those rows are copied)."""
+        take, rest, left = [], [], n
+        for piece in self._pending:
+            k = min(left, len(piece["start_s"]))
+            if k:
+                take.append({key: v[:k] for key, v in piece.items()})
+            if k < len(piece["start_s"]):
+                rest.append({key: v[k:] for key, v in piece.items()})
+            left -= k
+        self._pending, self._pending_rows = rest, self._pending_rows - n
+        rows = {key: np.concatenate([p[key] for p in take]) for key in take[0]}
+        del take
+        m = rows["mask"][..., None].astype(np.float64)  # float64 sums: the manifest's means initialise training
+        t = rows["targets"].astype(np.float64)
+        self.target_sum += (t * m).sum(axis=(0, 1))
+        t *= t
+        t *= m
+        self.target_sq_sum += t.sum(axis=(0, 1))
+        self.valid_frames += float(m.sum())
+        del t, m
+        columns = [pa.array(rows["clip_id"], pa.string()), pa.array(rows["speaker_id"], pa.string()),
+                   pa.array([self.split] * n, pa.string()), pa.array(rows["start_s"], pa.float64()),
+                   pa.array(np.full(n, rows["audio"].shape[1], np.int32))]
+        columns += [_list_rows(rows[k]) for k in ("audio", "targets", "vad", "mask")]
+        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows += n
+
+
+def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSource]) -> dict[str, Any]:
+    """Window the clips of a plan (``plan.clip_uris``, in order) into one shard file, written atomically
+    and a row group at a time; return its statistics."""
+    counts = ClipCounts(0, np.zeros(N_TARGETS, np.int64))
+    with storage.atomic_parquet_writer(storage.join(out_dir, plan.name), sequence_schema(cfg.audio.n_mels)) as pw:
+        rows = ShardRows(pw, plan.split, cfg.audio.n_mels)
+        for clip in clips:
+            for windows, run_counts in clip_windows(clip, cfg):
+                counts = counts.add(run_counts)
+                rows.add(clip.clip_id, clip.speaker_id, windows)
+        rows.finish()
     return {
         "name": plan.name,
         "split": plan.split,
-        "rows": table.num_rows,
+        "rows": rows.rows,
         "clips": len(plan.clip_uris),
-        "mel_clipped": int(mel_clipped),
-        "target_clipped": target_clipped.tolist(),
-        "target_sum": sums.tolist(),
-        "target_sq_sum": sq_sums.tolist(),
-        "valid_frames": n_valid,
+        "mel_clipped": int(counts.mel_clipped),
+        "target_clipped": counts.target_clipped.tolist(),
+        "target_sum": rows.target_sum.tolist(),
+        "target_sq_sum": rows.target_sq_sum.tolist(),
+        "valid_frames": rows.valid_frames,
     }
 
 

@@ -8,11 +8,14 @@ S3 credentials and endpoint come from the standard AWS environment (``AWS_ENDPOI
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +149,37 @@ def write_parquet_atomic(table: pa.Table, uri: str | os.PathLike) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(uri, sink.getvalue().to_pybytes())
+
+
+@contextlib.contextmanager
+def atomic_parquet_writer(uri: str | os.PathLike, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer whose file appears at `uri` whole, once the block ends without an error.
+
+    Row groups stream to a temporary local file (memory: one row group, whatever the file's size),
+    which is then renamed into place, or uploaded to S3 in one go.
+    """
+    uri = str(uri)
+    remote = is_remote(uri)
+    if remote:
+        tmp = Path(tempfile.gettempdir()) / f"a2bs-{uuid.uuid4().hex}.parquet.tmp"
+    else:
+        target = Path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+            yield writer
+        if remote:
+            fs, path = filesystem(uri)
+            with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+            return
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        fault_point("storage.before_replace", path=uri)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_parquet(uri: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
