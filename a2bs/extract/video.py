@@ -44,6 +44,8 @@ _PROBE_REORDER_S = 1.0
 # A key frame found by seeking may be presented after the target (its dts is before it, its pts is
 # not): go back one key frame at most this many times before decoding from the file start.
 _MAX_SEEKS = 3
+# Rounding allowance when comparing a frame time with start_s.
+_TIME_SLACK_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,17 @@ class Frames(Iterator[tuple[int, float, np.ndarray]]):
 
     def _seek(self, container, vstream) -> tuple[int, Iterator[av.Packet]] | None:
         """Seek to the key frame before start_s: (frames presented before it, packets from it on), or
-        None to decode from the file start (start_s at the start, or no index listing every frame)."""
-        fps, tb, start = self.stream.original_fps, vstream.time_base, vstream.start_time or 0
-        # One frame of slack: a CFR frame's time is index / fps, which may sit a hair off its pts.
-        target_s = self.start_s - 1.0 / fps
+        None to decode from the file start (start_s at the start, or no index listing every frame).
+
+        The key frame is accepted when neither its timestamp nor its place in the index puts it after
+        start_s (for a closed GOP the index place is exact; the timestamp also covers an open GOP's
+        leading pictures, which cannot be decoded after a seek); otherwise the key frame before it is
+        taken, which costs a second seek."""
+        s, tb, start = self.stream, vstream.time_base, vstream.start_time or 0
         entries = vstream.index_entries
-        if target_s <= 0 or not vstream.frames or len(entries) < vstream.frames:
+        if not vstream.frames or len(entries) < vstream.frames:
             return None
-        target = start + math.floor(target_s / tb)
+        target = start + math.floor(self.start_s / tb)
         for _ in range(_MAX_SEEKS):
             container.seek(target, backward=True, stream=vstream)
             self.seeks += 1
@@ -183,10 +188,17 @@ class Frames(Iterator[tuple[int, float, np.ndarray]]):
             key = next(packets, None)
             if key is None or key.dts is None or key.pts is None:
                 return None
-            if (key.pts - start) * tb <= target_s:
-                before = _frames_before(entries, key.dts)
-                return None if before is None else (before, itertools.chain([key], packets))
-            target = key.dts - 1  # presented after the target: take the key frame before it
+            before = _frames_before(entries, key.dts)
+            if before is None:
+                return None
+            if before == 0:
+                return before, itertools.chain([key], packets)
+            late = float((key.pts - start) * tb) > self.start_s + _TIME_SLACK_S
+            if not s.variable_rate:
+                late = late or before > math.ceil(self.start_s * s.original_fps - _TIME_SLACK_S * s.original_fps)
+            if not late:
+                return before, itertools.chain([key], packets)
+            target = key.dts - 1  # go back one key frame
         return None
 
     def _frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -200,7 +212,7 @@ class Frames(Iterator[tuple[int, float, np.ndarray]]):
         s = self.stream
         vstream.thread_type = "AUTO"  # frame + slice threads
         tb, start = vstream.time_base, vstream.start_time or 0
-        seek = self._seek(container, vstream) if self.start_s > 0 else None
+        seek = self._seek(container, vstream) if self.start_s * s.original_fps > 1 else None
         if seek is None and self.seeks:
             container.seek(start, backward=True, stream=vstream)
             self.seeks += 1
