@@ -44,6 +44,8 @@ _PROBE_REORDER_S = 1.0
 # A key frame found by seeking may be presented after the target (its dts is before it, its pts is
 # not): go back one key frame at most this many times before decoding from the file start.
 _MAX_SEEKS = 3
+# Frame and slice threads: frame threading is what speeds up 1080p H.264 (benchmarks/README.md).
+DECODER_THREAD_TYPE = "AUTO"
 # Rounding allowance when comparing a frame time with start_s.
 _TIME_SLACK_S = 1e-6
 
@@ -210,7 +212,7 @@ class Frames(Iterator[tuple[int, float, np.ndarray]]):
 
     def _decode(self, container, vstream) -> Iterator[tuple[int, float, np.ndarray]]:
         s = self.stream
-        vstream.thread_type = "AUTO"  # frame + slice threads
+        vstream.thread_type = DECODER_THREAD_TYPE
         tb, start = vstream.time_base, vstream.start_time or 0
         seek = self._seek(container, vstream) if self.start_s * s.original_fps > 1 else None
         if seek is None and self.seeks:
