@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 from common import demo_clips, machine, table, write_readme_section
 
-import a2bs.extract.video as video
 from a2bs.config import Config, VideoConfig
+from a2bs.extract import video
 from a2bs.extract.audio import ffmpeg_exe
 from a2bs.extract.face import FaceTracker, load_model_bytes
 from a2bs.extract.video import iter_frames
@@ -68,7 +68,7 @@ def cv2_frames(path: Path, fps_limit: float, max_side: int):
     index = 0
     while index < SECONDS * fps and cap.grab():
         if index % interval == 0:
-            ok, bgr = cap.retrieve()
+            _, bgr = cap.retrieve()
             if max_side and max(bgr.shape[:2]) > max_side:
                 scale = max_side / max(bgr.shape[:2])
                 bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -95,7 +95,11 @@ def bare_mediapipe(path: Path, max_side: int) -> tuple[float, int]:
     """Seconds of one bare landmarker over the kept frames, decoded ahead in chunks (not timed)."""
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions
-    from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
+    from mediapipe.tasks.python.vision import (
+        FaceLandmarker,
+        FaceLandmarkerOptions,
+        RunningMode,
+    )
 
     opts = FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())),
                                  running_mode=RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True,
@@ -112,10 +116,11 @@ def bare_mediapipe(path: Path, max_side: int) -> tuple[float, int]:
     return elapsed, n
 
 
-def track(path: Path, max_side: int, start_s: float = 0.0, end_s: float = SECONDS) -> tuple[float, object]:
+def track(path: Path, max_side: int, start_s: float = 0.0, end_s: float | None = None) -> tuple[float, object]:
+    """Seconds of FaceTracker over iter_frames (decode + track), and the track."""
     with FaceTracker(VideoConfig()) as tracker:
         t0 = time.perf_counter()
-        result = tracker.track(iter_frames(path, 30.0, max_side, start_s, end_s)[1])
+        result = tracker.track(iter_frames(path, 30.0, max_side, start_s, SECONDS if end_s is None else end_s)[1])
         return time.perf_counter() - t0, result
 
 
@@ -127,12 +132,11 @@ def speed_tables(takes: dict[int, Path], side: int) -> tuple[str, float]:
         runs: dict[str, list[float]] = {}
         n = 0
         for rep in range(2):  # decoding once, tracking twice alternating with bare, each one's best
-            for name, frames in [] if rep else [("cv2 full", lambda: cv2_frames(path, 30.0, 0)),
-                                 (f"cv2 {side}", lambda: cv2_frames(path, 30.0, side)),
-                                 ("pyav full", lambda: pyav_frames(path, 0)),
-                                 (f"pyav {side}", lambda: pyav_frames(path, side)),
-                                 (f"pyav {side}, no frame threads", lambda: pyav_frames(path, side, "SLICE"))]:
-                s, n = timed_decode(frames())
+            decoders = [("cv2 full", cv2_frames, (path, 30.0, 0)), (f"cv2 {side}", cv2_frames, (path, 30.0, side)),
+                        ("pyav full", pyav_frames, (path, 0)), (f"pyav {side}", pyav_frames, (path, side)),
+                        (f"pyav {side}, no frame threads", pyav_frames, (path, side, "SLICE"))]
+            for name, frames, args in [] if rep else decoders:
+                s, n = timed_decode(frames(*args))
                 runs.setdefault(name, []).append(s)
             for ms in (0, side):
                 s, _ = bare_mediapipe(path, ms)
@@ -213,10 +217,9 @@ def main(argv: list[str]) -> None:
         takes = {30: make_take(work, 30, 60.0), 60: make_take(work, 60, SECONDS + 1)}
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         load = os.getloadavg()[0]
-        parts = [SECTION, "",
-                 f"`nice .venv/bin/python benchmarks/bench_extract.py decode --write`. {machine()}; run {started}, "
-                 f"load average {load:.1f} at the start (shared machine: ratios are side by side, best of two).",
-                 ""]
+        header = (f"`nice .venv/bin/python benchmarks/bench_extract.py decode --write`. {machine()}; run {started}, "
+                  f"load average {load:.1f} at the start (shared machine: ratios are side by side, best of two).")
+        parts = [SECTION, "", header, ""]
         speed, per_frame = speed_tables(takes, side)
         parts += [speed, "", label_table(takes[30], demo_clips(N_CLIPS)), "", segment_table(takes[30], side, per_frame)]
     text = "\n".join(parts)

@@ -113,7 +113,7 @@ def test_max_frame_side_scales_inside_the_decoder(tmp_path: Path, demo_clip: Pat
     # The same picture as an area resize of the full-size frame, up to the rounding of one swscale pass.
     ref = cv2.resize(full[10], (320, 180), interpolation=cv2.INTER_AREA).astype(np.int16)
     assert np.abs(small[10].astype(np.int16) - ref).mean() < 2.0
-    assert [rgb.shape for _, _, rgb in iter_frames(wide, 30.0, max_side=1000)[1]][0] == (360, 640, 3)
+    assert next(rgb.shape for _, _, rgb in iter_frames(wide, 30.0, max_side=1000)[1]) == (360, 640, 3)
     stream, frames = iter_frames(portrait, 30.0, max_side=320)
     upright = [rgb for _, _, rgb in frames]
     assert (stream.width, stream.height, stream.quarter_turns) == (640, 360, 3)
