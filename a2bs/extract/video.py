@@ -14,7 +14,10 @@ frames decoded before that key frame (they all precede it), and the packets demu
 frame give the rest, including an open GOP's leading pictures. Packets the container marks as
 discarded (edit lists) produce no frame and are not counted. When the container's index does not
 list every frame (Matroska cues, MPEG-TS), a segment decodes from the file start instead: slower,
-equally exact.
+equally exact. A variable-frame-rate clip is indexed the same way (its segments seek too); only its
+frame times differ: they are the container timestamps (the VFR rule in iter_frames), which a segment
+reads without decoding anything before its key frame. The decision is taken once, on the first
+``VFR_PROBE_S`` seconds of packet timestamps, so every segment of a clip decides alike.
 
 Scaling. ``max_side`` is applied by libswscale in the same pass as the YUV->RGB conversion, so a
 1080p or 4K frame is never converted at full size. At full size the pixels equal OpenCV's FFmpeg
