@@ -31,7 +31,7 @@ import itertools
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -225,7 +225,16 @@ class Frames(Iterator[tuple[int, float, np.ndarray]]):
         presented = 0  # packets demuxed since the key frame and presented before the current frame
         reformatter = VideoReformatter()  # keeps its swscale context across frames
         size: tuple[int, int] | None = None
-        for frame in _decoded(vstream, packets, pending):
+
+        def wanted(pts: int) -> bool:
+            """Whether the frame of a packet about to be decoded will be kept. Its index counts the packets
+            demuxed so far with an earlier pts: a frame no other frame references (the only kind the
+            decoder may skip) is coded after every frame presented before it."""
+            index = before_key + presented + sum(1 for q in pending if q < pts)
+            time_s = float((pts - start) * tb) if s.variable_rate else index / s.original_fps
+            return index % s.frame_interval == 0 and self.start_s - _TIME_SLACK_S <= time_s < self.end_s
+
+        for frame in _decoded(vstream, packets, pending, wanted):
             self.decoded += 1
             # The decoder presents in order, so every packet with an earlier pts has been demuxed.
             while pending and pending[0] < frame.pts:
@@ -260,10 +269,15 @@ def _frames_before(entries, dts: int) -> int | None:
     return position - sum(1 for k in range(position) if entries[k].is_discard)
 
 
-def _decoded(vstream, packets: Iterator[av.Packet], pending: list[int]) -> Iterator[av.VideoFrame]:
+def _decoded(
+    vstream, packets: Iterator[av.Packet], pending: list[int], wanted: Callable[[int], bool]
+) -> Iterator[av.VideoFrame]:
     """Decode `packets`, pushing each countable packet's pts on `pending`; frames without a pts are
-    dropped. A demuxing error ends the stream (a damaged tail: keep what decoded, flush the decoder);
+    dropped. A packet whose frame is not `wanted` is decoded only if other frames reference it (the
+    decoder's non-reference skip: half the frames of a 60 fps take at a 30 fps limit, and a segment's
+    lead-in). A demuxing error ends the stream (a damaged tail: keep what decoded, flush the decoder);
     an undecodable packet loses only its frame."""
+    codec = vstream.codec_context
     while True:
         try:
             packet = next(packets, None)
@@ -271,6 +285,7 @@ def _decoded(vstream, packets: Iterator[av.Packet], pending: list[int]) -> Itera
             packet = None
         if packet is not None and packet.pts is not None and not packet.is_discard:
             heapq.heappush(pending, packet.pts)
+            codec.skip_frame = "DEFAULT" if wanted(packet.pts) else "NONREF"
         try:
             frames = vstream.decode(packet)
         except av.FFmpegError:
