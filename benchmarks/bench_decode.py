@@ -131,11 +131,11 @@ def speed_tables(takes: dict[int, Path], side: int) -> tuple[str, float]:
     for fps, path in takes.items():
         runs: dict[str, list[float]] = {}
         n = 0
-        for rep in range(2):  # decoding once, tracking twice alternating with bare, each one's best
+        for _ in range(2):  # every side twice, alternating, each one's best
             decoders = [("cv2 full", cv2_frames, (path, 30.0, 0)), (f"cv2 {side}", cv2_frames, (path, 30.0, side)),
                         ("pyav full", pyav_frames, (path, 0)), (f"pyav {side}", pyav_frames, (path, side)),
                         (f"pyav {side}, no frame threads", pyav_frames, (path, side, "SLICE"))]
-            for name, frames, args in [] if rep else decoders:
+            for name, frames, args in decoders:
                 s, n = timed_decode(frames(*args))
                 runs.setdefault(name, []).append(s)
             for ms in (0, side):
