@@ -37,7 +37,10 @@ class VideoConfig:
     min_face_detection_confidence: float = 0.5
     min_face_presence_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
-    max_frame_side: int = 0  # downscale larger frames before landmarking (0 = never)
+    # Frames whose longer side is larger are scaled down inside the decoder's colour conversion (0 = never).
+    # MediaPipe's own inputs are 192-256 px; on 1080p footage 640 keeps labels within the noise of full
+    # size and makes decoding cheaper (benchmarks/README.md, issue 13). Smaller clips are untouched.
+    max_frame_side: int = 640
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Issue 2 benchmarks: face-extraction overhead over bare MediaPipe, and sequential decode vs seeking.
 
 Run: .venv/bin/python benchmarks/bench_extract.py   (prints markdown tables)
+     .venv/bin/python benchmarks/bench_extract.py decode [--work DIR] [--write]   (issue 13, below)
 
 1. Per-frame cost of a2bs's FaceTracker (blendshape mapping + pose) on already-decoded frames, and
    of the whole face path (sequential decode + landmarking), against MediaPipe's bare
@@ -10,6 +11,10 @@ Run: .venv/bin/python benchmarks/bench_extract.py   (prints markdown tables)
    landmarker reused across the same clips.
 3. On a 60 fps re-encode (frame interval 2), sequential grab/retrieve against the seed's
    seek-per-selected-frame loop (``cap.set(CAP_PROP_POS_FRAMES)``): identical frames, speed-up.
+
+Issue 13 (``decode``, bench_decode.py): 1080p H.264 takes made by upscaling demo clips; decode cost of
+the OpenCV reader against the PyAV reader (scaling inside the colour conversion), decode + track against
+bare MediaPipe, labels against ``video.max_frame_side``, and the cost of a segment start.
 """
 
 from __future__ import annotations
@@ -153,4 +158,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["decode"]:
+        from bench_decode import main as decode_main
+
+        decode_main(sys.argv[2:])
+    else:
+        main()
