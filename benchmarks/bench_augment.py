@@ -126,8 +126,8 @@ def cost_section(shards: str, epochs: int, batch_size: int, whole_runs: bool) ->
         rows.append([name, f"{r['off']['epoch_s']:.2f}", f"{r['on']['epoch_s']:.2f}", f"**{ratio:.2f}x**",
                      f"{r['off']['seq_per_s']:.0f}", f"{r['on']['seq_per_s']:.0f}"])
         print(rows[-1], flush=True)
-    return lines + ["Whole runs, off then on (epoch times include validation, untouched by augmentation, and the "
-                    "machine's load at that moment):",
+    return lines + [("Whole runs, off then on (epoch times include validation, untouched by augmentation, and the "
+                     "machine's load at that moment):"),
                     table(["loop (tcn_poc)", "epoch s off", "epoch s on", "on / off (goal <= 1.2)", "seq/s off",
                            "seq/s on"], rows)]
 
