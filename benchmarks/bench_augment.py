@@ -111,7 +111,7 @@ def cost_section(shards: str, epochs: int, batch_size: int, whole_runs: bool) ->
     step_ratio, step_ms = interleaved_ratio(shards, batch_size, epochs)
     print("interleaved", step_ratio, step_ms, flush=True)
     ms = augmenter_ms(shards, batch_size)
-    lines = [(f"Training step interleaved (each batch as read and augmented, alternating; {epochs} epochs, one "
+    lines = [(f"Training step interleaved (each batch as read and augmented, alternating; {epochs} epoch(s), one "
               f"torch thread): **(augment + step) / step = {step_ratio:.2f}x** (goal <= 1.2), a step "
               f"{step_ms:.0f} ms; the default augmenter alone: **{ms:.1f} ms per batch of {batch_size} windows** "
               f"(it runs in the training thread).")]
@@ -126,8 +126,8 @@ def cost_section(shards: str, epochs: int, batch_size: int, whole_runs: bool) ->
         rows.append([name, f"{r['off']['epoch_s']:.2f}", f"{r['on']['epoch_s']:.2f}", f"**{ratio:.2f}x**",
                      f"{r['off']['seq_per_s']:.0f}", f"{r['on']['seq_per_s']:.0f}"])
         print(rows[-1], flush=True)
-    return lines + ["Whole runs, off then on (epoch times include validation, untouched by augmentation, and the "
-                    "machine's load at that moment):",
+    return lines + [("Whole runs, off then on (epoch times include validation, untouched by augmentation, and the "
+                     "machine's load at that moment):"),
                     table(["loop (tcn_poc)", "epoch s off", "epoch s on", "on / off (goal <= 1.2)", "seq/s off",
                            "seq/s on"], rows)]
 
@@ -191,9 +191,13 @@ def main() -> None:
         lines = cost_section(args.shards[0], args.epochs, args.batch_size, args.whole_runs) + lines
     load_end = os.getloadavg()
     header = (f"`.venv/bin/python benchmarks/bench_augment.py {' '.join(Path(s).name for s in args.shards)} "
-              f"--epochs {args.epochs} --quality-epochs {args.quality_epochs} --seeds {args.seeds}`: "
-              f"off = `augment.enabled=false`, on = the `augment` defaults (a2bs/config.py). Machine: {machine()}; "
-              f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end (shared machine).")
+              f"--epochs {args.epochs} --quality-epochs {args.quality_epochs} --seeds {args.seeds} "
+              f"--settings {args.settings}`: on = the `augment` defaults (a2bs/config.py), strong = the first "
+              f"defaults (`{' '.join(SETTINGS['strong'])}`), off = `augment.enabled=false`. Quality: the demo "
+              f"preset trained in this process on each shards folder (its split and val speakers in the first "
+              f"column); a run stopped before {args.quality_epochs} epochs is compared with the others at the "
+              f"epochs all of them reached. Machine: {machine()}; load average {load_start[0]:.1f} at the start, "
+              f"{load_end[0]:.1f} at the end (shared machine).")
     text = "\n\n".join([SECTION, header, *lines]) + "\n"
     print(text)
     if args.write_readme:
