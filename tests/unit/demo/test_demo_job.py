@@ -15,7 +15,7 @@ def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
     clips = demo_clips()
     val = clips[len(clips) // 2]  # any clip, not the first: the fallback is the first clip
     ids = {c: f"clip{i:03d}" for i, c in enumerate(clips)}
-    ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30)
+    ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30, 1, 60.0, 1, (0,))
                                   for c in clips}).write(tmp_path / "clips")
     listing_manifest({"train": [ids[c] for c in clips if c != val], "val": [ids[val]]}).write(tmp_path / "shards")
     assert _held_out_clip(str(tmp_path / "clips"), str(tmp_path / "shards"), clips) == val
@@ -24,7 +24,7 @@ def test_held_out_clip_is_in_the_validation_split(tmp_path) -> None:
 def test_held_out_clip_prefers_the_test_split(tmp_path) -> None:
     clips = demo_clips()
     ids = {c: f"clip{i:03d}" for i, c in enumerate(clips)}
-    ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30)
+    ClipsManifest(AudioConfig(), {ids[c]: ClipEntry(str(c), "s", 1.0, 30.0, 30.0, 100.0, 30, 30, 1, 60.0, 1, (0,))
                                   for c in clips}).write(tmp_path / "clips")
     val, test = clips[3], clips[-2]
     listing_manifest({"train": [ids[c] for c in clips if c not in (val, test)], "val": [ids[val]],

@@ -136,7 +136,7 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path:
 
     clips = tmp_path / "clips"
     (clips / "clips").mkdir(parents=True)  # a listed clip whose file holds none of a clip's columns
-    ClipsManifest(AudioConfig(), {"c1": ClipEntry("c1.mp4", "s", 3.0, 30.0, 30.0, 100.0, 90, 90)}).write(clips)
+    ClipsManifest(AudioConfig(), {"c1": ClipEntry("c1.mp4", "s", 3.0, 30.0, 30.0, 100.0, 90, 90, 1, 60.0, 1, (0,))}).write(clips)
     pq.write_table(pa.table({"unrelated": [1.0]}), clips / "clips" / "c1.parquet")
     assert cli.main(["build", str(clips), "--out", str(tmp_path / "shards"), "--no-ray"]) == cli.EXIT_FAILED
     (path,) = (tmp_path / "shards" / LOGS_DIR).glob("build-*.log")
