@@ -135,9 +135,10 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path:
     from a2bs.manifests import ClipEntry, ClipsManifest
 
     clips = tmp_path / "clips"
-    (clips / "clips").mkdir(parents=True)  # a listed clip whose file holds none of a clip's columns
-    ClipsManifest(AudioConfig(), {"c1": ClipEntry("c1.mp4", "s", 3.0, 30.0, 30.0, 100.0, 90, 90, 1, 60.0, 1, (0,))}).write(clips)
-    pq.write_table(pa.table({"unrelated": [1.0]}), clips / "clips" / "c1.parquet")
+    (clips / "clips" / "c1").mkdir(parents=True)  # a listed segment part that holds none of a part's columns
+    ClipsManifest(AudioConfig(), {"c1": ClipEntry("c1.mp4", "s", 3.0, 30.0, 30.0, 100.0, 90, 90, 1, 60.0, 1,
+                                                  (0,))}).write(clips)
+    pq.write_table(pa.table({"unrelated": [1.0]}), clips / "clips" / "c1" / "seg-00000.parquet")
     assert cli.main(["build", str(clips), "--out", str(tmp_path / "shards"), "--no-ray"]) == cli.EXIT_FAILED
     (path,) = (tmp_path / "shards" / LOGS_DIR).glob("build-*.log")
     err = capsys.readouterr().err.splitlines()
