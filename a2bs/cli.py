@@ -147,17 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             session.refused(f"a2bs {args.command}: configuration error: {exc}")
             return EXIT_CONFIG
         except (InputError, ModelFileError, FileNotFoundError, ValueError) as exc:
-            session.error(f"a2bs {args.command}: {exc}")
-            return EXIT_FAILED
+            # Ours say it in one line; a multi-line one (pyarrow's ArrowInvalid is a ValueError) is unexpected.
+            if session.log is None or len(str(exc).strip().splitlines()) <= 1:
+                session.error(f"a2bs {args.command}: {exc}")
+                return EXIT_FAILED
+            return _unexpected(session, args.command, exc)
         except KeyboardInterrupt:
             session.error(f"a2bs {args.command}: interrupted")
             return EXIT_INTERRUPTED
         except Exception as exc:  # a crashed worker, a bug: one line here, the traceback in the log
             if session.log is None:
                 raise
-            session.record(traceback.format_exc())
-            session.error(f"a2bs {args.command}: {console.error_line(exc)} (details in {session.log.uri})")
-            return EXIT_FAILED
+            return _unexpected(session, args.command, exc)
+
+
+def _unexpected(session: console.Session, command: str, exc: BaseException) -> int:
+    """One line on the console for an error a2bs did not foresee; its traceback goes to the run's log."""
+    session.record(traceback.format_exc())
+    session.error(f"a2bs {command}: {console.error_line(exc)} (details in {session.log.uri})")
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":
