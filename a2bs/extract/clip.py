@@ -47,7 +47,7 @@ class SegmentFeatures:
     def meta(self) -> dict[str, Any]:
         """The facts kept in the part's footer (a2bs.extract.store.write_segment)."""
         return {"original_fps": self.original_fps, "frame_interval": self.frame_interval,
-                "audio_end_s": self.audio_end_s, "frames": int(len(self.part.frame_index)),
+                "audio_end_s": self.audio_end_s, "frames": len(self.part.frame_index),
                 "face_frames": int(self.part.has_face.sum())}
 
 

@@ -14,13 +14,20 @@ earlier manifest's clips plus every clip of this run. A rerun extracts only the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from a2bs.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from a2bs.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.finish import finish_pose, write_clip_json
 from a2bs.extract.plan import ProbedInput, longest_first, probe_inputs, segment_tasks
@@ -38,6 +45,8 @@ from a2bs.runtime import storage
 from a2bs.runtime.batch import CONFIG_NAME, error_reason, map_items, write_run_records
 from a2bs.runtime.faults import fault_point
 from a2bs.runtime.inputs import list_inputs
+
+log = logging.getLogger(__name__)
 
 
 class SegmentExtractor:
@@ -207,6 +216,7 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
         clip_rows[probed.uri] = row
         if probed.reason:
             row["status"] = "failed"
+            log.error(f"failed: {probed.uri}: {probed.reason}")
             continue
         cid = probed.clip_id
         known = clips.get(cid)
