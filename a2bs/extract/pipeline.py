@@ -35,6 +35,7 @@ from a2bs.extract.store import (
     CLIPS_SUBDIR,
     Segment,
     all_segments_on_disk,
+    plan_segments,
     read_segment_meta,
     segment_uri,
     write_pose,
@@ -47,6 +48,12 @@ from a2bs.runtime.faults import fault_point
 from a2bs.runtime.inputs import list_inputs
 
 log = logging.getLogger(__name__)
+
+
+def clip_uri(clips_dir: str, clip_id: str) -> str:
+    """The one-file-per-clip path of the layout before the clip store (only a2bs/build reads it, until
+    it reads the store: store.iter_segments)."""
+    return storage.join(clips_dir, CLIPS_SUBDIR, f"{clip_id}.parquet")
 
 
 class SegmentExtractor:
@@ -82,7 +89,7 @@ class SegmentExtractor:
         seg = Segment(int(item["segment"]), float(item["start_s"]), float(item["end_s"]))
         row = {"source": item["uri"], "clip_id": item["clip_id"], "segment": seg.index, "start_s": seg.start_s,
                "end_s": seg.end_s, "status": "failed", "reason": "", "frames": 0, "face_frames": 0,
-               "footage_s": 0.0, "extract_s": 0.0, "meta": ""}
+               "footage_s": 0.0, "extract_s": 0.0, "audio_s": 0.0, "meta": ""}
         try:
             feats = extract_segment(self._local(item["uri"]), self.cfg, self.tracker, item["clip_id"], seg,
                                     int(item["n_segments"]), bool(item["has_video"]))
@@ -94,7 +101,7 @@ class SegmentExtractor:
             write_segment(self.clips_dir, feats.part, meta)
             row.update(status="ok", frames=meta["frames"], face_frames=meta["face_frames"],
                        footage_s=max(0.0, min(seg.end_s, feats.audio_end_s) - seg.start_s),
-                       extract_s=feats.extract_s, meta=json.dumps(meta))  # a string: one Arrow type
+                       extract_s=feats.extract_s, audio_s=feats.audio_s, meta=json.dumps(meta))  # a string: one Arrow type
         except InputError as exc:
             row["reason"] = exc.reason
         except Exception as exc:  # an unexpected decoder failure must not stop the batch
@@ -171,11 +178,11 @@ def _earlier_clips(clips_dir: str, cfg: Config) -> dict[str, ClipEntry]:
     return dict(earlier.clips)
 
 
-def _check_plan(clips_dir: str, clip_id: str, on_disk: list[int], segment_s: float) -> None:
+def _check_plan(clips_dir: str, probed: ProbedInput, on_disk: list[int], segment_s: float) -> None:
     """Parts left by an interrupted run must follow this run's plan (else ConfigError)."""
-    was = read_segment_meta(segment_uri(clips_dir, clip_id, on_disk[0])).get("segment_s")
-    if was != segment_s:
-        raise ConfigError(f"{clips_dir}: clip {clip_id} has parts cut with extract.segment_s={was} "
+    was = read_segment_meta(segment_uri(clips_dir, probed.clip_id, on_disk[0])).get("segment_s", -1.0)
+    if plan_segments(probed.duration_s, was) != plan_segments(probed.duration_s, segment_s):
+        raise ConfigError(f"{clips_dir}: clip {probed.clip_id} has parts cut with extract.segment_s={was} "
                           f"(this run: {segment_s}); rerun with that value or use another --out")
 
 
@@ -220,7 +227,7 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
             continue
         cid = probed.clip_id
         known = clips.get(cid)
-        if cid in owners or (known and len(known.segments) == known.n_segments):
+        if cid in owners or (known and set(range(known.n_segments)) <= set(on_disk.get(cid, []))):
             row["status"] = "skipped"  # done earlier, or the same content under another name in this run
             if cid not in owners and known:
                 clips[cid] = replace(known, source_uri=probed.uri)  # this run saw it here
@@ -228,7 +235,7 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
         owners[cid] = probed
         segment_s = known.segment_s if known else cfg.extract.segment_s
         if not known and on_disk.get(cid):
-            _check_plan(clips_dir, cid, on_disk[cid], segment_s)
+            _check_plan(clips_dir, probed, on_disk[cid], segment_s)
         tasks += segment_tasks(probed, segment_s, set(on_disk.get(cid, [])))
 
     probe_failed = sum(r["status"] == "failed" for r in clip_rows.values())
@@ -261,7 +268,8 @@ def run_extract(inputs: list[str], clips_dir: str, cfg: Config, write_json: bool
         setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
     summary.wall_s = time.perf_counter() - t0
     records = {**asdict(summary), "clips": sorted(clip_rows.values(), key=lambda r: r["source"]),
-               "segments": [{k: v for k, v in r.items() if k != "meta"} for r in seg_rows]}
+               "segments": [{**{k: v for k, v in r.items() if k != "meta"},
+                             "end_s": r["end_s"] if math.isfinite(r["end_s"]) else None} for r in seg_rows]}
     write_run_records(clips_dir, summary.failures, records)
     ClipsManifest(cfg.audio, clips).write(clips_dir)
     return summary

@@ -32,11 +32,12 @@ from a2bs.schema import N_BLENDSHAPES
 
 SEGMENT_S = 40.0
 TAKE_CLIPS = 14  # x 10.7 s
-# Frames after a segment start whose face values may differ from a whole-file pass even with the
-# warm-up (docs/scaling.md, "Warm-up": measured with benchmarks/measure_warmup.py).
-SETTLE_S = 1.0
-BLENDSHAPE_TOL = 1e-3  # elsewhere: scores in [0, 1]
-POSE_TOL = 1e-3  # the rest pose is the clip's, so each frame's pose shifts a little with the settle frames
+# A tracker restarted at a segment border (after its warm-up) never returns to bit-identical values:
+# MediaPipe carries each frame's landmarks into the next frame's crop. Measured (docs/scaling.md,
+# "Warm-up"; benchmarks/measure_warmup.py): up to ~0.05 in a blendshape score, ~0.003 per frame on
+# average; the relative pose moves by ~2e-3 (quaternion) and ~2e-4 m. The first segment is exact.
+BLENDSHAPE_MAX, BLENDSHAPE_MEAN = 0.1, 0.01  # scores in [0, 1]: largest and mean per-frame difference
+POSE_MAX = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,7 @@ def test_segments_equal_a_whole_file_pass(whole, segmented) -> None:
         assert getattr(seg_entry, name) == getattr(entry, name), name
     expected = split_part(concat_parts(_parts(whole_dir, cid, entry.segments)), plan)
     got = _parts(segmented, cid, seg_entry.segments)
+    face_diffs = []
     for want, part in zip(expected, got):
         assert (part.start_s, part.end_s) == (want.start_s, want.end_s)
         np.testing.assert_array_equal(part.frame_index, want.frame_index)
@@ -99,12 +101,13 @@ def test_segments_equal_a_whole_file_pass(whole, segmented) -> None:
         for name in ("rms", "zcr", "vad"):
             np.testing.assert_allclose(getattr(part, name), getattr(want, name), rtol=0, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(part.has_face, want.has_face)
-        settled = part.frame_time_s >= part.start_s + (SETTLE_S if part.segment else 0.0)
         shapes = np.abs(part.targets[:, :N_BLENDSHAPES] - want.targets[:, :N_BLENDSHAPES]).max(axis=1)
         pose = np.abs(part.targets[:, N_BLENDSHAPES:] - want.targets[:, N_BLENDSHAPES:]).max(axis=1)
-        assert shapes[settled].max() <= BLENDSHAPE_TOL and pose[settled].max() <= POSE_TOL, part.segment
-        if part.segment == 0:
+        face_diffs.append((part.segment, float(shapes.max()), float(shapes.mean()), float(pose.max())))
+        if part.segment == 0:  # a fresh tracker from the file's start: the whole-file pass's values
             np.testing.assert_array_equal(part.targets[:, :N_BLENDSHAPES], want.targets[:, :N_BLENDSHAPES])
+    assert all(m <= BLENDSHAPE_MAX and mean <= BLENDSHAPE_MEAN and p <= POSE_MAX for _, m, mean, p in face_diffs), \
+        face_diffs
 
 
 def test_json_of_the_whole_clip(segmented) -> None:
@@ -166,3 +169,21 @@ def test_clips_folder_of_the_old_layout_is_refused(tmp_path: Path, take) -> None
     (old / "clips" / "0123456789abcdef.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match="layout before the clip store.*new --out"):
         run_extract([str(take)], str(old), _cfg(SEGMENT_S), use_ray=False, progress=False)
+
+
+def test_remote_take_is_cut_into_segments(s3_server: str, tmp_path: Path, demo_clip: Path) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="a2bs-segments")
+    s3.upload_file(str(demo_clip), "a2bs-segments", "footage/spk/clip.mp4")
+    local = run_extract([str(demo_clip)], str(tmp_path / "clips"), _cfg(4), use_ray=False, progress=False)
+    remote = run_extract(["s3://a2bs-segments/footage"], "s3://a2bs-segments/clips", _cfg(4), use_ray=False,
+                         progress=False)
+    assert local.segments == remote.segments == 3  # 10.7 s in 4 s segments: 0-4, 4-8, 8 s to the end
+    (cid, entry), = ClipsManifest.load("s3://a2bs-segments/clips").clips.items()
+    assert entry.source_uri == "s3://a2bs-segments/footage/spk/clip.mp4" and entry.segments == (0, 1, 2)
+    here = concat_parts(_parts(tmp_path / "clips", cid, entry.segments))
+    there = concat_parts(list(iter_segments("s3://a2bs-segments/clips", cid, entry.segments)))
+    np.testing.assert_array_equal(there.targets, here.targets)
+    np.testing.assert_array_equal(there.mel_db, here.mel_db)
