@@ -169,6 +169,12 @@ def test_clips_folder_of_the_old_layout_is_refused(tmp_path: Path, take) -> None
     (old / "clips" / "0123456789abcdef.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match="layout before the clip store.*new --out"):
         run_extract([str(take)], str(old), _cfg(SEGMENT_S), use_ray=False, progress=False)
+    v1 = tmp_path / "v1"  # a clips manifest of that layout
+    ClipsManifest(load_config().audio, {}).write(v1)
+    manifest = json.loads((v1 / "_manifest.json").read_text())
+    (v1 / "_manifest.json").write_text(json.dumps({**manifest, "manifest_version": 1}))
+    with pytest.raises(ConfigError, match="clips manifest version 1, this a2bs reads 2.*new --out"):
+        run_extract([str(take)], str(v1), _cfg(SEGMENT_S), use_ray=False, progress=False)
 
 
 def test_remote_take_is_cut_into_segments(s3_server: str, tmp_path: Path, demo_clip: Path) -> None:
