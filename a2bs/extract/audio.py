@@ -178,7 +178,7 @@ def extract_audio_features(path: str | Path, cfg: AudioConfig) -> AudioFeatures:
 
 
 def range_audio_features(path: str | Path, cfg: AudioConfig, start_s: float, end_s: float,
-                         margin_s: float) -> tuple[AudioFeatures, float]:
+                         margin_s: float, offset_s: float = 0.0) -> tuple[AudioFeatures, float]:
     """The 100 Hz features of the frames centred in ``[start_s, end_s)`` (``end_s`` inf = to the end),
     equal to the whole-file values.
 
@@ -187,14 +187,17 @@ def range_audio_features(path: str | Path, cfg: AudioConfig, start_s: float, end
     phase. The frames kept are at least `margin_s` from where decoding starts or stops, so neither the
     window's zero padding (``n_fft // 2`` samples) nor the resampler's start-up reaches them:
     `margin_s` must exceed both (16 ms and ~1 ms at the defaults; docs/scaling.md).
+    `offset_s` is where the audio stream starts after the container's start (ffmpeg seeks from the
+    latter; the timeline's t = 0 is the stream's first sample, as in a whole-file decode).
     Returns the features (timestamps on the file's timeline) and where the decoded audio ends in
     seconds (the file's audio duration when the range runs to the end).
     """
     hop_s = cfg.hop_length / cfg.sample_rate
     first = max(0, int(np.floor((start_s - margin_s) / hop_s)))  # frame index where decoding starts
     decode_s = first * cfg.hop_length / cfg.sample_rate
-    length_s = None if not np.isfinite(end_s) else end_s + margin_s - decode_s
-    samples = load_audio(path, cfg.sample_rate, decode_s, length_s)
+    # -t counts from where reading starts: the container's start when there is no seek (add the offset).
+    length_s = None if not np.isfinite(end_s) else end_s + margin_s - decode_s + offset_s
+    samples = load_audio(path, cfg.sample_rate, decode_s + offset_s if decode_s > 0 else 0.0, length_s)
     feats = features_from_samples(samples, cfg)
     times = (np.arange(feats.mel_db.shape[0], dtype=np.float64) + first) * cfg.hop_length / cfg.sample_rate
     keep = in_segment(times, Segment(-1, start_s, end_s))

@@ -67,20 +67,22 @@ def _range_text(seg: Segment) -> str:
 
 
 def extract_segment(path: str | os.PathLike, cfg: Config, tracker: FaceTracker | None, clip_id: str, seg: Segment,
-                    n_segments: int, has_video: bool) -> SegmentFeatures:
+                    n_segments: int, has_video: bool, audio_offset_s: float = 0.0) -> SegmentFeatures:
     """Extract one segment of a local file.
 
     Args:
         seg: the time range (frames with ``seg.start_s <= time < seg.end_s``).
         n_segments: segments in the clip's plan; with one, the pose is made relative here.
         has_video: track the video (see :func:`has_video_track`); a FaceTracker is then required.
+        audio_offset_s: where the audio stream starts after the container's start (probed).
 
     Raises:
         InputError: with a one-line reason naming the range when it cannot be used.
     """
     t0 = time.perf_counter()
     last = not np.isfinite(seg.end_s)
-    audio, audio_end_s = range_audio_features(path, cfg.audio, seg.start_s, seg.end_s, cfg.extract.audio_margin_s)
+    audio, audio_end_s = range_audio_features(path, cfg.audio, seg.start_s, seg.end_s, cfg.extract.audio_margin_s,
+                                              audio_offset_s)
     if not last and audio_end_s < seg.end_s - TRUNCATION_SLACK_S:
         raise InputError(path, f"audio stops at {audio_end_s:.1f} s in segment {_range_text(seg)} "
                                "(truncated or damaged file)")

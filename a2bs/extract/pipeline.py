@@ -92,7 +92,7 @@ class SegmentExtractor:
                "footage_s": 0.0, "extract_s": 0.0, "audio_s": 0.0, "meta": ""}
         try:
             feats = extract_segment(self._local(item["uri"]), self.cfg, self.tracker, item["clip_id"], seg,
-                                    int(item["n_segments"]), bool(item["has_video"]))
+                                    int(item["n_segments"]), bool(item["has_video"]), float(item["audio_offset_s"]))
             meta = {**feats.meta(), "segment_s": float(item["segment_s"])}
             fault_point("extract.before_write", clip_id=item["clip_id"], segment=seg.index, source=item["uri"])
             if feats.raw is not None:  # first: the part's existence says the segment is complete

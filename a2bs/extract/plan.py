@@ -37,6 +37,7 @@ class ProbedInput:
     clip_id: str = ""
     duration_s: float | None = None  # container duration (None: unknown)
     has_video: bool = False
+    audio_offset_s: float = 0.0  # a2bs.extract.media.MediaInfo.audio_offset_s
     reason: str = ""
 
 
@@ -53,7 +54,7 @@ def probe_input(entry: ManifestEntry, local_path: str) -> ProbedInput:
         if not info.has_audio:
             raise InputError(entry.uri, "no audio track (a2bs needs speech to learn from)")
         return ProbedInput(entry.uri, entry.speaker_id, entry.root, cid, info.duration_s,
-                           has_video_track(entry.uri, info.has_video))
+                           has_video_track(entry.uri, info.has_video), info.audio_offset_s)
     except InputError as exc:
         return ProbedInput(entry.uri, entry.speaker_id, entry.root, reason=exc.reason)
     except Exception as exc:  # an unexpected failure must not stop the batch
@@ -87,7 +88,7 @@ def probe_inputs(entries: list[ManifestEntry], cfg: Config, use_ray: bool) -> li
         for r in rows:
             duration = None if math.isnan(r["duration_s"]) else r["duration_s"]
             found[r["uri"]] = ProbedInput(r["uri"], r["speaker_id"], r["root"], r["clip_id"], duration,
-                                          bool(r["has_video"]), r["reason"])
+                                          bool(r["has_video"]), float(r["audio_offset_s"]), r["reason"])
     return [found[e.uri] for e in entries]
 
 
@@ -97,7 +98,7 @@ def segment_tasks(probed: ProbedInput, segment_s: float, done: set[int]) -> list
     duration = probed.duration_s or math.inf
     return [{"uri": probed.uri, "speaker_id": probed.speaker_id, "root": probed.root, "clip_id": probed.clip_id,
              "segment": s.index, "start_s": s.start_s, "end_s": s.end_s, "n_segments": len(plan),
-             "segment_s": segment_s, "has_video": probed.has_video,
+             "segment_s": segment_s, "has_video": probed.has_video, "audio_offset_s": probed.audio_offset_s,
              "length_s": min(s.end_s, duration) - s.start_s}
             for s in plan if s.index not in done]
 
