@@ -44,9 +44,9 @@ def make_take(clips: list[Path], seconds: float, out: Path) -> Path:
     """One continuous take of about `seconds`: demo clips joined and re-encoded (H.264 + AAC)."""
     clip_s = 10.67
     chosen = [clips[i % len(clips)] for i in range(int(seconds / clip_s + 0.5))]
-    listing = out.with_suffix(".txt")
-    listing.write_text("".join(f"file '{c}'\n" for c in chosen))
     out.parent.mkdir(parents=True, exist_ok=True)
+    listing = out.parent.parent / f"{out.stem}.txt"  # outside the input folder
+    listing.write_text("".join(f"file '{c}'\n" for c in chosen))
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
                     "-af", "aresample=async=1:first_pts=0", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
                     "-c:a", "aac", str(out)], check=True)
