@@ -57,7 +57,11 @@ def test_segment_ranges_equal_the_whole_file(tmp_path) -> None:
     import subprocess
     import wave
 
-    from a2bs.extract.audio import extract_audio_features, ffmpeg_exe, range_audio_features
+    from a2bs.extract.audio import (
+        extract_audio_features,
+        ffmpeg_exe,
+        range_audio_features,
+    )
     from a2bs.extract.media import probe
     from a2bs.extract.store import plan_segments
 

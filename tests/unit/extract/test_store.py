@@ -78,7 +78,12 @@ def test_round_trip_is_exact_and_zero_copy(tmp_path):
 
 
 def test_footer_meta_pose_and_one_listing(tmp_path):
-    from a2bs.extract.store import all_segments_on_disk, read_pose, read_segment_meta, write_pose
+    from a2bs.extract.store import (
+        all_segments_on_disk,
+        read_pose,
+        read_segment_meta,
+        write_pose,
+    )
 
     parts = split_part(_whole(130.0), plan_segments(130.0, 60.0))
     uri = write_segment(str(tmp_path), parts[1], {"original_fps": 29.97, "frames": 7})
