@@ -88,35 +88,6 @@ def livelink_name(arkit_name: str) -> str:
     return arkit_name[0].upper() + arkit_name[1:]
 
 
-# Per-clip feature record (one row per clip): written by extract, read by build.
-CLIP_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),
-        ("speaker_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("duration_s", pa.float64()),
-        ("original_fps", pa.float64()),
-        ("frame_interval", pa.int32()),
-        ("target_fps", pa.float64()),
-        # Face track at the FPS-limited video rate.
-        ("frame_index", pa.list_(pa.int32())),
-        ("frame_time_s", pa.list_(pa.float64())),
-        ("targets", pa.list_(pa.float32())),  # flattened (F, 59)
-        ("has_face", pa.list_(pa.bool_())),
-        # Audio features at 100 Hz.
-        ("sample_rate", pa.int32()),
-        ("mel_frame_rate", pa.float64()),
-        ("audio_time_s", pa.list_(pa.float64())),
-        ("mel_db", pa.list_(pa.float32())),  # flattened (A, n_mels)
-        ("n_mels", pa.int32()),
-        ("rms", pa.list_(pa.float32())),
-        ("zcr", pa.list_(pa.float32())),
-        ("vad", pa.list_(pa.float32())),
-        ("schema_version", pa.int32()),
-    ]
-)
-
-
 # Layout version of the columnar clip store (a2bs.extract.store): one Parquet part per time segment.
 CLIP_STORE_VERSION = 2
 

@@ -1,79 +1,168 @@
-"""Issue 3 benchmarks: Ray Data extraction scaling (1 vs 2 actors) and overhead over bare MediaPipe.
+"""Issue 3 and 13 benchmarks: segment-parallel extraction on the Ray Data actor pool.
 
-Run: .venv/bin/python benchmarks/bench_pipeline.py [N_CLIPS]   (prints markdown tables)
+Run: .venv/bin/python benchmarks/bench_pipeline.py take     (~8 min: a 10-minute take on 1 vs 2 actors,
+                                                            peak actor RSS for a 1 and a 10-minute take)
+     .venv/bin/python benchmarks/bench_pipeline.py clips    (~7 min: the 48 demo clips at extract.segment_s
+                                                            0 vs 60, and the overhead over bare MediaPipe)
 
-The lower bound of extraction cost is MediaPipe's bare per-frame time (measured here on the same
-clips' decoded frames); the pipeline's overhead is how far the 2-actor wall time sits above
-``bare_seconds / 2 cores``. Everything runs in one process, side by side, on one local Ray.
+Each mode writes its tables into benchmarks/README.md. Everything in a mode runs in one process, side
+by side, on one local Ray (``num_cpus=2``) after a warm-up run, so Ray's start-up is paid by neither side.
+The lower bound of extraction cost is MediaPipe's bare per-frame time on the same decoded frames
+(``bench_extract.bare_mediapipe``) divided by the 2 cores; the time a run sits above it is split
+with the run's own records: audio (``audio_s``), decode + tracking beyond bare MediaPipe
+(``extract_s - audio_s - bare``), and the rest (Ray, probing, writing, finishing, idle actors).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import psutil  # noqa: E402
 import ray  # noqa: E402
 from bench_extract import bare_mediapipe, decoded_frames  # noqa: E402
-from common import demo_clips, machine, table  # noqa: E402
+from common import demo_clips, machine, table, write_readme_section  # noqa: E402
 
-from a2bs.build.pipeline import run_build  # noqa: E402
 from a2bs.config import load_config  # noqa: E402
+from a2bs.extract.audio import ffmpeg_exe  # noqa: E402
 from a2bs.extract.pipeline import run_extract  # noqa: E402
+from a2bs.runtime.batch import SUMMARY_NAME  # noqa: E402
+
+TAKE_S = 600.0
 
 
-def main() -> None:
-    n_clips = int(sys.argv[1]) if len(sys.argv) > 1 else 48
-    clips = demo_clips()[:: max(1, len(demo_clips()) // n_clips)][:n_clips]
+def make_take(clips: list[Path], seconds: float, out: Path) -> Path:
+    """One continuous take of about `seconds`: demo clips joined and re-encoded (H.264 + AAC)."""
+    clip_s = 10.67
+    chosen = [clips[i % len(clips)] for i in range(int(seconds / clip_s + 0.5))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    listing = out.parent.parent / f"{out.stem}.txt"  # outside the input folder
+    listing.write_text("".join(f"file '{c}'\n" for c in chosen))
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-af", "aresample=async=1:first_pts=0", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
+                    "-c:a", "aac", str(out)], check=True)
+    return out
+
+
+class ActorRss:
+    """Peak RSS of the Ray Data actor processes (sampled every 0.2 s while a run is going)."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "MapWorker" in cmd or "_PoolActor" in cmd:
+                    self.peak_mb = max(self.peak_mb, p.info["memory_info"].rss / 2**20)
+
+    def __enter__(self) -> "ActorRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _run(inputs: list[str], out: str, *overrides: str) -> tuple[float, object, list[dict]]:
+    import json
+
+    cfg = load_config(None, list(overrides))
+    t0 = time.perf_counter()
+    summary = run_extract(inputs, out, cfg, progress=False)
+    wall = time.perf_counter() - t0
+    assert summary.failed == 0, summary.failures
+    return wall, summary, json.loads(Path(out, SUMMARY_NAME).read_text())["segments"]
+
+
+def _warm(tmp: str, clip: Path) -> None:
+    run_extract([str(clip)], f"{tmp}/warm", load_config(None, ["ray.extract_actors=2"]), progress=False)
+
+
+def bench_take(tmp: str) -> str:
+    clips = demo_clips()
+    take = make_take(clips, TAKE_S, Path(tmp, "in", "actor", "take.mp4"))
+    short = make_take(clips, 60.0, Path(tmp, "in1", "actor", "take1.mp4"))
+    _warm(tmp, clips[0])
+    with ActorRss() as rss1:
+        _, s1min, _ = _run([str(short)], f"{tmp}/short", "ray.extract_actors=2")
+    runs = {}
+    for actors in (1, 2):
+        with ActorRss() as rss:
+            wall, s, _ = _run([str(take)], f"{tmp}/take{actors}", f"ray.extract_actors={actors}")
+        runs[actors] = (wall, s, rss.peak_mb)
+    (w1, s, _), (w2, _, peak10) = runs[1], runs[2]
+    text = [table(["take min", "segments (60 s)", "frames", "1 actor s", "2 actors s", "speed-up 1->2",
+                   "frames/s (2 actors)"],
+                  [[f"{s.hours * 60:.1f}", s.segments, s.frames, f"{w1:.1f}", f"{w2:.1f}", f"**{w1 / w2:.2f}**",
+                    f"{s.frames / w2:.1f}"]]),
+            "",
+            table(["take min", "segments", "peak RSS of an extraction actor MB"],
+                  [[f"{s1min.hours * 60:.1f}", s1min.segments, f"{rss1.peak_mb:.0f}"],
+                   [f"{s.hours * 60:.1f}", s.segments, f"{peak10:.0f}"]])]
+    return "\n".join(text)
+
+
+def bench_clips(tmp: str) -> str:
+    clips = demo_clips()[:48]
     bare_s, frames = 0.0, 0
     for c in clips:
         f = decoded_frames(c)
         bare_s += bare_mediapipe(f)
         frames += len(f)
+    src = Path(tmp, "in", "spk")
+    src.mkdir(parents=True)
+    for c in clips:
+        shutil.copy(c, src / f"{c.parent.name}_{c.name}")  # copies: symlinks out of the input folder are refused
+    _warm(tmp, clips[0])
+    rows, split = [], []
+    limit = bare_s / 2.0
+    for segment_s in (0, 60):
+        wall, s, segs = _run([str(src.parent)], f"{tmp}/out{segment_s}", "ray.extract_actors=2",
+                             f"extract.segment_s={segment_s}")
+        work = sum(r["extract_s"] for r in segs)
+        audio = sum(r["audio_s"] for r in segs)
+        rows.append([segment_s, len(clips), s.segments, s.frames, f"{wall:.1f}", f"{s.frames / wall:.1f}",
+                     f"{limit:.1f}", f"**{(wall / limit - 1) * 100:.0f}%**"])
+        core_s = 2 * wall
+        split.append([segment_s, f"{bare_s:.1f}", f"{audio:.1f} ({audio / bare_s * 100:.0f}%)",
+                      f"{work - audio - bare_s:.1f} ({(work - audio - bare_s) / bare_s * 100:.0f}%)",
+                      f"{core_s - work:.1f} ({(core_s - work) / bare_s * 100:.0f}%)"])
+    return "\n".join([
+        table(["segment_s", "clips", "segments", "frames", "2 actors s", "frames/s", "bare MediaPipe limit s",
+               "overhead"], rows),
+        "",
+        table(["segment_s", "bare MediaPipe core-s", "audio core-s", "decode + tracker beyond bare core-s",
+               "rest: Ray, probe, writes, idle core-s (2 x wall - work)"], split)])
+
+
+def main() -> None:
+    mode = sys.argv[1] if len(sys.argv) > 1 else "clips"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp, "in", "spk")
-        src.mkdir(parents=True)
-        for c in clips:
-            shutil.copy(c, src / c.name)  # copies: symlinks out of the input folder are refused
-        # Warm-up: worker processes and imports, so neither side pays Ray's start-up.
-        run_extract([str(src / next(iter(os.listdir(src))))], f"{tmp}/warm", load_config(None, ["ray.extract_actors=2"]),
-                    progress=False)
-        results = {}
-        # Two rounds each on small sets (noise); one round when the set is large enough to average out.
-        for actors in ((1, 2, 1, 2) if len(clips) <= 16 else (1, 2)):
-            cfg = load_config(None, [f"ray.extract_actors={actors}"])
-            out = f"{tmp}/out{actors}_{len(results)}"
-            t0 = time.perf_counter()
-            s = run_extract([str(src.parent)], out, cfg, progress=False)
-            wall = time.perf_counter() - t0
-            assert s.ok == len(clips), s.failures
-            results.setdefault(actors, []).append((wall, s))
-            if actors == 2 and "build" not in results:
-                t0 = time.perf_counter()
-                b = run_build(out, f"{tmp}/shards", cfg)
-                results["build"] = (time.perf_counter() - t0, b)
-    w1 = min(w for w, _ in results[1])
-    w2 = min(w for w, _ in results[2])
-    s2 = results[2][0][1]
-    hours = s2.hours
-    limit = bare_s / 2.0
-    print(f"Machine: {machine()}\n")
-    print(table(["clips", "footage min", "frames", "1 actor s", "2 actors s", "scaling 1->2"],
-                [[len(clips), f"{hours * 60:.1f}", s2.frames, f"{w1:.1f}", f"{w2:.1f}", f"**{w1 / w2:.2f}**"]]))
-    print()
-    print(table(["bare MediaPipe limit s (2 cores)", "pipeline s", "overhead", "frames/s",
-                 "footage h per core-hour", "build s (sequences)"],
-                [[f"{limit:.1f}", f"{w2:.1f}", f"**{(w2 / limit - 1) * 100:.0f}%**", f"{s2.frames / w2:.1f}",
-                  f"{hours / (w2 * 2 / 3600):.2f}", f"{results['build'][0]:.1f} ({sum(results['build'][1].rows.values())})"]]))
+        body = bench_take(tmp) if mode == "take" else bench_clips(tmp)
     ray.shutdown()
+    head = (f"`.venv/bin/python benchmarks/bench_pipeline.py {mode}` ({machine()}; load average {load:.1f} at the "
+            f"start, {os.getloadavg()[0]:.1f} at the end). One local Ray (`num_cpus=2`), after a warm-up run.\n\n")
+    title = ("## Long takes on 2 actors (issue 13)" if mode == "take" else
+             "## Ray Data extraction: demo clips, segments and overhead (issues 3, 13)")
+    print(body)
+    write_readme_section(title, f"{title}\n\n{head}{body}\n")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import numpy as np
 
 from a2bs.config import AudioConfig
 from a2bs.errors import InputError
+from a2bs.extract.store import Segment, in_segment
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,20 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int, start_s: float = 0.0, duration_s: float | None = None) -> np.ndarray:
     """Decode any audio/video file's first audio stream to mono float32 at `sample_rate`.
+
+    Args:
+        start_s, duration_s: decode only this range (ffmpeg input seeking: it starts at the packet
+            before `start_s` and trims to the sample; ``None`` = to the end).
 
     Raises:
         InputError: the file has no audio stream, or ffmpeg cannot decode it.
     """
+    seek = ["-ss", f"{start_s:.6f}"] if start_s > 0 else []
+    seek += ["-t", f"{duration_s:.6f}"] if duration_s is not None else []
     cmd = [
-        ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
+        ffmpeg_exe(), "-nostdin", "-v", "error", *seek, "-i", str(path),
         "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
@@ -160,10 +167,40 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise InputError(path, f"cannot decode audio ({last})")
     # A truncated file decodes up to the cut and then fails: keep what was decoded.
     if samples.size == 0:
-        raise InputError(path, "audio track is empty (zero length)")
+        raise InputError(path, "audio track is empty (zero length)" if start_s <= 0 else
+                         f"no audio from {start_s:.2f} s on (truncated or damaged file)")
     return samples  # read-only view of ffmpeg's output: no copy (115 MB for 30 minutes)
 
 
 def extract_audio_features(path: str | Path, cfg: AudioConfig) -> AudioFeatures:
     """Decode `path` and compute its 100 Hz features."""
     return features_from_samples(load_audio(path, cfg.sample_rate), cfg)
+
+
+def range_audio_features(path: str | Path, cfg: AudioConfig, start_s: float, end_s: float,
+                         margin_s: float, offset_s: float = 0.0) -> tuple[AudioFeatures, float]:
+    """The 100 Hz features of the frames centred in ``[start_s, end_s)`` (``end_s`` inf = to the end),
+    equal to the whole-file values.
+
+    The audio is decoded from `margin_s` before the range to `margin_s` after it, starting on the
+    frame grid (a multiple of ``hop_length`` samples, 10 ms), so the resampler keeps the whole file's
+    phase. The frames kept are at least `margin_s` from where decoding starts or stops, so neither the
+    window's zero padding (``n_fft // 2`` samples) nor the resampler's start-up reaches them:
+    `margin_s` must exceed both (16 ms and ~1 ms at the defaults; docs/scaling.md).
+    `offset_s` is where the audio stream starts after the container's start (ffmpeg seeks from the
+    latter; the timeline's t = 0 is the stream's first sample, as in a whole-file decode).
+    Returns the features (timestamps on the file's timeline) and where the decoded audio ends in
+    seconds (the file's audio duration when the range runs to the end).
+    """
+    hop_s = cfg.hop_length / cfg.sample_rate
+    first = max(0, int(np.floor((start_s - margin_s) / hop_s)))  # frame index where decoding starts
+    decode_s = first * cfg.hop_length / cfg.sample_rate
+    # -t counts from where reading starts: the container's start when there is no seek (add the offset).
+    length_s = None if not np.isfinite(end_s) else end_s + margin_s - decode_s + offset_s
+    samples = load_audio(path, cfg.sample_rate, decode_s + offset_s if decode_s > 0 else 0.0, length_s)
+    feats = features_from_samples(samples, cfg)
+    times = (np.arange(feats.mel_db.shape[0], dtype=np.float64) + first) * cfg.hop_length / cfg.sample_rate
+    keep = in_segment(times, Segment(-1, start_s, end_s))
+    part = AudioFeatures(feats.sample_rate, feats.frame_rate_hz, times[keep], feats.mel_db[keep], feats.rms[keep],
+                         feats.zcr[keep], feats.vad[keep], feats.duration_s)
+    return part, decode_s + len(samples) / cfg.sample_rate

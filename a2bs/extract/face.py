@@ -69,6 +69,23 @@ class FaceTrack:
     has_face: np.ndarray  # (F,) bool
 
 
+@dataclass
+class RawTrack:
+    """Per-frame face values with the absolute head pose (before the clip's rest pose is known)."""
+
+    frame_index: np.ndarray  # (F,) int32
+    time_s: np.ndarray  # (F,) float64
+    blendshapes: np.ndarray  # (F, 52) float32, ARKit order
+    rotation: np.ndarray  # (F, 3, 3) float64, identity without a face
+    translation_cm: np.ndarray  # (F, 3) float64, zero without a face
+    has_face: np.ndarray  # (F,) bool
+
+    def select(self, mask: np.ndarray) -> "RawTrack":
+        """The frames where `mask` is true."""
+        return RawTrack(self.frame_index[mask], self.time_s[mask], self.blendshapes[mask], self.rotation[mask],
+                        self.translation_cm[mask], self.has_face[mask])
+
+
 class FaceTracker:
     """FaceLandmarker in VIDEO mode, started afresh for every clip it tracks."""
 
@@ -137,8 +154,14 @@ class FaceTracker:
         return shapes, matrix
 
     def track(self, frames: Iterable[tuple[int, float, np.ndarray]]) -> FaceTrack:
-        """Run over a clip's selected frames; frames without a face get placeholders."""
-        if self._used:  # a fresh instance per clip: see the module docstring
+        """Run over a clip's selected frames; pose relative to the rest pose of these frames."""
+        raw = self.track_raw(frames)
+        return FaceTrack(raw.frame_index, raw.time_s, raw.blendshapes,
+                         relative_pose(raw.rotation, raw.translation_cm, raw.has_face), raw.has_face)
+
+    def track_raw(self, frames: Iterable[tuple[int, float, np.ndarray]]) -> RawTrack:
+        """Run a fresh landmarker over frames; absolute head pose (frames without a face get placeholders)."""
+        if self._used:  # a fresh instance per clip or segment: see the module docstring
             self.close()
             self._landmarker = self._start()
             self._used = False
@@ -155,13 +178,14 @@ class FaceTracker:
             times.append(time_s)
             shapes.append(s)
             matrices.append(m)
-        has_face = np.array([m is not None for m in matrices], dtype=bool)
-        return FaceTrack(
+        rotation, translation = absolute_pose(matrices)
+        return RawTrack(
             frame_index=np.asarray(indices, dtype=np.int32),
             time_s=np.asarray(times, dtype=np.float64),
             blendshapes=np.stack(shapes).astype(np.float32) if shapes else np.zeros((0, N_BLENDSHAPES), np.float32),
-            pose=relative_pose(matrices),
-            has_face=has_face,
+            rotation=rotation,
+            translation_cm=translation,
+            has_face=np.array([m is not None for m in matrices], dtype=bool),
         )
 
 
@@ -194,18 +218,31 @@ def _nearest_rotation(m: np.ndarray) -> np.ndarray:
     return r
 
 
-def relative_pose(matrices: list[np.ndarray | None]) -> np.ndarray:
-    """(F, 7) pose relative to the clip's rest pose; frames without a face get ``POSE_REST``.
+def absolute_pose(matrices: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Head rotations (F, 3, 3) (nearest rotation of each matrix) and translations (F, 3) in cm, float64;
+    frames without a face get the identity and zero."""
+    rotation = np.tile(np.eye(3), (len(matrices), 1, 1))
+    translation = np.zeros((len(matrices), 3))
+    for i, m in enumerate(matrices):
+        if m is not None:
+            rotation[i] = _nearest_rotation(m[:3, :3])
+            translation[i] = m[:3, 3]
+    return rotation, translation
+
+
+def relative_pose(rotation: np.ndarray, translation_cm: np.ndarray, has_face: np.ndarray) -> np.ndarray:
+    """(F, 7) pose relative to the rest pose of all face frames given; frames without a face get ``POSE_REST``.
 
     Rest position is the median translation; rest rotation is the rotation nearest to the mean of
     the face frames' rotation matrices (a robust, order-free average). Translation goes cm -> m.
+    The rest pose needs every face frame of the clip: a segmented extraction stores absolute pose
+    per segment and calls this once the clip is complete (a2bs.extract.finish).
     """
-    out = np.tile(np.asarray(POSE_REST, dtype=np.float32), (len(matrices), 1))
-    valid = [i for i, m in enumerate(matrices) if m is not None]
-    if not valid:
+    out = np.tile(np.asarray(POSE_REST, dtype=np.float32), (len(has_face), 1))
+    valid = np.flatnonzero(has_face)
+    if not valid.size:
         return out
-    rots = np.stack([_nearest_rotation(matrices[i][:3, :3]) for i in valid])  # (V, 3, 3)
-    trans = np.stack([matrices[i][:3, 3] for i in valid])  # (V, 3) cm
+    rots, trans = rotation[valid], translation_cm[valid]
     rest_rot = _nearest_rotation(rots.mean(axis=0))
     rest_t = np.median(trans, axis=0)
     for row, i in enumerate(valid):

@@ -29,6 +29,9 @@ class MediaInfo:
     width: int | None
     height: int | None
     audio_sample_rate: int | None
+    # Where the audio stream starts after the container's start (its first sample is t = 0 on the
+    # audio timeline; ffmpeg's input seeking counts from the container's start).
+    audio_offset_s: float = 0.0
 
 
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):([\d.]+)")
@@ -37,6 +40,8 @@ _AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: (.*)")
 _SIZE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
 _FPS = re.compile(r"([\d.]+)\s*(?:fps|tbr)\b")
 _HZ = re.compile(r"(\d+)\s*Hz")
+_FILE_START = re.compile(r"Duration:.*?start:\s*(-?[\d.]+)")
+_STREAM_START = re.compile(r"\bstart (-?[\d.]+)")
 
 
 def check_readable(path: str | os.PathLike) -> Path:
@@ -87,6 +92,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     m = _DURATION.search(err)
     duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
     fps = width = height = rate = None
+    offset = 0.0
     if video:
         size = _SIZE.search(video[1])
         if size:
@@ -96,4 +102,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if audio:
         hz = _HZ.search(audio[1])
         rate = int(hz[1]) if hz else None
-    return MediaInfo(str(p), duration, bool(video), bool(audio), fps, width, height, rate)
+        file_start, audio_start = _FILE_START.search(err), _STREAM_START.search(audio[1])
+        if file_start and audio_start:
+            offset = max(0.0, float(audio_start[1]) - float(file_start[1]))
+    return MediaInfo(str(p), duration, bool(video), bool(audio), fps, width, height, rate, offset)

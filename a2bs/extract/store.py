@@ -4,6 +4,7 @@ Layout of a clips folder::
 
     CLIPS/clips/<clip_id>/seg-00000.parquet   segment 0: frames with 0 <= time < segment_s
     CLIPS/clips/<clip_id>/seg-00001.parquet   segment 1: segment_s <= time < 2 * segment_s ...
+    CLIPS/clips/<clip_id>/seg-00001.pose.npy  its absolute head pose (clips of more than one segment)
     CLIPS/_manifest.json                      written last (a2bs.manifests.ClipsManifest)
 
 A part is one row of :func:`a2bs.schema.segment_schema`: the face frames whose timestamps fall in
@@ -12,15 +13,21 @@ exactly its whole-file features cut at the segment borders (:func:`split_part` /
 :func:`concat_parts`). Per-frame values are fixed-size lists: reading a part gives zero-copy numpy
 views, and no reader ever holds more than the parts it asks for.
 
+A part's Parquet footer also carries its extraction facts (:func:`read_segment_meta`: the video
+rate, frame counts, where its audio ends), so a rerun can index the parts it skips without reading
+their columns.
+
 The segment rule (:func:`plan_segments`) lives here too, so extraction (which cuts) and build
 (which reads across borders) share one definition.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from dataclasses import dataclass, fields
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -100,10 +107,37 @@ def segment_uri(clips_dir: str, clip_id: str, index: int) -> str:
     return storage.join(segment_folder(clips_dir, clip_id), f"seg-{index:05d}.parquet")
 
 
+def _segment_index(name: str) -> int | None:
+    """The index in a part's file name ``seg-NNNNN.parquet`` (None for any other file)."""
+    if name.startswith("seg-") and name.endswith(".parquet") and name[4:-8].isdigit():
+        return int(name[4:-8])
+    return None
+
+
 def segments_on_disk(clips_dir: str, clip_id: str) -> list[int]:
     """Indices of the clip's segment parts that exist, sorted."""
     names = (u.rsplit("/", 1)[-1] for u in storage.list_files(segment_folder(clips_dir, clip_id), ".parquet"))
-    return sorted(int(n[4:9]) for n in names if n.startswith("seg-") and n[4:9].isdigit())
+    return sorted(i for i in map(_segment_index, names) if i is not None)
+
+
+def all_segments_on_disk(clips_dir: str) -> tuple[dict[str, list[int]], list[str]]:
+    """Every clip's parts that exist (one listing of the store), and files that are not parts.
+
+    Returns:
+        ``{clip_id: sorted indices}`` and the URIs of other Parquet files under ``CLIPS/clips``
+        (the layout before the clip store, manifest v1, held one ``<clip_id>.parquet`` per clip there).
+    """
+    found: dict[str, list[int]] = {}
+    other = []
+    base = storage.join(clips_dir, CLIPS_SUBDIR)
+    for uri in storage.list_files(base, ".parquet"):
+        parts = uri[len(base):].strip("/").split("/")
+        index = _segment_index(parts[-1]) if len(parts) == 2 else None
+        if index is None:
+            other.append(uri)
+        else:
+            found.setdefault(parts[0], []).append(index)
+    return {c: sorted(v) for c, v in found.items()}, other
 
 
 def _list_column(values: np.ndarray, width: int = 0) -> pa.Array:
@@ -123,11 +157,56 @@ def part_table(part: SegmentPart) -> pa.Table:
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
-def write_segment(clips_dir: str, part: SegmentPart) -> str:
-    """Write one segment part atomically; returns its URI. Its existence marks the segment as done."""
+_META_KEY = b"a2bs_segment"
+
+
+def write_segment(clips_dir: str, part: SegmentPart, meta: dict[str, Any] | None = None) -> str:
+    """Write one segment part atomically; returns its URI. Its existence marks the segment as done.
+
+    Args:
+        meta: JSON-able facts about the part, kept in its footer (:func:`read_segment_meta`).
+    """
     uri = segment_uri(clips_dir, part.clip_id, part.segment)
-    storage.write_parquet_atomic(part_table(part), uri)
+    table = part_table(part)
+    if meta:
+        table = table.replace_schema_metadata({**table.schema.metadata, _META_KEY: json.dumps(meta).encode()})
+    storage.write_parquet_atomic(table, uri)
     return uri
+
+
+def read_segment_meta(uri: str) -> dict[str, Any]:
+    """The `meta` a part was written with (its footer only; ``{}`` if none)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    return json.loads(metadata[_META_KEY]) if _META_KEY in metadata else {}
+
+
+def pose_uri(clips_dir: str, clip_id: str, index: int) -> str:
+    """Where the absolute head pose of segment `index` lives (clips of more than one segment)."""
+    return storage.join(segment_folder(clips_dir, clip_id), f"seg-{index:05d}.pose.npy")
+
+
+def write_pose(clips_dir: str, clip_id: str, index: int, rotation: np.ndarray, translation_cm: np.ndarray,
+               has_face: np.ndarray) -> None:
+    """Store a segment's absolute pose: (F, 3, 3) rotations, (F, 3) translations and the face flags.
+
+    The relative pose of a clip needs the rest pose of all its frames; keeping the absolute values
+    (float64, not the float32 of the part) lets the clip be finished, or finished again when a missing
+    segment arrives, with the same numbers as a whole-file pass.
+    """
+    values = np.concatenate([rotation.reshape(-1, 9), translation_cm.reshape(-1, 3),
+                             np.asarray(has_face, np.float64).reshape(-1, 1)], axis=1)
+    buf = io.BytesIO()
+    np.save(buf, values.astype(np.float64))
+    storage.atomic_write_bytes(pose_uri(clips_dir, clip_id, index), buf.getvalue())
+
+
+def read_pose(clips_dir: str, clip_id: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A segment's absolute pose: rotations (F, 3, 3), translations (F, 3) in cm, face flags (F,)."""
+    values = np.load(io.BytesIO(storage.read_bytes(pose_uri(clips_dir, clip_id, index))))
+    return values[:, :9].reshape(-1, 3, 3), values[:, 9:12], values[:, 12] > 0.5
 
 
 def _values(column: pa.ChunkedArray, width: int = 0) -> np.ndarray:

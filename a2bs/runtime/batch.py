@@ -94,7 +94,11 @@ def _rows(items: list[dict[str, Any]], worker_cls: Callable[..., Worker], worker
             n_actors = max(1, int(float(ray.cluster_resources().get("CPU", 1)) // max(cpus_per_actor, 1e-3)))
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
-            _PoolActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(items))),
+            # One task in flight per actor: items are seconds to minutes of work, so prefetching gains
+            # nothing, and a second task queued behind a busy actor would wait while another actor idles
+            # (items are handed out in order, so callers can put the longest first).
+            _PoolActor, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(items)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs={"worker_cls": worker_cls, "worker_kwargs": worker_kwargs},
             num_cpus=cpus_per_actor,
             # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1: a killed

@@ -14,20 +14,22 @@ from a2bs import cli
 from a2bs.config import Config, VideoConfig
 from a2bs.errors import ModelFileError
 from a2bs.extract.audio import extract_audio_features
-from a2bs.extract.clip import record_arrays
 from a2bs.extract.face import FaceTracker, load_model_bytes
-from a2bs.extract.pipeline import clip_uri, run_extract
+from a2bs.extract.pipeline import run_extract
+from a2bs.extract.store import SegmentPart, concat_parts, iter_segments
 from a2bs.extract.video import iter_frames
-from a2bs.runtime.storage import read_parquet
+from a2bs.manifests import ClipEntry, ClipsManifest
 from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
 
 CFG = Config()
 
 
-def _record(clips_dir: Path, summary_rows: list[dict], source: Path) -> dict:
+def _clip(clips_dir: Path, summary_rows: list[dict], source: Path) -> tuple[ClipEntry, SegmentPart]:
+    """A clip's manifest entry and its features, all segments joined."""
     row = next(r for r in summary_rows if r["source"] == str(source))
     assert row["status"] == "ok", row
-    return read_parquet(clip_uri(str(clips_dir), row["clip_id"])).to_pylist()[0]
+    entry = ClipsManifest.load(clips_dir).clips[row["clip_id"]]
+    return entry, concat_parts(list(iter_segments(str(clips_dir), row["clip_id"], entry.segments)))
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +48,23 @@ def extracted(tmp_path_factory, demo_clip: Path):
 
 def test_face_clip_and_60fps_reencode(extracted) -> None:
     assert extracted["summary"].ok == 3 and extracted["summary"].failed == 0
-    r30 = _record(extracted["out"], extracted["rows"], extracted["30"])
-    r60 = _record(extracted["out"], extracted["rows"], extracted["60"])
-    assert (r30["frame_interval"], r60["frame_interval"]) == (1, 2)
-    assert r60["original_fps"] == pytest.approx(60.0, abs=0.1) and r60["target_fps"] == pytest.approx(30.0, abs=0.1)
-    for r in (r30, r60):
-        a = record_arrays(r)
-        idx = np.asarray(r["frame_index"])
-        assert a["targets"].shape == (len(idx), N_TARGETS) == (len(idx), 52 + 7)
-        assert a["has_face"].all()
-        np.testing.assert_allclose(a["frame_time_s"], idx / r["original_fps"], atol=1e-9)
-        assert (np.diff(idx) == r["frame_interval"]).all()
-        assert 0.0 <= a["targets"][:, :N_BLENDSHAPES].min() and a["targets"][:, :N_BLENDSHAPES].max() <= 1.0
-        assert np.abs(a["targets"][:, N_BLENDSHAPES:N_BLENDSHAPES + 3]).max() < 0.2  # metres from rest
+    e30, r30 = _clip(extracted["out"], extracted["rows"], extracted["30"])
+    e60, r60 = _clip(extracted["out"], extracted["rows"], extracted["60"])
+    assert (e30.frame_interval, e60.frame_interval) == (1, 2)
+    assert e60.video_fps == pytest.approx(60.0, abs=0.1) and e60.face_fps == pytest.approx(30.0, abs=0.1)
+    for e, r in ((e30, r30), (e60, r60)):
+        idx = r.frame_index
+        assert r.targets.shape == (len(idx), N_TARGETS) == (len(idx), 52 + 7) and e.frames == len(idx)
+        assert r.has_face.all()
+        np.testing.assert_allclose(r.frame_time_s, idx / e.video_fps, atol=1e-9)
+        assert (np.diff(idx) == e.frame_interval).all()
+        assert 0.0 <= r.targets[:, :N_BLENDSHAPES].min() and r.targets[:, :N_BLENDSHAPES].max() <= 1.0
+        assert np.abs(r.targets[:, N_BLENDSHAPES:N_BLENDSHAPES + 3]).max() < 0.2  # metres from rest
     # Same footage at twice the rate, every 2nd frame: about the same number of selected frames
     # (the 30 fps copy is cut at packet boundaries, so it may carry a frame or two more).
-    assert abs(len(r60["frame_index"]) - len(r30["frame_index"])) <= 3
+    assert abs(len(r60.frame_index) - len(r30.frame_index)) <= 3
     jaw = ARKIT_BLENDSHAPES.index("jawOpen")
-    j30, j60 = record_arrays(r30)["targets"][:, jaw], record_arrays(r60)["targets"][:, jaw]
+    j30, j60 = r30.targets[:, jaw], r60.targets[:, jaw]
     n = min(len(j30), len(j60))
     assert np.corrcoef(j30[:n], j60[:n])[0, 1] > 0.9
 
@@ -87,18 +88,19 @@ def test_labels_do_not_depend_on_the_clip_tracked_before(demo_clip: Path) -> Non
 
 
 def test_seed_json_shapes(extracted) -> None:
-    r30 = _record(extracted["out"], extracted["rows"], extracted["30"])
-    face = json.loads((extracted["out"] / "json" / f"{r30['clip_id']}.face.json").read_text())
+    _, r30 = _clip(extracted["out"], extracted["rows"], extracted["30"])
+    face = json.loads((extracted["out"] / "json" / f"{r30.clip_id}.face.json").read_text())
     assert set(face) == {"sessionInfo", "frameCount", "frames"}
     assert set(face["sessionInfo"]) == {"sessionId", "targetFPS", "originalFPS", "frameInterval"}
-    assert face["frameCount"] == len(face["frames"]) == len(r30["frame_index"])
+    assert face["frameCount"] == len(face["frames"]) == len(r30.frame_index)
     frame = face["frames"][3]
     assert set(frame) == {"frame_index", "timestamp", "sessionId", "blendshapes", "headPosition", "headRotation",
                           "has_face"}
     assert list(frame["blendshapes"]) == list(ARKIT_BLENDSHAPES)
     assert set(frame["headPosition"]) == {"x", "y", "z"} and list(frame["headRotation"]) == ["w", "x", "y", "z"]
     assert frame["timestamp"] == pytest.approx(frame["frame_index"] / face["sessionInfo"]["originalFPS"])
-    audio = json.loads((extracted["out"] / "json" / f"{r30['clip_id']}.audio.json").read_text())
+    assert [f["blendshapes"]["jawOpen"] for f in face["frames"]] == r30.targets[:, ARKIT_BLENDSHAPES.index("jawOpen")].tolist()
+    audio = json.loads((extracted["out"] / "json" / f"{r30.clip_id}.audio.json").read_text())
     assert audio["sample_rate"] == 16000 and audio["mel_frame_rate"] == 100.0
     n = audio["n_frames"]
     assert len(audio["timestamps"]) == len(audio["mel_features"]) == len(audio["voice_activity"]) == n
@@ -106,13 +108,13 @@ def test_seed_json_shapes(extracted) -> None:
 
 
 def test_no_face_clip_gives_placeholders_with_the_same_shape(extracted) -> None:
-    face = record_arrays(_record(extracted["out"], extracted["rows"], extracted["30"]))
-    blank = record_arrays(_record(extracted["out"], extracted["rows"], extracted["no_face"]))
-    assert blank["targets"].shape[1] == face["targets"].shape[1] == N_TARGETS
-    assert len(blank["has_face"]) > 0 and not blank["has_face"].any()
-    assert (blank["targets"][:, :N_BLENDSHAPES] == 0).all()
-    np.testing.assert_allclose(blank["targets"][:, N_BLENDSHAPES:], np.tile(POSE_REST, (len(blank["has_face"]), 1)))
-    assert blank["mel_db"].shape[1] == 80  # audio features are still there
+    _, face = _clip(extracted["out"], extracted["rows"], extracted["30"])
+    _, blank = _clip(extracted["out"], extracted["rows"], extracted["no_face"])
+    assert blank.targets.shape[1] == face.targets.shape[1] == N_TARGETS
+    assert len(blank.has_face) > 0 and not blank.has_face.any()
+    assert (blank.targets[:, :N_BLENDSHAPES] == 0).all()
+    np.testing.assert_allclose(blank.targets[:, N_BLENDSHAPES:], np.tile(POSE_REST, (len(blank.has_face), 1)))
+    assert blank.mel_db.shape[1] == 80  # audio features are still there
 
 
 def test_audio_timeline_and_vad_on_a_demo_clip(demo_clip: Path) -> None:

@@ -104,10 +104,10 @@ def test_killed_extraction_worker_loses_nothing(tmp_path: Path, ray_cluster) -> 
     (crash,) = faults.fired()
     assert crash["pid"] != os.getpid() and _gone(crash["pid"])  # a Ray worker, killed
     assert (summary.ok, summary.failed) == (n_clips, 0)
-    files = sorted(p.stem for p in (out / "clips").glob("*.parquet"))
+    files = sorted(p.parent.name for p in (out / "clips").glob("*/seg-*.parquet"))  # one segment per clip
     assert len(files) == len(set(files)) == n_clips  # each clip exactly once
     assert crash["context"]["clip_id"] in files  # the clip lost with the worker was redone
-    assert not [p for p in (out / "clips").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not [p for p in (out / "clips").rglob(".*")]  # no temp leftovers
 
 
 def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
@@ -124,11 +124,11 @@ def test_interrupted_driver_rerun_finishes_the_rest(tmp_path: Path) -> None:
         proc.wait(300)
     (interrupt,) = faults.fired()
     assert interrupt["pid"] == proc.pid and proc.returncode == EXIT_INTERRUPTED  # stopped by the Ctrl-C
-    done = sorted(p.stem for p in (out / "clips").glob("*.parquet"))
+    done = sorted(p.parent.name for p in (out / "clips").glob("*/seg-*.parquet"))
     assert len(done) == 2 and interrupt["context"]["clip_id"] not in done
     rerun = run_extract([str(src)], str(out), load_config(), use_ray=False, progress=False)
     assert (rerun.skipped, rerun.ok, rerun.failed) == (2, n_clips - 2, 0)
-    assert len(list((out / "clips").glob("*.parquet"))) == n_clips
+    assert len(list((out / "clips").glob("*/seg-*.parquet"))) == n_clips
 
 
 def test_killed_writer_leaves_no_file_a_reader_takes_for_valid(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def test_submit_extract_job_succeeds(ray_head: str, tmp_path: Path, capsys) -> N
     printed = capsys.readouterr().out
     job_id = printed.split(" as job ")[1].split()[0]
     assert f"job {job_id}: SUCCEEDED" in printed
-    assert len(list((out / "clips").glob("*.parquet"))) == 2
+    assert len(list((out / "clips").glob("*/seg-*.parquet"))) == 2  # one segment part per clip
     assert cli.main(["jobs", "logs", job_id, "--address", ray_head]) == 0
     assert "extract: 2 ok, 0 failed" in capsys.readouterr().out
     assert cli.main(["jobs", "status", job_id, "--address", ray_head]) == 0

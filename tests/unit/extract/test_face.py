@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from a2bs.extract.face import relative_pose
+from a2bs.extract import face
+from a2bs.extract.face import absolute_pose
 from a2bs.schema import POSE_NAMES, POSE_REST
 
 ANGLES_DEG = (5.0, 20.0, 60.0, 100.0, 150.0, 175.0)  # beyond 120 degrees the quaternion trace is negative
+
+
+def relative_pose(matrices: list) -> np.ndarray:
+    """The pose of a whole clip from its MediaPipe matrices (None = no face)."""
+    rotation, translation = absolute_pose(matrices)
+    return face.relative_pose(rotation, translation, np.array([m is not None for m in matrices], bool))
 
 
 def _matrix(rotation: np.ndarray, translation_cm: np.ndarray) -> np.ndarray:

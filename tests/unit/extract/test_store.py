@@ -75,3 +75,47 @@ def test_round_trip_is_exact_and_zero_copy(tmp_path):
     for name in ("frame_index", "frame_time_s", "targets", "has_face", "audio_time_s", "mel_db", "rms", "zcr", "vad"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name), err_msg=name)
     assert joined.targets.dtype == np.float32 and joined.frame_index.dtype == np.int32
+
+
+def test_footer_meta_pose_and_one_listing(tmp_path):
+    from a2bs.extract.store import (
+        all_segments_on_disk,
+        read_pose,
+        read_segment_meta,
+        write_pose,
+    )
+
+    parts = split_part(_whole(130.0), plan_segments(130.0, 60.0))
+    uri = write_segment(str(tmp_path), parts[1], {"original_fps": 29.97, "frames": 7})
+    write_segment(str(tmp_path), parts[0])
+    assert read_segment_meta(uri) == {"original_fps": 29.97, "frames": 7}
+    assert read_segment(uri).start_s == 60.0  # the footer meta does not change what a reader gets
+    rng = np.random.default_rng(1)
+    rotation, translation, has_face = rng.random((5, 3, 3)), rng.random((5, 3)), rng.random(5) > 0.5
+    write_pose(str(tmp_path), "clip", 1, rotation, translation, has_face)
+    back = read_pose(str(tmp_path), "clip", 1)
+    for want, got in zip((rotation, translation, has_face), back):
+        np.testing.assert_array_equal(got, want)  # float64, exact
+    (tmp_path / "clips" / "old-clip.parquet").write_bytes(b"PAR1")
+    found, other = all_segments_on_disk(str(tmp_path))
+    assert found == {"clip": [0, 1]}  # the pose file is not a part
+    assert [o.rsplit("/", 1)[-1] for o in other] == ["old-clip.parquet"]
+
+
+def test_tasks_longest_first_and_incremental_progress():
+    from a2bs.extract.pipeline import Progress
+    from a2bs.extract.plan import ProbedInput, longest_first, segment_tasks
+
+    take = ProbedInput("take.mp4", "spk", ".", "t", 150.0, True)
+    short = ProbedInput("short.mp4", "spk", ".", "s", 20.0, True)
+    unknown = ProbedInput("odd.mp4", "spk", ".", "u", None, True)
+    tasks = segment_tasks(take, 60.0, done={1}) + segment_tasks(short, 60.0, set()) + segment_tasks(unknown, 60, set())
+    order = [(t["clip_id"], t["segment"]) for t in longest_first(tasks)]
+    assert order == [("u", 0), ("t", 0), ("t", 2), ("s", 0)]  # unknown length first; segment 1 is done
+    progress, rows = Progress(failed_before=1), []
+    for frames in (300, 600):
+        rows.append({"status": "ok", "frames": frames, "footage_s": 30.0})
+        text = progress(rows, 10.0)
+    rows.append({"status": "failed", "frames": 0, "footage_s": 0.0})
+    assert text == "90 frames/s, 1.0 min of footage, 1 failed"
+    assert progress(rows, 10.0).endswith("2 failed") and progress.seen == 3
