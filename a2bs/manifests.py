@@ -125,7 +125,7 @@ class ClipsManifest:
 
     audio: AudioConfig
     clips: dict[str, ClipEntry]  # clip id -> entry
-    schema_version: int = SCHEMA_VERSION  # of the clip records (a2bs.schema.CLIP_SCHEMA)
+    schema_version: int = SCHEMA_VERSION  # of the targets in the segment parts (a2bs.schema.segment_schema)
 
     def write(self, clips_dir: str | os.PathLike) -> None:
         """Write ``CLIPS/_manifest.json`` atomically."""

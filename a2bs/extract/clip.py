@@ -25,7 +25,7 @@ from a2bs.extract.face import FaceTracker, RawTrack, relative_pose
 from a2bs.extract.store import BORDER_EPS_S, Segment, SegmentPart, in_segment
 from a2bs.extract.video import iter_frames
 from a2bs.runtime.inputs import AUDIO_SUFFIXES
-from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, N_TARGETS, POSE_REST
+from a2bs.schema import ARKIT_BLENDSHAPES, N_BLENDSHAPES, POSE_REST
 
 # A segment before the last must decode to its end: stopping earlier than this means the file is
 # damaged there (a truncated tail, a corrupt GOP), and the segment fails rather than keep a hole.
@@ -115,22 +115,6 @@ def extract_segment(path: str | os.PathLike, cfg: Config, tracker: FaceTracker |
         audio_time_s=audio.time_s, mel_db=audio.mel_db, rms=audio.rms, zcr=audio.zcr, vad=audio.vad,
     )
     return SegmentFeatures(part, keep_raw, original_fps, interval, audio_end_s, time.perf_counter() - t0, audio_s)
-
-
-# Until a2bs/build reads the clip store (store.iter_segments): its reader of the one-row-per-clip record.
-def record_arrays(row: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Reshape a clip record's flat lists back into arrays: targets (F, 59), mel_db (A, n_mels)."""
-    n_mels = int(row["n_mels"])
-    return {
-        "frame_time_s": np.asarray(row["frame_time_s"], dtype=np.float64),
-        "targets": np.asarray(row["targets"], dtype=np.float32).reshape(-1, N_TARGETS),
-        "has_face": np.asarray(row["has_face"], dtype=bool),
-        "audio_time_s": np.asarray(row["audio_time_s"], dtype=np.float64),
-        "mel_db": np.asarray(row["mel_db"], dtype=np.float32).reshape(-1, n_mels),
-        "vad": np.asarray(row["vad"], dtype=np.float32),
-        "rms": np.asarray(row["rms"], dtype=np.float32),
-        "zcr": np.asarray(row["zcr"], dtype=np.float32),
-    }
 
 
 def face_json(part: SegmentPart, original_fps: float, frame_interval: int, session_id: str) -> dict[str, Any]:

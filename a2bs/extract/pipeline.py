@@ -50,12 +50,6 @@ from a2bs.runtime.inputs import list_inputs
 log = logging.getLogger(__name__)
 
 
-def clip_uri(clips_dir: str, clip_id: str) -> str:
-    """The one-file-per-clip path of the layout before the clip store (only a2bs/build reads it, until
-    it reads the store: store.iter_segments)."""
-    return storage.join(clips_dir, CLIPS_SUBDIR, f"{clip_id}.parquet")
-
-
 class SegmentExtractor:
     """One face tracker per worker (a fresh FaceLandmarker for every segment); keeps the last remote
     file it downloaded, so consecutive segments of an ``s3://`` take download it once."""

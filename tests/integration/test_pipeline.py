@@ -9,7 +9,6 @@ from pathlib import Path
 import boto3
 import media_factory as mf
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from support import demo_clips, read_split
 
@@ -19,6 +18,7 @@ from a2bs.build.shards import shard_files
 from a2bs.config import load_config
 from a2bs.errors import InputError
 from a2bs.extract.pipeline import run_extract
+from a2bs.extract.store import read_segment, segment_uri
 from a2bs.manifests import ClipsManifest, ShardsManifest
 
 pytestmark = pytest.mark.ray
@@ -34,17 +34,16 @@ def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) 
     assert ex.ok == len(demo_clips()) and ex.failed == 0
     manifest = ShardsManifest.load(shards_dir)
     clips = ClipsManifest.load(clips_dir)
-    assert sorted(clips.clips) == sorted(p.stem for p in (clips_dir / "clips").glob("*.parquet"))
+    assert sorted(clips.clips) == sorted(p.name for p in (clips_dir / "clips").iterdir() if p.is_dir())
     assert sorted(e.source_uri for e in clips.clips.values()) == [str(c) for c in demo_clips()]
     predicted = 0
-    for f in sorted((clips_dir / "clips").glob("*.parquet")):
-        row = pq.read_table(f, columns=["audio_time_s", "has_face", "speaker_id", "duration_s"]).to_pylist()[0]
-        assert all(row["has_face"])  # every demo frame shows a face, so no window is filtered
-        entry = clips.clips[f.stem]
-        assert (entry.speaker_id, entry.duration_s) == (row["speaker_id"], row["duration_s"])
-        assert entry.frames == entry.face_frames == len(row["has_face"]) and entry.mel_frame_rate == 100.0
+    for clip_id, entry in sorted(clips.clips.items()):
+        assert entry.n_segments == 1 and entry.segments == (0,)  # every demo clip is shorter than a segment
+        part = read_segment(segment_uri(str(clips_dir), clip_id, 0))
+        assert all(part.has_face)  # every demo frame shows a face, so no window is filtered
+        assert entry.frames == entry.face_frames == len(part.has_face) and entry.mel_frame_rate == 100.0
         assert entry.face_fps == pytest.approx(30.0, abs=0.1) and Path(entry.source_uri).parent.name == entry.speaker_id
-        predicted += expected_windows(len(row["audio_time_s"]), demo_config.sequence, 100.0)
+        predicted += expected_windows(len(part.audio_time_s), demo_config.sequence, 100.0)
     assert sum(manifest.rows.values()) == predicted == sum(build.rows.values())
     # The default split by speaker into train, val and test (a2bs.build.shards.assign_splits).
     assert list(manifest.splits) == ["train", "val", "test"]
@@ -82,20 +81,21 @@ def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shar
     rebuilt = run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=True)
     assert rebuilt.up_to_date and _tree(shards_dir) == before_shards
 
-    victim = sorted((clips_dir / "clips").glob("*.parquet"))[3]
-    original = pq.read_table(victim)
+    victim = sorted((clips_dir / "clips").glob("*/seg-*.parquet"))[3]
+    original = read_segment(str(victim))
     victim.unlink()
     with pytest.raises(InputError, match=f"{victim}: listed in the clips manifest but missing"):
         run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=False)
     restored = run_extract([str(mf_root())], str(clips_dir), demo_config, use_ray=True, progress=False)
     assert (restored.ok, restored.skipped) == (1, first.ok - 1)
     assert set(_tree(clips_dir / "clips")) == set(before_clips) and ClipsManifest.load(clips_dir) == listed
-    again_row, first_row = pq.read_table(victim).to_pylist()[0], original.to_pylist()[0]
-    assert again_row["clip_id"] == first_row["clip_id"] and again_row["frame_index"] == first_row["frame_index"]
-    # A fresh landmarker per clip: the re-extracted labels are bit-identical, though this time the
+    again = read_segment(str(victim))
+    assert again.clip_id == original.clip_id
+    np.testing.assert_array_equal(again.frame_index, original.frame_index)
+    # A fresh landmarker per segment: the re-extracted labels are bit-identical, though this time the
     # clip ran alone rather than somewhere in an actor's queue.
-    np.testing.assert_array_equal(again_row["targets"], first_row["targets"])
-    np.testing.assert_array_equal(again_row["mel_db"], first_row["mel_db"])
+    np.testing.assert_array_equal(again.targets, original.targets)
+    np.testing.assert_array_equal(again.mel_db, original.mel_db)
 
 
 def mf_root() -> Path:
@@ -114,8 +114,8 @@ def test_corrupt_clip_is_listed_and_the_rest_complete(tmp_path: Path, ray_cluste
     assert (summary.ok, summary.failed) == (2, 1)
     failures = json.loads((out / "_failures.json").read_text())
     assert failures == [{"source": str(bad), "reason": "not a media file (no MP4/MOV structure in it)"}]
-    # A clip file the manifest does not list (e.g. left by a crashed run) is not used.
-    shutil.copy(next((out / "clips").glob("*.parquet")), out / "clips" / "0000000000000000.parquet")
+    # Clip parts the manifest does not list (e.g. left by a crashed run) are not used.
+    shutil.copytree(next(p for p in (out / "clips").iterdir() if p.is_dir()), out / "clips" / "0000000000000000")
     shards = tmp_path / "shards"
     build = run_build(str(out), str(shards), load_config(None, ["sequence.split_by=clip"]), use_ray=True)
     got = {f for split in ("train", "val") for f in read_split(str(shards), split)["clip_id"]}
