@@ -34,7 +34,7 @@ from a2bs.build.sequences import (
 from a2bs.build.shards import ShardRows
 from a2bs.config import Config, SequenceConfig
 from a2bs.errors import InputError
-from a2bs.extract.clip import extract_clip
+from a2bs.extract.clip import extract_segment
 from a2bs.extract.face import FaceTracker
 from a2bs.extract.store import Segment, SegmentPart, plan_segments, split_part, write_segment
 from a2bs.manifests import ClipEntry, ClipsManifest, ShardsManifest
@@ -170,13 +170,6 @@ def test_shard_rows_do_not_depend_on_how_they_arrive(tmp_path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
-def whole_part(clip_id: str, features) -> SegmentPart:
-    """A clip's extracted features (a2bs.extract.clip.ClipFeatures) as one whole-clip part."""
-    face, audio = features.face, features.audio
-    return SegmentPart(clip_id, -1, 0.0, math.inf, face.frame_index, face.time_s, features.targets, face.has_face,
-                       audio.time_s, audio.mel_db, audio.rms, audio.zcr, audio.vad)
-
-
 def write_store(clips_dir: str, wholes: dict[str, tuple[str, SegmentPart, float]], segment_s: float,
                 missing: tuple[int, ...] = ()) -> None:
     """A clip store of whole-clip features cut into parts of `segment_s` (0: one part), less `missing`."""
@@ -201,8 +194,8 @@ def demo_features(demo_clip) -> dict[str, tuple[str, SegmentPart, float]]:
     out = {}
     with FaceTracker(cfg.video) as tracker:
         for path in clips:
-            features = extract_clip(path, cfg, tracker, clip_id=path.stem)
-            out[path.stem] = (path.parent.name, whole_part(path.stem, features), features.audio.duration_s)
+            features = extract_segment(path, cfg, tracker, path.stem, Segment(0, 0.0, math.inf), 1, has_video=True)
+            out[path.stem] = (path.parent.name, replace(features.part, segment=-1), features.audio_end_s)
     return out
 
 
