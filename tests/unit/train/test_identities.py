@@ -111,3 +111,34 @@ def test_finetune_adds_one_identity_and_leaves_the_others_bit_identical(trained,
     assert abs(new - REST["newface"]) < abs(_smile(tuned, mel, None) - REST["newface"])  # it learned the new face
     with pytest.raises(ConfigError, match="already has identity 'astronaut'"):
         finetune(str(model_path), str(held_out), "astronaut", str(tmp_path / "again"), cfg)
+
+
+def test_evaluate_scores_unseen_voices_with_the_average_and_with_their_face(trained, tmp_path: Path) -> None:
+    from a2bs.evaluate.report import evaluate
+    from a2bs.train.metrics import MAE
+
+    model_path, _ = trained
+    shards = write_shards(tmp_path / "shards", {**TRAIN, "test": ["astronaut_t", "hopper_t", "newface_t"]}, 16)
+    report = evaluate(str(model_path), str(shards), str(tmp_path / "report"))
+    test = report.splits["test"]
+    assert test["speakers"] == ["astronaut_t", "hopper_t", "newface_t"]  # the headline: every clip, average face
+    known = test["with_identity"]
+    assert known["identities"] == ["astronaut", "hopper"]  # newface is not one of the model's
+    assert sorted(known["per_speaker"]) == ["astronaut_t", "hopper_t"]
+    for speaker in ("astronaut_t", "hopper_t"):  # the true face beats the average on the same clips
+        assert known["per_speaker"][speaker][MAE] < test["per_speaker"][speaker][MAE]
+    assert "with their face (astronaut, hopper)" in report.line()
+
+
+def test_finetune_command(trained, tmp_path: Path) -> None:
+    from a2bs.cli import main
+
+    model_path, held_out = trained
+    out = tmp_path / "ft"
+    rc = main(["finetune", str(model_path), str(held_out), "--identity", "newface", "--out", str(out), "--quiet",
+               "finetune.epochs=2", "augment.enabled=false", "train.device=cpu"])
+    assert rc == 0
+    assert load_model_file(out / "model.safetensors")[1].identities == ("astronaut", "hopper", "newface")
+    assert main(["finetune", str(model_path), str(held_out), "--identity", "hopper", "--out", str(tmp_path / "x"),
+                 "--quiet"]) != 0  # a face the model has: a one-line error
+    assert not (tmp_path / "x" / "model.safetensors").exists()
