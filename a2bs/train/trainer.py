@@ -309,8 +309,15 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
 
 def with_data_identities(cfg: Config, shards: ShardsManifest) -> Config:
     """`cfg` with ``model.identities`` = the train split's faces, sorted, when it has more than one and
-    the config names none (identity conditioning is on by default for data with several faces)."""
+    the config names none (identity conditioning is on by default for data with several faces).
+
+    Raises:
+        ConfigError: the config names identities but the shards know no faces.
+    """
     faces = shards.splits["train"].identities
+    if cfg.model.identities and not faces:
+        raise ConfigError("model.identities is set but the shards know no faces (build them with "
+                          "sequence.identity_from=speaker or prefix)")
     if cfg.model.identities or len(faces) < 2:
         return cfg
     return replace(cfg, model=replace(cfg.model, identities=tuple(faces)))

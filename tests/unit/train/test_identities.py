@@ -65,6 +65,8 @@ def test_identities_are_on_when_the_train_split_has_several_faces(tmp_path: Path
     assert with_data_identities(cfg, ShardsManifest.load(none)).model.identities == ()
     chosen = replace(cfg, model=replace(cfg.model, identities=("hopper", "astronaut")))
     assert with_data_identities(chosen, ShardsManifest.load(two)).model.identities == ("hopper", "astronaut")
+    with pytest.raises(ConfigError, match="the shards know no faces"):
+        with_data_identities(chosen, ShardsManifest.load(none))
 
 
 @pytest.fixture(scope="module")
