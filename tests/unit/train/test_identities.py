@@ -13,7 +13,7 @@ from a2bs.build.shards import clip_identity
 from a2bs.config import ConfigError, load_config
 from a2bs.manifests import ShardsManifest
 from a2bs.models.model_file import load_model_file
-from a2bs.train.data import VAL_COLUMNS, LocalBatches, shard_info
+from a2bs.train.data import VAL_COLUMNS, LocalBatches, WindowCollate, identity_columns, read_shard, shard_info
 from a2bs.train.finetune import finetune
 from a2bs.train.trainer import train, with_data_identities
 from tests.unit.train.identity_data import N_MELS, REST, SMILE, T, write_shards
@@ -45,6 +45,10 @@ def test_reader_maps_faces_to_rows_and_old_shards_read_as_no_identity(tmp_path: 
     val = list(LocalBatches(info.val_files, N_MELS, 8, columns=VAL_COLUMNS, identities=names).torch_batches())
     assert val[0]["identity"].tolist() == [2] * 4  # a face the model does not know: the average row
     assert "identity" not in next(LocalBatches(info.train_files, N_MELS, 3).arrays())  # no identities asked
+
+    table = read_shard(info.train_files[1], list(identity_columns(("audio", "targets", "vad", "mask"), names)))
+    collated = WindowCollate(N_MELS, names)(table)  # Ray Train's collate: the same rows
+    assert collated["identity"].dtype == torch.long and collated["identity"].tolist() == [1] * 4
 
     old = write_shards(tmp_path / "old", {"train": ["astronaut_a"], "val": ["hopper_b"]}, per_speaker=4,
                        with_identity_column=False)
