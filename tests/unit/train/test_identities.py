@@ -148,3 +148,24 @@ def test_finetune_command(trained, tmp_path: Path) -> None:
     assert main(["finetune", str(model_path), str(held_out), "--identity", "hopper", "--out", str(tmp_path / "x"),
                  "--quiet"]) != 0  # a face the model has: a one-line error
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_finetune_gives_a_model_without_identities_its_first_face(trained, tmp_path: Path) -> None:
+    from a2bs.config import AudioConfig, ModelConfig
+    from a2bs.manifests import ModelCard
+    from a2bs.models.model_file import save_model
+    from a2bs.models.registry import build_model
+
+    _, held_out = trained
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(n_mels=N_MELS, channels=16, dilations=(1, 2))
+    base = build_model(model_cfg).eval()
+    save_model(tmp_path / "base.safetensors", base, ModelCard.for_untrained(model_cfg, AudioConfig(n_mels=N_MELS)))
+    cfg = load_config(None, ["finetune.epochs=3", "augment.enabled=false", "train.device=cpu"])
+    result = finetune(str(tmp_path / "base.safetensors"), str(held_out), "newface", str(tmp_path / "ft"), cfg)
+    tuned, card = load_model_file(result.model_path)
+    assert card.identities == ("newface",)
+    mel = torch.from_numpy(np.random.default_rng(7).uniform(-60, 0, (2, 30, N_MELS)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(tuned(mel), base(mel))  # the average is the base model
+        assert not torch.equal(tuned(mel, identity=torch.zeros(2, dtype=torch.long)), base(mel))
