@@ -117,7 +117,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 STAGE_COMMAND_MODULES: tuple[str, ...] = ("a2bs.submit", "a2bs.models.commands", "a2bs.train.commands",
                                           "a2bs.tune.commands", "a2bs.evaluate.commands", "a2bs.infer.commands")
 # Commands whose --out is a folder: their process's other output goes to OUT/_logs/<command>-<time>.log.
-LOGGED_COMMANDS = ("extract", "build", "train", "tune", "evaluate", "infer", "demo")
+LOGGED_COMMANDS = ("extract", "build", "train", "finetune", "tune", "evaluate", "infer", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:

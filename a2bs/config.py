@@ -97,6 +97,11 @@ class SequenceConfig:
     # split_by=speaker only: this share of each training speaker's clips is held out as the `known`
     # split (known voices, unseen clips): reported by `a2bs evaluate`, never chosen on.
     known_clip_fraction: float = 0.0
+    # Whose face each clip shows (a2bs.build.shards.clip_identity), the shards' `identity` column:
+    # "speaker" = the speaker folder (one face per voice), "prefix" = the speaker id up to its first "_"
+    # (folders `<face>_<voice>`: several voices on one rig, as in the demo), "" = none (no identity
+    # conditioning). Off by default: a speaker folder does not say whether two folders share a rig.
+    identity_from: str = ""
     rows_per_shard: int = 4096
 
 
@@ -174,6 +179,9 @@ class TrainConfig:
     # first steps do not spend the network's capacity shifting every output from 0.5 to ~0.05.
     init_output_bias: bool = True
     max_epochs_per_run: int = 0  # stop this invocation after N epochs (0 = run to `epochs`); --resume continues
+    # Models with identities: share of train windows shown as the average identity instead of their own
+    # (a2bs.models.identity.drop_identities), so the average row learns the mean face.
+    identity_dropout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,18 @@ class AugmentConfig:
     freq_mask_prob: float = 0.3
     freq_masks: int = 1
     freq_mask_bins: int = 8  # each mask 1..N mel bands wide
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """`a2bs finetune`: a new identity learned with the rest of the model frozen (a2bs.train.finetune)."""
+
+    # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
+    # of footage (a few hundred windows) make an epoch of a few steps.
+    epochs: int = 20
+    lr: float = 1e-2
+    batch_size: int = 32
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -327,6 +347,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     infer: InferConfig = field(default_factory=InferConfig)

@@ -179,6 +179,8 @@ class SplitStats:
     valid_frames: float  # window frames with a face: the weight of `channels`
     channels: dict[str, ChannelStats]  # per target channel, in a2bs.schema.TARGET_NAMES order
     mel_clipped: int  # mel values clipped to a2bs.schema.MEL_DB_RANGE
+    # The faces of its clips (sequence.identity_from), sorted; () = none (and shards built before identities).
+    identities: tuple[str, ...] = ()
 
     def channel_means(self) -> list[float]:
         """(59,) channel means in TARGET_NAMES order."""
@@ -210,6 +212,11 @@ class ShardsManifest:
     def overlap_frames(self) -> int:
         """Frames shared by consecutive windows of a clip."""
         return self.window_frames - self.step_frames
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Every face of the folder's clips, sorted (() = built without identities)."""
+        return tuple(sorted({name for split in self.splits.values() for name in split.identities}))
 
     @property
     def rows(self) -> dict[str, int]:

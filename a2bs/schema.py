@@ -133,6 +133,7 @@ def sequence_schema(n_mels: int) -> pa.Schema:
             ("clip_id", pa.string()),
             ("speaker_id", pa.string()),
             ("split", pa.string()),
+            ("identity", pa.string()),  # the clip's face (sequence.identity_from); "" = none
             ("start_s", pa.float64()),
             ("n_frames", pa.int32()),
             ("audio", pa.list_(pa.float32())),  # flattened (T, n_mels)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from a2bs.build.sequences import expected_windows, window_params
-from a2bs.build.shards import SPLITS, ClipSource, build_shard, plan_shards, split_clips
+from a2bs.build.shards import SPLITS, ClipSource, build_shard, clip_identity, plan_shards, split_clips
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.store import CLIPS_SUBDIR, segment_folder, segment_uri
@@ -71,7 +71,7 @@ def _clip_index(clips_dir: str, manifest: ClipsManifest) -> list[dict]:
 def _sources(clips_dir: str, clips: list[dict]) -> dict[str, ClipSource]:
     """Each clip's parts, by the key shard plans list it under."""
     return {c["uri"]: ClipSource(clips_dir, c["clip_id"], c["speaker_id"], c["mel_frame_rate"], c["n_segments"],
-                                 c["segments"]) for c in clips}
+                                 c["segments"], c["identity"]) for c in clips}
 
 
 def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True,
@@ -93,6 +93,8 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     if not clips:
         raise InputError(clips_dir, "no clip features found (run `a2bs extract` first)")
     split_clips(clips, cfg.sequence)
+    for c in clips:
+        c["identity"] = clip_identity(c["speaker_id"], cfg.sequence.identity_from)
     for c in clips:
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
@@ -145,6 +147,7 @@ def _split_stats(clips: list[dict], stats: list[dict]) -> SplitStats:
     clipped = np.zeros(N_TARGETS, np.int64) + np.sum([x["target_clipped"] for x in stats], axis=0, dtype=np.int64)
     return SplitStats(
         speakers=tuple(sorted({c["speaker_id"] for c in clips})),
+        identities=tuple(sorted({c["identity"] for c in clips} - {""})),
         clips=tuple(sorted(c["clip_id"] for c in clips)),
         hours=sum(c["duration_s"] for c in clips) / 3600.0,
         rows=sum(x["rows"] for x in stats),

@@ -44,6 +44,24 @@ def _ranked(keys: list[str], salt: str) -> list[str]:
     return sorted(set(keys), key=lambda k: hashlib.sha256(f"{salt}:{k}".encode()).hexdigest())
 
 
+IDENTITY_RULES = ("", "speaker", "prefix")  # sequence.identity_from
+
+
+def clip_identity(speaker_id: str, rule: str) -> str:
+    """The face (identity) of a clip of `speaker_id` by rule `rule` (``sequence.identity_from``); "" = none.
+
+    "speaker": the speaker id itself; "prefix": the speaker id up to its first "_" (the whole id when it
+    has none), so `astronaut_slt` and `astronaut_awb` share the face `astronaut`; "": no identity.
+    """
+    if rule not in IDENTITY_RULES:
+        raise ConfigError(f"sequence.identity_from must be one of {', '.join(map(repr, IDENTITY_RULES))}, not {rule!r}")
+    if rule == "speaker":
+        return speaker_id
+    if rule == "prefix":
+        return speaker_id.split("_", 1)[0]
+    return ""
+
+
 def assign_splits(keys: list[str], val_fraction: float, seed: int, test_fraction: float = 0.0) -> dict[str, str]:
     """Deterministic split of speakers or clips into train, val and test.
 
@@ -163,6 +181,7 @@ class ClipSource:
     mel_frame_rate: float
     n_segments: int  # segments in the clip's plan
     segments: tuple[int, ...]  # the parts present (a missing one is a gap no window crosses)
+    identity: str = ""  # the clip's face (clip_identity); "" = none
 
 
 def _face_track(uri: str) -> tuple[np.ndarray, np.ndarray]:
@@ -208,8 +227,9 @@ class ShardRows:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
 
-    def add(self, clip_id: str, speaker_id: str, windows: dict[str, np.ndarray]) -> None:
-        """Queue one clip's windows (:func:`a2bs.build.sequences.make_windows`); full row groups are written."""
+    def add(self, clip_id: str, speaker_id: str, windows: dict[str, np.ndarray], identity: str = "") -> None:
+        """Queue one clip's windows (:func:`a2bs.build.sequences.make_windows`) of face `identity` ("" = none);
+        full row groups are written."""
         n = len(windows["start_s"])
         if n == 0:
             return
@@ -217,7 +237,8 @@ class ShardRows:
             window_bytes = sum(windows[k][0].nbytes for k in ("audio", "targets", "vad", "mask"))
             self.row_group_rows = max(1, self.row_group_bytes // window_bytes)
         self._pending.append({"clip_id": np.full(n, clip_id, dtype=object),
-                              "speaker_id": np.full(n, speaker_id, dtype=object), **windows})
+                              "speaker_id": np.full(n, speaker_id, dtype=object),
+                              "identity": np.full(n, identity, dtype=object), **windows})
         self._pending_rows += n
         while self._pending_rows >= self.row_group_rows:
             self._flush(self.row_group_rows)
@@ -249,7 +270,8 @@ class ShardRows:
         self.valid_frames += float(m.sum())
         del t, m
         columns = [pa.array(rows["clip_id"], pa.string()), pa.array(rows["speaker_id"], pa.string()),
-                   pa.array([self.split] * n, pa.string()), pa.array(rows["start_s"], pa.float64()),
+                   pa.array([self.split] * n, pa.string()), pa.array(rows["identity"], pa.string()),
+                   pa.array(rows["start_s"], pa.float64()),
                    pa.array(np.full(n, rows["audio"].shape[1], np.int32))]
         columns += [_list_rows(rows[k]) for k in ("audio", "targets", "vad", "mask")]
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
@@ -265,7 +287,7 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSour
         for clip in clips:
             for windows, run_counts in clip_windows(clip, cfg):
                 counts = counts.add(run_counts)
-                rows.add(clip.clip_id, clip.speaker_id, windows)
+                rows.add(clip.clip_id, clip.speaker_id, windows, clip.identity)
         rows.finish()
     return {
         "name": plan.name,

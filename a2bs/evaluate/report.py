@@ -5,6 +5,11 @@ overall and per speaker; the headline split (``--split``, by default test when t
 else val) also gets the per-channel MAE, the plots and the top-level keys of report.json. Only val
 ever chose anything in training (the epoch); test and known are numbers no choice has seen.
 
+A model with identities (faces, ``model.identities``) is scored as a caller who does not say whose
+face it is would use it, with the average identity (the headline numbers); when the shards know each
+clip's face (``sequence.identity_from``) and the model knows that face, the split is also scored with
+it: ``"with_identity"`` of each split in report.json, over the clips of faces the model knows.
+
 Frames are scored exactly as in training validation (whole clips, each frame once from the window
 where it sits most central, see :func:`a2bs.train.data.scored_mask`), so the numbers of
 ``a2bs evaluate RUN_DIR/model.safetensors`` match the run's best validation epoch.
@@ -41,6 +46,7 @@ from a2bs.models.model_file import load_model_file
 from a2bs.runtime import storage
 from a2bs.schema import MOUTH_CHANNELS, N_BLENDSHAPES, TARGET_INDEX, TARGET_NAMES
 from a2bs.train.data import (
+    IDENTITY_COLUMN,
     VAL_COLUMNS,
     LocalBatches,
     arrow_to_arrays,
@@ -104,6 +110,10 @@ class EvalReport:
             shown = format_metrics(m, LINE_METRICS if name == self.split else (JAW_CORR, LIP_CORR, MOUTH_MAE))
             parts.append(f"{name} ({entry['label']}) {len(entry['speakers'])} speaker(s), {m['n_clips']} clips, "
                          f"{m['n_frames']} frames: {shown} ({passed}/{len(entry['targets'])} seed targets)")
+            if "with_identity" in entry:
+                known = entry["with_identity"]
+                parts[-1] += (f", with their face ({', '.join(known['identities'])}): "
+                              f"{format_metrics(known['metrics'], (JAW_CORR, LIP_CORR, MOUTH_MAE))}")
         return f"evaluate: {'; '.join(parts)} -> {self.report_dir} in {self.wall_s:.1f} s"
 
 
@@ -144,15 +154,37 @@ def clip_speakers(files: list[str]) -> dict[str, str]:
     return out
 
 
+def clip_identities(files: list[str]) -> dict[str, str]:
+    """Clip id -> face (identity) of every row of `files` ("" = none; shards without the column: {})."""
+    out: dict[str, str] = {}
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        if IDENTITY_COLUMN not in pq.read_schema(path, filesystem=fs).names:
+            continue
+        t = pq.read_table(path, filesystem=fs, columns=["clip_id", IDENTITY_COLUMN])
+        out.update(zip(t.column("clip_id").to_pylist(), t.column(IDENTITY_COLUMN).to_pylist()))
+    return out
+
+
 def score_split(model: nn.Module, shards_dir: str, split: str, batch_size: int = TrainConfig.val_batch_size,
-                device: str | torch.device = "cpu") -> ScoredPass:
-    """Whole-clip metrics of `model` on a split, overall and per speaker (``groups``)."""
+                device: str | torch.device = "cpu", identities: tuple[str, ...] = ()) -> ScoredPass:
+    """Whole-clip metrics of `model` on a split, overall and per speaker (``groups``).
+
+    With `identities` (the model's) each clip is scored with its face, and only the clips of faces
+    in `identities`; without, every clip with the average identity (or none).
+    """
     info = shard_info(shards_dir)
     files = split_files(shards_dir, split, info.manifest)
     device = torch.device(device)
-    batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS).arrays()
+    batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS, identities=identities).arrays()
+    keep: Any = None
+    if identities:
+        faces = clip_identities(files)
+
+        def keep(clip_id: str) -> bool:
+            return faces.get(clip_id, "") in identities
     return score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device,
-                         group_of=clip_speakers(files))
+                         keep_clip=keep, group_of=clip_speakers(files))
 
 
 def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "val",
@@ -304,6 +336,11 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str | Non
                 raise ValueError(f"{shards_dir}: no scored frames in the {split} split")
             frames = scored.clip_frames
         splits[name] = _split_entry(scored, split_label(name, manifest.sequence.split_by))
+        faces = sorted(set(manifest.splits[name].identities) & set(card.identities))
+        if faces:  # the same clips' known faces given: how much knowing the rig helps
+            with_face = _split_entry(score_split(model, shards_dir, name, batch_size, device, card.identities), "")
+            splits[name]["with_identity"] = {"identities": faces, **{k: with_face[k] for k in (
+                "metrics", "targets", "all_targets_met", "per_speaker")}}
         if name in ("val", "test") and card.data is not None:
             # Shards split otherwise than the model's: an "unseen" voice it was trained on is no such thing.
             seen = sorted(set(splits[name]["speakers"]) & set(card.data.splits.get("train", _NO_SPLIT).speakers))

@@ -21,6 +21,17 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace, rest: list[str]) -> int:
+    """``a2bs finetune MODEL CLIPS_OR_SHARDS --identity NEW --out RUN [--head] [key=value ...]``."""
+    from a2bs.train.finetune import finetune
+
+    (model, data), overrides = positionals(args, rest, ("MODEL", "CLIPS_OR_SHARDS"))
+    result = finetune(model, data, args.identity, args.out, load_config(args.config, overrides), head=args.head,
+                      progress=not args.quiet)
+    console.summary(result.line())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add_common: Callable) -> None:
     """Add ``train`` to the `a2bs` parser."""
     p = sub.add_parser("train", help="sequence shards -> trained model (Ray Train, DDP, checkpoints)")
@@ -30,3 +41,13 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable], add
     p.add_argument("--no-ray", action="store_true", help="run the same loop in this process (one worker)")
     add_common(p)
     handlers["train"] = cmd_train
+
+    p = sub.add_parser("finetune", help="a trained model + a new actor's clips or shards -> the model with one more "
+                                        "identity (backbone frozen, in this process)")
+    p.add_argument("inputs", nargs="*", help="MODEL CLIPS_OR_SHARDS (and key=value overrides, e.g. finetune.epochs=30)")
+    p.add_argument("--identity", required=True, help="name of the new face (identity)")
+    p.add_argument("--out", required=True, help="output folder: OUT/model.safetensors and OUT/finetune.json")
+    p.add_argument("--head", action="store_true",
+                   help="also adapt the output head (the model's other faces then change too)")
+    add_common(p)
+    handlers["finetune"] = cmd_finetune

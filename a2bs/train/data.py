@@ -37,6 +37,19 @@ from a2bs.train.augment import Augmenter, augment_batches
 
 TRAIN_COLUMNS: tuple[str, ...] = ("audio", "targets", "vad", "mask")
 VAL_COLUMNS: tuple[str, ...] = ("clip_id", "start_s") + TRAIN_COLUMNS
+IDENTITY_COLUMN = "identity"  # the window's face (shards built with sequence.identity_from)
+
+
+def identity_columns(columns: tuple[str, ...], identities: tuple[str, ...]) -> tuple[str, ...]:
+    """`columns` plus the identity column when the model has identities (shards without one are read
+    only by models without identities, so old shards stay readable)."""
+    return columns + (IDENTITY_COLUMN,) if identities and IDENTITY_COLUMN not in columns else columns
+
+
+def identity_rows_of(names: np.ndarray | list[str], identities: tuple[str, ...]) -> np.ndarray:
+    """Face names -> (N,) int64 rows of `identities`; "" or a face the model does not know -> the average row."""
+    index = {name: i for i, name in enumerate(identities)}
+    return np.array([index.get(str(n), len(identities)) for n in names], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -135,9 +148,10 @@ def _flat(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False)
 
 
-def arrow_to_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
+def arrow_to_arrays(table: pa.Table, n_mels: int, identities: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Window rows -> audio (N, T, n_mels), targets (N, T, 59), vad/mask (N, T) float32 arrays
-    (+ clip_id (N,) and start_s (N,) when present)."""
+    (+ clip_id (N,) and start_s (N,) when present, and identity (N,) int64 rows of `identities` when
+    they are given and the identity column is present)."""
     n = table.num_rows
     vad = _flat(table.column("vad")).astype(np.float32, copy=False)
     t = vad.size // n if n else 0
@@ -151,6 +165,8 @@ def arrow_to_arrays(table: pa.Table, n_mels: int) -> dict[str, np.ndarray]:
         out["clip_id"] = np.asarray(table.column("clip_id").to_pylist(), dtype=object)
     if "start_s" in table.column_names:
         out["start_s"] = table.column("start_s").to_numpy()
+    if identities and IDENTITY_COLUMN in table.column_names:
+        out[IDENTITY_COLUMN] = identity_rows_of(table.column(IDENTITY_COLUMN).to_pylist(), identities)
     return out
 
 
@@ -166,10 +182,11 @@ def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """The float arrays of :func:`arrow_to_arrays` as tensors on `device` (ids are left out)."""
+    """The float arrays of :func:`arrow_to_arrays` (and its identity rows) as tensors on `device`
+    (clip ids and starts are left out)."""
     # Arrow buffers are read-only; torch wants writable memory (np.require copies only when needed).
-    return {k: torch.from_numpy(np.require(arrays[k], requirements=["C", "W"])).to(device or "cpu")
-            for k in TRAIN_COLUMNS}
+    keys = TRAIN_COLUMNS + ((IDENTITY_COLUMN,) if IDENTITY_COLUMN in arrays else ())
+    return {k: torch.from_numpy(np.require(arrays[k], requirements=["C", "W"])).to(device or "cpu") for k in keys}
 
 
 try:  # Ray Data's typed collate interface: the batch arrives as a pyarrow.Table (no numpy detour).
@@ -181,11 +198,12 @@ except ImportError:  # pragma: no cover - ray[data] is a dependency; keeps this 
 class WindowCollate(_CollateBase):  # type: ignore[misc,valid-type]
     """``iter_torch_batches`` collate: Arrow batch of flat list columns -> dict of (B, T, C) tensors."""
 
-    def __init__(self, n_mels: int) -> None:
+    def __init__(self, n_mels: int, identities: tuple[str, ...] = ()) -> None:
         self.n_mels = n_mels
+        self.identities = tuple(identities)
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        return to_tensors(arrow_to_arrays(batch, self.n_mels))
+        return to_tensors(arrow_to_arrays(batch, self.n_mels, self.identities))
 
 
 def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) -> Any:
@@ -203,23 +221,26 @@ def ray_dataset(files: tuple[str, ...] | list[str], columns: tuple[str, ...]) ->
 
 
 def ray_train_batches(shard: Any, n_mels: int, batch_size: int, shuffle_rows: int, seed: int, epoch: int, rank: int,
-                      device: torch.device, augmenter: Augmenter | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                      device: torch.device, augmenter: Augmenter | None = None,
+                      identities: tuple[str, ...] = ()) -> Iterator[dict[str, torch.Tensor]]:
     """One epoch of a Ray Train worker's train shard (a ``DataIterator``) as tensor batches on `device`.
 
     Shuffled within a local buffer of `shuffle_rows` (0 = no shuffle), seeded by (seed, epoch, rank);
-    each batch then goes through `augmenter` (None = as read).
+    each batch then goes through `augmenter` (None = as read). With `identities` a batch holds each
+    window's identity row (the dataset must hold the identity column).
     """
     batches = shard.iter_torch_batches(
-        batch_size=batch_size, collate_fn=WindowCollate(n_mels), device=device, prefetch_batches=2,
+        batch_size=batch_size, collate_fn=WindowCollate(n_mels, identities), device=device, prefetch_batches=2,
         local_shuffle_buffer_size=max(shuffle_rows, batch_size) if shuffle_rows else None,
         local_shuffle_seed=seed * 100_003 + epoch * 101 + rank)
     return augment_batches(batches, augmenter, epoch, rank)
 
 
-def ray_val_arrays(shard: Any, n_mels: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def ray_val_arrays(shard: Any, n_mels: int, batch_size: int,
+                   identities: tuple[str, ...] = ()) -> Iterator[dict[str, np.ndarray]]:
     """All rows of a validation (or test) ``DataIterator`` as numpy batches, exactly as stored."""
     for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        yield arrow_to_arrays(table, n_mels)
+        yield arrow_to_arrays(table, n_mels, identities)
 
 
 class LocalBatches:
@@ -233,15 +254,18 @@ class LocalBatches:
         shuffle_rows: shuffle within a pool of at least this many rows (0 = keep file order, no shuffle).
         seed: base seed; epoch `e` uses ``seed + e``.
         augmenter: applied by :meth:`torch_batches` (give one to the train split's reader only).
+        identities: a model's identities: batches also hold each window's identity row (read from
+            the identity column, which the shards must then have).
     """
 
     def __init__(self, files: tuple[str, ...] | list[str], n_mels: int, batch_size: int,
                  columns: tuple[str, ...] = TRAIN_COLUMNS, shuffle_rows: int = 0, seed: int = 0,
-                 augmenter: Augmenter | None = None) -> None:
+                 augmenter: Augmenter | None = None, identities: tuple[str, ...] = ()) -> None:
         self.files = list(files)
         self.n_mels = n_mels
         self.batch_size = batch_size
-        self.columns = list(columns)
+        self.identities = tuple(identities)
+        self.columns = list(identity_columns(tuple(columns), self.identities))
         self.shuffle_rows = shuffle_rows
         self.seed = seed
         self.augmenter = augmenter
@@ -273,10 +297,10 @@ class LocalBatches:
                 table = pa.concat_tables([carry, table])
             n_full = table.num_rows // self.batch_size * self.batch_size
             for start in range(0, n_full, self.batch_size):
-                yield arrow_to_arrays(table.slice(start, self.batch_size), self.n_mels)
+                yield arrow_to_arrays(table.slice(start, self.batch_size), self.n_mels, self.identities)
             carry = table.slice(n_full) if n_full < table.num_rows else None
         if carry is not None and carry.num_rows:
-            yield arrow_to_arrays(carry, self.n_mels)
+            yield arrow_to_arrays(carry, self.n_mels, self.identities)
 
     def torch_batches(self, epoch: int = 0, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Tensor batches (audio, targets, vad, mask) on `device`, through the augmenter if one was given."""

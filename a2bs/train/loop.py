@@ -30,6 +30,7 @@ from torch import nn
 
 from a2bs.config import Config, TrainConfig, config_from_dict, config_to_dict
 from a2bs.manifests import ModelCard
+from a2bs.models.identity import drop_identities
 from a2bs.models.registry import build_model
 from a2bs.runtime import storage
 from a2bs.runtime.faults import fault_point
@@ -289,7 +290,8 @@ def run_loop(cfg: Config, ctx: WorkerContext) -> None:
                 ckpt = None
                 if ctx.rank == 0:
                     row["optimizer_digest"] = metrics["optimizer_digest"] = state_digest(optimizer.state_dict())
-                    card = replace(ctx.card, model=model_cfg, epoch=epoch, metrics=scores)
+                    card = replace(ctx.card, model=model_cfg, identities=model_cfg.identities, epoch=epoch,
+                                   metrics=scores)
                     save_checkpoint(tmp, model, card, optimizer, scheduler, scaler, epoch,
                                     {**metrics, "per_channel_mae": per_channel}, history + [row], cfg_dict, starts)
                     ckpt = tmp
@@ -323,6 +325,14 @@ def _epoch_line(m: dict[str, Any]) -> str:
             f"({m['epoch_s']:.1f} s, {m['train_samples_per_s']:.0f} seq/s)")
 
 
+def _train_identity(batch: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """The model's identity argument: the batch's rows with ``train.identity_dropout`` of them replaced
+    by the average ({} for a model without identities: called as before)."""
+    if "identity" not in batch:
+        return {}
+    return {"identity": drop_identities(batch["identity"], len(cfg.model.identities), cfg.train.identity_dropout)}
+
+
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, cfg: Config,
                  ctx: WorkerContext, epoch: int, amp: bool, total_steps: int) -> dict[str, float]:
     tc = cfg.train
@@ -337,7 +347,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     for batch in ctx.train_batches(epoch):
         wait_s += time.perf_counter() - t_wait
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-            pred = model(batch["audio"])  # (B, T, 59)
+            pred = model(batch["audio"], **_train_identity(batch, cfg))  # (B, T, 59)
         terms = compute_loss(pred.float(), batch["targets"], cfg.loss, epoch, batch["mask"], batch["vad"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
@@ -388,10 +398,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def train_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         return ray_train_batches(train_it, n_mels, tc.batch_size, tc.shuffle_buffer_rows, tc.seed, epoch, rank, device,
-                                 augmenter)
+                                 augmenter, cfg.model.identities)
 
     def val_arrays() -> Iterator[dict[str, np.ndarray]]:
-        return ray_val_arrays(val_it, n_mels, val_batch_rows(tc))
+        return ray_val_arrays(val_it, n_mels, val_batch_rows(tc), cfg.model.identities)
 
     @contextlib.contextmanager
     def restore() -> Iterator[str | None]:

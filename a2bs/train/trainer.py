@@ -39,7 +39,7 @@ from a2bs.config import (
     load_config,
     save_config,
 )
-from a2bs.manifests import ModelCard, resolve_front_end
+from a2bs.manifests import ModelCard, ShardsManifest, resolve_front_end
 from a2bs.models.model_file import MODEL_FILE_NAME
 from a2bs.runtime import storage
 from a2bs.train.augment import make_augmenter
@@ -53,6 +53,7 @@ from a2bs.train.checkpoint import (
 from a2bs.train.data import (
     TRAIN_COLUMNS,
     VAL_COLUMNS,
+    identity_columns,
     LocalBatches,
     ShardInfo,
     ray_dataset,
@@ -170,8 +171,9 @@ def make_trainer(info: ShardInfo, run_dir: str, cfg: Config, callbacks: Sequence
         "card": ModelCard.for_run(cfg, info.manifest),
     }
     datasets = {
-        "train": ray_dataset(info.train_files, TRAIN_COLUMNS).randomize_block_order(seed=tc.seed),
-        "val": ray_dataset(info.val_files, VAL_COLUMNS),
+        "train": ray_dataset(info.train_files, identity_columns(TRAIN_COLUMNS, cfg.model.identities)
+                             ).randomize_block_order(seed=tc.seed),
+        "val": ray_dataset(info.val_files, identity_columns(VAL_COLUMNS, cfg.model.identities)),
     }
     # Small splits are read once: a streaming read costs ~2 s of start-up per epoch (task launch, file
     # listing) before its first batch, which dominates epochs of a small corpus.
@@ -296,12 +298,29 @@ def train(shards_dir: str, run_dir: str, cfg: Config, resume: bool = False, use_
     if cfg.train.best_mode not in ("min", "max"):
         raise ConfigError(f"train.best_mode must be 'min' or 'max', not {cfg.train.best_mode!r}")
     make_augmenter(cfg.augment, cfg.audio)  # a bad `augment` section fails here, not in every worker
+    cfg = with_data_identities(cfg, info.manifest)
     storage.makedirs(run_dir)
     save_config(cfg, storage.join(run_dir, CONFIG_NAME))
     with track_epochs(run_dir, cfg.train.epochs, resume):
         candidates, latest = (_fit_ray if use_ray else _fit_local)(info, run_dir, cfg)
     return export_best(run_dir, candidates, latest, cfg, time.perf_counter() - t0,
                        info.manifest.splits[SELECTION_SPLIT].speakers)
+
+
+def with_data_identities(cfg: Config, shards: ShardsManifest) -> Config:
+    """`cfg` with ``model.identities`` = the train split's faces, sorted, when it has more than one and
+    the config names none (identity conditioning is on by default for data with several faces).
+
+    Raises:
+        ConfigError: the config names identities but the shards know no faces.
+    """
+    faces = shards.splits["train"].identities
+    if cfg.model.identities and not faces:
+        raise ConfigError("model.identities is set but the shards know no faces (build them with "
+                          "sequence.identity_from=speaker or prefix)")
+    if cfg.model.identities or len(faces) < 2:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, identities=tuple(faces)))
 
 
 def _fit_ray(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
@@ -326,8 +345,10 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     tc = cfg.train
     device = resolve_device(tc)
     train_src = LocalBatches(info.train_files, info.n_mels, tc.batch_size, shuffle_rows=max(tc.shuffle_buffer_rows, 1),
-                             seed=tc.seed, augmenter=make_augmenter(cfg.augment, info.manifest.audio, tc.seed))
-    val_src = LocalBatches(info.val_files, info.n_mels, val_batch_rows(tc), columns=VAL_COLUMNS)
+                             seed=tc.seed, augmenter=make_augmenter(cfg.augment, info.manifest.audio, tc.seed),
+                             identities=cfg.model.identities)
+    val_src = LocalBatches(info.val_files, info.n_mels, val_batch_rows(tc), columns=VAL_COLUMNS,
+                           identities=cfg.model.identities)
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
 
     @contextlib.contextmanager

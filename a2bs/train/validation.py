@@ -82,7 +82,9 @@ def score_batches(
                     continue
                 arrays = {k: v[keep] for k, v in arrays.items()}
             batch = to_tensors(arrays, device)
-            pred = model(batch["audio"]).float()  # (B, T, 59)
+            # (B, T, 59); a model with identities sees each window's face
+            pred = (model(batch["audio"], identity=batch["identity"]) if "identity" in batch
+                    else model(batch["audio"])).float()
             if loss_cfg is not None:
                 terms = compute_loss(pred, batch["targets"], loss_cfg, loss_epoch, batch["mask"], batch["vad"])
                 frames = float(batch["mask"].sum())

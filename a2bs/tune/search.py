@@ -248,6 +248,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
 
     from a2bs.runtime.cluster import init_ray
     from a2bs.train.data import shard_info
+    from a2bs.train.trainer import with_data_identities
     from a2bs.tune.progress import TrialProgress
 
     t0 = time.perf_counter()
@@ -260,6 +261,7 @@ def run_tune(shards_dir: str, tune_dir: str, cfg: Config, progress: bool = True)
     info = shard_info(shards_dir)  # fail early on a missing manifest or split
     # The shards' front end is every trial's (a setting that contradicts it is an error).
     cfg = replace(cfg, audio=resolve_front_end(info.manifest.audio, cfg, source="the shards"))
+    cfg = with_data_identities(cfg, info.manifest)  # every trial conditions on the same faces
     storage.makedirs(tune_dir)
     base = load_config(None, {"train": {"epochs": tc.max_epochs, "max_epochs_per_run": 0}}, base=cfg)
     save_config(base, storage.join(tune_dir, "config.yaml"))

@@ -210,6 +210,7 @@ def write_split(root: Path, split: str, n: int, seed: int) -> str:
         "clip_id": [f"{split}{i // 4}" for i in range(n)],
         "speaker_id": [f"spk{i % 2}" for i in range(n)],
         "split": [split] * n,
+        "identity": [""] * n,
         "start_s": [(i % 4) * 0.12 for i in range(n)],
         "n_frames": [T] * n,
         "audio": [r.ravel() for r in b["audio"].numpy()],

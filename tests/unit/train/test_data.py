@@ -57,6 +57,7 @@ def _shard(path: Path, first_row: int, n: int) -> None:
         "clip_id": [f"clip{r // 4}" for r in rows],
         "speaker_id": ["spk"] * n,
         "split": ["train"] * n,
+        "identity": [""] * n,
         "start_s": (rows * 0.12).tolist(),
         "n_frames": [T] * n,
         "audio": [np.full(T * N_MELS, r, np.float32) for r in rows],

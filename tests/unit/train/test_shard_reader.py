@@ -19,7 +19,7 @@ N_MELS, T = 3, 2
 def _table(n: int) -> pa.Table:
     rows = np.arange(n, dtype=np.float32)
     return pa.Table.from_pydict({
-        "clip_id": [f"c{i}" for i in range(n)], "speaker_id": ["s"] * n, "split": ["train"] * n,
+        "clip_id": [f"c{i}" for i in range(n)], "speaker_id": ["s"] * n, "split": ["train"] * n, "identity": [""] * n,
         "start_s": (rows * 0.1).astype(np.float64), "n_frames": [T] * n,
         "audio": [np.full(T * N_MELS, r, np.float32) for r in rows],
         "targets": [np.full(T * N_TARGETS, r, np.float32) for r in rows],
