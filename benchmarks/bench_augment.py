@@ -43,9 +43,9 @@ from a2bs.train.trainer import train
 
 SECTION = "## Augmentation (issue 14)"
 DEMO_PRESET = Path(__file__).resolve().parent.parent / "a2bs" / "demo" / "demo.yaml"
-# on = the defaults; strong = the first, stronger defaults; off = none.
-SETTINGS = {"on": [], "off": ["augment.enabled=false"],
-            "strong": ["augment.noise_prob=0.3", "augment.noise_snr_min_db=10", "augment.speed_prob=0.5",
+# on = the default strengths, switched on; strong = the first, stronger defaults; off = none (the default).
+SETTINGS = {"on": ["augment.enabled=true"], "off": ["augment.enabled=false"],
+            "strong": ["augment.enabled=true", "augment.noise_prob=0.3", "augment.noise_snr_min_db=10", "augment.speed_prob=0.5",
                        "augment.time_mask_prob=0.2", "augment.time_mask_frames=3", "augment.freq_mask_prob=0.5",
                        "augment.freq_masks=2"]}
 METRICS = (("val_mae", "MAE"), ("val_mouth_mae", "mouth MAE"), ("val_jaw_corr", "jaw r"), ("val_lip_corr", "lip r"))
@@ -54,7 +54,7 @@ METRICS = (("val_mae", "MAE"), ("val_mouth_mae", "mouth MAE"), ("val_jaw_corr", 
 def augmenter_ms(shards: str, batch_size: int, rounds: int = 30) -> float:
     """Milliseconds the default augmenter takes per batch (no training)."""
     info = shard_info(shards)
-    cfg = load_config()
+    cfg = load_config(None, ["augment.enabled=true"])
     aug = make_augmenter(cfg.augment, info.manifest.audio)
     assert aug is not None
     batch = next(LocalBatches(info.train_files, info.n_mels, batch_size).torch_batches(0))
@@ -67,7 +67,7 @@ def augmenter_ms(shards: str, batch_size: int, rounds: int = 30) -> float:
 def interleaved_ratio(shards: str, batch_size: int, epochs: int) -> tuple[float, float]:
     """(augment + training step) / training step over `epochs` epochs of tcn_poc, and ms per step."""
     info = shard_info(shards)
-    cfg = load_config()
+    cfg = load_config(None, ["augment.enabled=true"])
     aug = make_augmenter(cfg.augment, info.manifest.audio)
     assert aug is not None
     model = build_model(cfg.model)

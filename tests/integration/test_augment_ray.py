@@ -29,8 +29,8 @@ from a2bs.train.validation import score_batches
 from tests.support import listing_manifest
 from tests.unit.train.test_augment import M, write_split
 
-EVERY = [f"augment.{k}=1.0" for k in ("gain_prob", "noise_prob", "speed_prob", "vtlp_prob", "time_mask_prob",
-                                       "freq_mask_prob")]
+EVERY = ["augment.enabled=true"] + [f"augment.{k}=1.0" for k in ("gain_prob", "noise_prob", "speed_prob",
+                                                                  "vtlp_prob", "time_mask_prob", "freq_mask_prob")]
 
 
 @pytest.fixture

@@ -228,8 +228,8 @@ def test_trainer_context_augments_train_batches_and_never_val(tmp_path: Path) ->
     files = {"train": [write_split(shards, "train", 24, 0)], "val": [write_split(shards, "val", 12, 1)]}
     listing_manifest({"train": ["train0"], "val": ["val0"]}, files).write(shards)
     info = shard_info(str(shards))
-    every = [f"augment.{k}=1.0" for k in ("gain_prob", "noise_prob", "speed_prob", "vtlp_prob", "time_mask_prob",
-                                           "freq_mask_prob")]
+    every = ["augment.enabled=true"] + [f"augment.{k}=1.0" for k in ("gain_prob", "noise_prob", "speed_prob",
+                                                                      "vtlp_prob", "time_mask_prob", "freq_mask_prob")]
     base = ["train.batch_size=8", "train.init_output_bias=false"]
     on = local_context(info, str(tmp_path / "on"), load_config(None, base + every))
     off = local_context(info, str(tmp_path / "off"), load_config(None, base + ["augment.enabled=false"]))
