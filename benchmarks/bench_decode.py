@@ -27,12 +27,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import demo_clips, machine, table, write_readme_section
+from common import bare_landmarker, demo_clips, machine, table, write_readme_section
 
 from a2bs.config import Config, VideoConfig
 from a2bs.extract import video
 from a2bs.extract.audio import ffmpeg_exe
-from a2bs.extract.face import FaceTracker, load_model_bytes
+from a2bs.extract.face import FaceTracker
 from a2bs.extract.video import iter_frames
 
 SECTION = "## Decoding 1080p footage (issue 13)"
@@ -94,19 +94,10 @@ def pyav_frames(path: Path, max_side: int, thread_type: str = "AUTO"):
 def bare_mediapipe(path: Path, max_side: int) -> tuple[float, int]:
     """Seconds of one bare landmarker over the kept frames, decoded ahead in chunks (not timed)."""
     import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions
-    from mediapipe.tasks.python.vision import (
-        FaceLandmarker,
-        FaceLandmarkerOptions,
-        RunningMode,
-    )
 
-    opts = FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())),
-                                 running_mode=RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True,
-                                 output_facial_transformation_matrixes=True)
     elapsed, n = 0.0, 0
     frames = iter_frames(path, 30.0, max_side, end_s=SECONDS)[1]
-    with FaceLandmarker.create_from_options(opts) as lm:
+    with bare_landmarker() as lm:
         while chunk := [f for _, f in zip(range(CHUNK), frames)]:
             t0 = time.perf_counter()
             for _, time_s, rgb in chunk:

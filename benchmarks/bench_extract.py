@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from common import demo_clips, machine, table  # noqa: E402
+from common import bare_landmarker, demo_clips, machine, table  # noqa: E402
 
 from a2bs.config import VideoConfig  # noqa: E402
 from a2bs.extract.audio import ffmpeg_exe  # noqa: E402
@@ -47,19 +47,8 @@ def decoded_frames(path: Path) -> list[tuple[int, float, np.ndarray]]:
 def bare_mediapipe(frames: list[tuple[int, float, np.ndarray]]) -> float:
     """Seconds for one bare landmarker over `frames`."""
     import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions
-    from mediapipe.tasks.python.vision import (
-        FaceLandmarker,
-        FaceLandmarkerOptions,
-        RunningMode,
-    )
 
-    from a2bs.extract.face import load_model_bytes
-
-    opts = FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())),
-                                 running_mode=RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True,
-                                 output_facial_transformation_matrixes=True)
-    with FaceLandmarker.create_from_options(opts) as lm:
+    with bare_landmarker() as lm:
         t0 = time.perf_counter()
         for i, (_, _, rgb) in enumerate(frames):
             lm.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb), i * 33)

@@ -24,6 +24,20 @@ def machine() -> str:
     return f"{datetime.date.today().isoformat()}, {model}, {os.cpu_count()} cores, {mem_gb:.0f} GB"
 
 
+def bare_landmarker():
+    """A bare MediaPipe FaceLandmarker in VIDEO mode with a2bs's outputs: the limit extraction is measured against."""
+    from mediapipe.tasks.python import BaseOptions
+    from mediapipe.tasks.python.vision import FaceLandmarker, FaceLandmarkerOptions, RunningMode
+
+    from a2bs.config import VideoConfig
+    from a2bs.extract.face import load_model_bytes
+
+    opts = FaceLandmarkerOptions(base_options=BaseOptions(model_asset_buffer=load_model_bytes(VideoConfig())),
+                                 running_mode=RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True,
+                                 output_facial_transformation_matrixes=True)
+    return FaceLandmarker.create_from_options(opts)
+
+
 def demo_clips(n: int | None = None) -> list[Path]:
     clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
     if not clips:
