@@ -54,7 +54,8 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
     if rest:
         raise ConfigError(f"synth takes no inputs or overrides (got {' '.join(rest)})")
 
-    return synth_main(["--out", args.out, "--clips", str(args.clips), "--seed", str(args.seed)])
+    clips = ["--clips", str(args.clips)] if args.clips else []  # default: a2bs.synth.corpus's
+    return synth_main(["--out", args.out, *clips, "--seed", str(args.seed), "--jobs", str(args.jobs)])
 
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
@@ -92,10 +93,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _common(p)
     handlers["build"] = cmd_build
 
-    p = sub.add_parser("synth", help="generate the demo corpus (needs flite)")
+    p = sub.add_parser("synth", help="generate the demo corpus (needs flite and festival)")
     p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--clips", type=int, default=0, help="number of clips (default: 6 per voice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="clips rendered and verified at once")
     _common(p)
     handlers["synth"] = cmd_synth
 

@@ -1,141 +1,57 @@
-"""Generate the demo corpus: public-domain face photos speaking flite sentences.
+"""Generate the demo corpus: public-domain face photos speaking with many synthetic voices.
 
-Each clip joins 2-4 sentences spoken by one flite voice (with silence at both ends and short
-pauses between, so voice-activity detection has something to find), drives one face's mouth from
-flite's phone timings, adds blinks and head motion, and writes an H.264 + AAC mp4 with the drive
-curves beside it. Generation needs the ``flite`` program; the committed corpus does not.
+Each clip joins 2-4 sentences spoken by one voice (flite or festival, ``a2bs.synth.speech``; with
+silence at both ends and short pauses between, so voice-activity detection has something to find),
+drives one face's mouth from the engine's phone timings, adds blinks and head motion, and writes an
+H.264 + AAC mp4 with the drive curves beside it. Generation needs the engines and voices
+(``speech.apt_packages()``); the committed corpus does not.
 
-Usage: ``python -m a2bs.synth.corpus --out a2bs/demo/corpus --clips 48 --seed 0``
+Usage: ``python -m a2bs.synth.corpus --out a2bs/demo/corpus --clips 90 --seed 0``
 (``--verify-only`` re-measures an existing corpus; ``--no-verify`` skips the check).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import shutil
+import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from a2bs.synth.face import FACES, FaceRig, FrameParams
-from a2bs.synth.visemes import (
-    Segment,
-    blink_curve,
-    head_curves,
-    mouth_curves,
-    parse_psdur,
-)
+from a2bs.synth.sentences import SENTENCES
+from a2bs.synth.speech import VOICES, Voice, engine_path, speak
+from a2bs.synth.visemes import Segment, blink_curve, head_curves, mouth_curves
 
-VOICES: tuple[str, ...] = ("slt", "awb", "rms", "kal16")  # kal16: kal at 16 kHz
 FPS = 30.0
 SAMPLE_RATE = 16000
 FRAME_PX = 384
-CLIP_RANGE_S = (5.0, 15.0)
+CLIP_RANGE_S = (5.0, 10.0)  # short clips: many voices and `a2bs demo` still quick
+DEFAULT_CLIPS = 6 * len(VOICES)  # 6 clips per voice
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "demo" / "corpus"
 
-# Varied English: statements, questions, numbers, lists, rounded and spread vowels, closures.
-SENTENCES: tuple[str, ...] = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Please bring me the blue book from the top shelf.",
-    "Would you like a cup of hot coffee before we go?",
-    "My mother moved to Boston in the middle of May.",
-    "We will meet at half past nine on Monday morning.",
-    "Five fine vans drove very fast over the bridge.",
-    "Who knew the moon would look so smooth tonight?",
-    "She sells sea shells by the sea shore.",
-    "Peter picked a peck of pickled peppers.",
-    "The weather is wonderful for a walk in the woods.",
-    "I think the answer is simpler than it seems.",
-    "Open the window, it is far too warm in here.",
-    "Our team finished the project two weeks early.",
-    "How much money do we need for the trip?",
-    "A large bowl of soup is waiting on the table.",
-    "Every evening we read a chapter of an old novel.",
-    "The museum opens at ten and closes at five.",
-    "Could you repeat that a little more slowly?",
-    "The orange cat sleeps all afternoon by the fire.",
-    "Bright lights flashed above the busy market square.",
-    "We measured the room and ordered a new carpet.",
-    "Do you remember the name of that little village?",
-    "The pilot announced a short delay before take off.",
-    "Mix the flour, the butter and the sugar in a bowl.",
-    "Thank you very much for your patience today.",
-    "The river flows slowly towards the open sea.",
-    "Few people knew the true value of the old map.",
-    "Maybe we should move the meeting to Thursday.",
-    "The baby laughed when the puppy licked her nose.",
-    "Go through the hall and turn left at the stairs.",
-    "Three hundred and forty two boxes arrived this morning.",
-    "Is it true that you once lived in Amsterdam?",
-    "A cool breeze blew over the quiet harbour.",
-    "Keep your eyes on the road and both hands on the wheel.",
-    "The violin and the piano played in perfect harmony.",
-    "Nobody expected the old clock to work again.",
-    "Fresh fruit and vegetables are good for you.",
-    "Why do birds fly south when winter comes?",
-    "We watched the sun go down behind the mountains.",
-    "The computer program printed a long list of numbers.",
-    "Put the plates back in the cupboard, please.",
-    "Early in the morning the streets are empty and calm.",
-    "Her voice was soft, but every word was clear.",
-    "Oh no, I forgot to feed the fish again.",
-    "The library will be closed for the holiday.",
-    "Look at the beautiful blue balloon in the sky.",
-    "I would rather walk than wait for the bus.",
-    "The engineer explained how the bridge was built.",
-    "You can always call me if you need any help.",
-    "Ice cream melts quickly in the summer heat.",
-    "The farmer grows wheat, barley and potatoes.",
-    "What time does the last train leave tonight?",
-    "We painted the fence white before the party.",
-    "Whose umbrella is leaning against the wall?",
-    "The moon rose over the silent lake.",
-    "Bob bought a bike with a bright purple frame.",
-    "Nine out of ten people prefer the shorter route.",
-    "The children sang a song about a yellow boat.",
-    "Wow, that was the loudest thunder I have ever heard.",
-    "Sometimes the simplest ideas are the most powerful.",
-    "Please remember to lock the door when you leave.",
-    "The old photograph showed a family on the beach.",
-)
-
-
-def flite_path() -> str:
-    """The flite executable, or a clear error saying how to install it."""
-    exe = shutil.which("flite")
-    if exe is None:
-        raise RuntimeError("the demo-corpus generator needs the flite speech synthesiser: "
-                           "apt-get install flite (the committed corpus does not)")
-    return exe
-
-
-def speak(text: str, voice: str, wav_path: Path) -> list[Segment]:
-    """Synthesise `text` with flite into `wav_path`; returns its phone segments."""
-    res = subprocess.run([flite_path(), "-voice", voice, "-psdur", "-t", text, "-o",
-                          str(wav_path)], capture_output=True, text=True, check=True)
-    segs = parse_psdur(res.stdout)
-    if not segs:
-        raise RuntimeError(f"flite printed no phone segments for voice {voice!r}")
-    return segs
 
 
 def _read_wav(path: Path) -> np.ndarray:
     audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:  # flite's 'kal' voice is 8 kHz; the others are 16 kHz
+    if sr != SAMPLE_RATE:  # festival's Finnish voices speak at 22.05 kHz, the others at 16 kHz
         import librosa
 
         audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
     return audio
 
 
-def assemble_speech(sentences: list[str], voice: str, rng: np.random.Generator,
+def assemble_speech(sentences: list[str], voice: Voice, rng: np.random.Generator,
                     work: Path) -> tuple[np.ndarray, list[Segment]]:
     """One clip's audio: silence, sentences separated by short pauses, silence."""
     parts = [np.zeros(int(rng.uniform(0.5, 0.9) * SAMPLE_RATE), np.float32)]
@@ -157,11 +73,11 @@ def assemble_speech(sentences: list[str], voice: str, rng: np.random.Generator,
 
 
 def drive_curves(segments: list[Segment], duration_s: float, rng: np.random.Generator,
-                 fps: float = FPS) -> dict[str, np.ndarray]:
+                 fps: float = FPS, phoneset: str = "cmu") -> dict[str, np.ndarray]:
     """All per-frame drive values of a clip (FrameParams names)."""
     n = int(np.ceil(duration_s * fps))
     mouth = mouth_curves(segments, n, fps, rng, jaw_scale=float(rng.uniform(0.9, 1.15)),
-                         smile_drift=float(rng.choice([0.0, 0.25, 0.5])))
+                         smile_drift=float(rng.choice([0.0, 0.25, 0.5])), phoneset=phoneset)
     curves = dict(mouth)
     curves["blink"] = blink_curve(n, fps, rng)
     curves.update(head_curves(n, fps, rng, jaw=mouth["jaw"]))
@@ -208,73 +124,109 @@ def encode_clip(frames, audio: np.ndarray, out_path: Path, fps: float = FPS,
     tmp.replace(out_path)  # atomic: a crash never leaves a half-written clip under its name
 
 
-def _pick_sentences(rng: np.random.Generator) -> list[str]:
-    """2-4 different sentences (the caller checks the spoken length)."""
+def _pick_sentences(rng: np.random.Generator, language: str) -> list[str]:
+    """2-4 different sentences of the language (the caller checks the spoken length)."""
+    pool = SENTENCES[language.split("-")[0]]
     k = int(rng.integers(2, 5))
-    idx = rng.choice(len(SENTENCES), size=k, replace=False)
-    return [SENTENCES[i] for i in idx]
+    idx = rng.choice(len(pool), size=k, replace=False)
+    return [pool[i] for i in idx]
 
 
-def make_clip(rig: FaceRig, voice: str, rng: np.random.Generator, work: Path,
-              out_path: Path, fps: float = FPS) -> dict:
-    """Speak, animate and encode one clip; returns its corpus.json record (plus curves)."""
-    for _ in range(20):  # redraw sentences until the clip length is in range
-        sentences = _pick_sentences(rng)
+def speak_clip(voice: Voice, rng: np.random.Generator, work: Path
+               ) -> tuple[list[str], np.ndarray, list[Segment]]:
+    """A clip's sentences, audio and phone segments, redrawn until its length is in range."""
+    for _ in range(20):
+        sentences = _pick_sentences(rng, voice.language)
         audio, segments = assemble_speech(sentences, voice, rng, work)
         duration_s = len(audio) / SAMPLE_RATE
         if CLIP_RANGE_S[0] + 0.3 <= duration_s <= CLIP_RANGE_S[1] - 0.3:
-            break
-    else:
-        raise RuntimeError("could not assemble a clip within the length range")
-    curves = drive_curves(segments, duration_s, rng, fps)
-    n = len(curves["jaw"])
+            return sentences, audio, segments
+    raise RuntimeError(f"could not assemble a clip of voice {voice.name!r} within "
+                       f"{CLIP_RANGE_S} s")
+
+
+def _record(sentences: list[str], audio: np.ndarray, fps: float) -> dict:
+    duration_s = len(audio) / SAMPLE_RATE
+    return {"text": " ".join(sentences), "duration_s": round(duration_s, 3), "fps": fps,
+            "n_frames": int(np.ceil(duration_s * fps))}
+
+
+def make_clip(rig: FaceRig, voice: Voice, rng: np.random.Generator, work: Path,
+              out_path: Path, fps: float = FPS) -> dict:
+    """Speak, animate and encode one clip; returns its corpus.json record (plus curves)."""
+    sentences, audio, segments = speak_clip(voice, rng, work)
+    rec = _record(sentences, audio, fps)
+    curves = drive_curves(segments, len(audio) / SAMPLE_RATE, rng, fps, voice.phoneset)
     names = FrameParams.names()
     frames = (rig.render(FrameParams(**{k: float(curves[k][i]) for k in names}))
-              for i in range(n))
+              for i in range(rec["n_frames"]))
     encode_clip(frames, audio, out_path, fps, rig.out_px)
-    return {"text": " ".join(sentences), "duration_s": round(duration_s, 3), "fps": fps,
-            "n_frames": n, "curves": curves}
+    return {**rec, "curves": curves}
 
 
-def generate_corpus(out_dir: Path = DEFAULT_OUT, n_clips: int = 48, seed: int = 0,
-                    voices: tuple[str, ...] = VOICES, faces: tuple[str, ...] = FACES,
-                    progress: bool = True) -> list[dict]:
+@functools.cache
+def _rig(face: str) -> FaceRig:
+    """One rig per face and process (the photo's landmarks are detected once)."""
+    return FaceRig.from_photo(face, out_px=FRAME_PX)
+
+
+def _clip(out_dir: Path, seed: int, i: int, face: str, voice: Voice, clip_id: str) -> dict:
+    """Clip `i` of the corpus: rendered, or only re-spoken when a rerun finds it written."""
+    speaker = f"{face}_{voice.name}"
+    mp4, npz = out_dir / speaker / f"{clip_id}.mp4", out_dir / "driven" / f"{clip_id}.npz"
+    rng = np.random.default_rng([seed, i])  # each clip reproducible on its own
+    with tempfile.TemporaryDirectory() as td:
+        if mp4.exists() and npz.exists():  # a rerun resumes: the record needs only the speech
+            sentences, audio, _ = speak_clip(voice, rng, Path(td))
+            rec = _record(sentences, audio, FPS)
+        else:
+            rec = make_clip(_rig(face), voice, rng, Path(td), mp4)
+            curves = rec.pop("curves")
+            part = npz.with_name(npz.stem + ".part.npz")
+            with open(part, "wb") as f:
+                np.savez_compressed(f, fps=np.float32(FPS),
+                                    **{k: curves[v].astype(np.float16) for k, v in DRIVEN_KEYS.items()})
+            part.replace(npz)
+    return {"clip_id": clip_id, "file": f"{speaker}/{clip_id}.mp4", "speaker": speaker,
+            "face": face, "voice": voice.name, "engine": voice.engine, "language": voice.language,
+            **rec, "driven": f"driven/{clip_id}.npz"}
+
+
+def generate_corpus(out_dir: Path = DEFAULT_OUT, n_clips: int = DEFAULT_CLIPS, seed: int = 0,
+                    voices: tuple[Voice, ...] = VOICES, faces: tuple[str, ...] = FACES,
+                    progress: bool = True, jobs: int = 1) -> list[dict]:
     """Write `n_clips` clips spread evenly over the speakers; returns the records.
 
     Each voice belongs to one face (voice *i* to face *i* mod the number of faces), as each actor
     in real footage has one voice: an audio model can then tell whose rest shape to predict.
+    `jobs` > 1 renders clips in that many processes; a rerun keeps the clips already written.
 
     Layout: ``<out>/<face>_<voice>/<clip_id>.mp4``, ``<out>/driven/<clip_id>.npz`` (float16
     drive curves at the video fps), ``<out>/corpus.json``. Deterministic given `seed`.
     """
-    flite_path()
+    for engine in sorted({v.engine for v in voices}):
+        engine_path(engine)  # fail before rendering anything if an engine is missing
     out_dir = Path(out_dir)
-    speakers = sorted((faces[i % len(faces)], v) for i, v in enumerate(voices))
-    rigs = {f: FaceRig.from_photo(f, out_px=FRAME_PX) for f in faces}
-    records: list[dict] = []
+    speakers = sorted(((faces[i % len(faces)], v) for i, v in enumerate(voices)),
+                      key=lambda fv: (fv[0], fv[1].name))
     t_start = time.time()
     (out_dir / "driven").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as td:
-        for i in range(n_clips):
-            face, voice = speakers[i % len(speakers)]
-            speaker = f"{face}_{voice}"
-            clip_id = f"{speaker}_{i // len(speakers):02d}"
-            rng = np.random.default_rng([seed, i])  # each clip reproducible on its own
-            t0 = time.time()
-            rec = make_clip(rigs[face], voice, rng, Path(td), out_dir / speaker / f"{clip_id}.mp4")
-            curves = rec.pop("curves")
-            np.savez_compressed(out_dir / "driven" / f"{clip_id}.npz", fps=np.float32(FPS),
-                                **{k: curves[v].astype(np.float16) for k, v in DRIVEN_KEYS.items()})
-            rec = {"clip_id": clip_id, "file": f"{speaker}/{clip_id}.mp4", "speaker": speaker,
-                   "face": face, "voice": voice, **rec,
-                   "driven": f"driven/{clip_id}.npz"}
+    work = []
+    for i in range(n_clips):
+        face, voice = speakers[i % len(speakers)]
+        work.append((out_dir, seed, i, face, voice, f"{face}_{voice.name}_{i // len(speakers):02d}"))
+    # spawn: the parent holds MediaPipe state a fork would copy half-initialised
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        records = []
+        for rec in pool.map(_clip, *zip(*work)):
             records.append(rec)
             if progress:
                 size_kb = (out_dir / rec["file"]).stat().st_size / 1024
-                print(f"[{i + 1}/{n_clips}] {rec['file']} {rec['duration_s']:.1f}s "
-                      f"{size_kb:.0f} KB ({time.time() - t0:.1f}s)", flush=True)
+                print(f"[{len(records)}/{n_clips}] {rec['file']} {rec['duration_s']:.1f}s "
+                      f"{size_kb:.0f} KB ({time.time() - t_start:.0f}s)", flush=True)
     meta = {"fps": FPS, "frame_px": FRAME_PX, "sample_rate": SAMPLE_RATE, "seed": seed,
-            "generator": "a2bs.synth.corpus", "clips": records}
+            "generator": "a2bs.synth.corpus",
+            "voices": [{**asdict(v), "face": f} for f, v in speakers], "clips": records}
     tmp = out_dir / "corpus.json.part"
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     tmp.replace(out_dir / "corpus.json")
@@ -291,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: generate the corpus, then check it with MediaPipe (README table)."""
     ap = argparse.ArgumentParser(prog="a2bs synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpus folder")
-    ap.add_argument("--clips", type=int, default=48, help="number of clips")
+    ap.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
+                    help="number of clips, spread evenly over the voices")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="clips rendered (and verified) at once")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--verify-only", action="store_true",
                       help="only measure driven vs MediaPipe-extracted curves of --out")
@@ -300,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if not args.verify_only:
-            generate_corpus(args.out, n_clips=args.clips, seed=args.seed)
+            generate_corpus(args.out, n_clips=args.clips, seed=args.seed, jobs=args.jobs)
         if not args.no_verify:
-            from a2bs.synth.verify import verify_corpus
+            from a2bs.synth.verify import face_summary, verify_corpus, voice_table
 
-            res = verify_corpus(args.out, progress=True)
+            res = verify_corpus(args.out, progress=True, jobs=args.jobs)
+            meta = json.loads((Path(args.out) / "corpus.json").read_text())
+            print(f"{face_summary(res, meta)}\n\n{voice_table(res, meta)}")  # README's tables
             print(f"verified {len(res['per_clip'])} clips: jawOpen r={res['overall']['jawOpen']:.3f}"
                   f" -> {Path(args.out) / 'verification.json'}")
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:

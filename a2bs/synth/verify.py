@@ -7,6 +7,8 @@ and correlates each driven curve with the blendshape or head angle it should pro
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +89,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = None,
-                  save: bool = True) -> dict:
+                  save: bool = True, jobs: int = 1) -> dict:
     """Correlate driven vs extracted curves per clip and overall.
 
-    With `save`, the result is also written to ``<corpus_dir>/verification.json``.
+    With `save`, the result is also written to ``<corpus_dir>/verification.json``; `jobs` > 1
+    reads that many clips at once (one process each).
 
     Returns:
         ``{"per_clip": {clip_id: {label: r}}, "overall": {label: r over all frames},
@@ -104,8 +107,9 @@ def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = N
     per_clip: dict[str, dict[str, float]] = {}
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {p[0]: [] for p in PAIRS}
     n_face = n_all = 0
-    for rec in clips:
-        got = extract_clip(corpus_dir / rec["file"])
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        readings = list(pool.map(extract_clip, [corpus_dir / rec["file"] for rec in clips]))
+    for rec, got in zip(clips, readings):
         drv = np.load(corpus_dir / rec["driven"])
         row: dict[str, float] = {}
         for label, dkey, ekey, sign in PAIRS:
@@ -148,3 +152,41 @@ def verify_corpus(corpus_dir: Path, progress: bool = True, limit: int | None = N
         print(table)
         print(f"frames with a face: {100 * result['face_ratio']:.1f}% over {len(clips)} clips")
     return result
+
+
+# Per-voice columns of the README: (header, PAIRS label).
+VOICE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("jawOpen r", "jawOpen"), ("pucker r", "mouthPucker"), ("blink r", "eyeBlink"),
+    ("yaw r", "head yaw"), ("roll r", "head roll"),
+)
+
+
+def voice_table(result: dict, meta: dict) -> str:
+    """Markdown table of each voice's clips: mean per-clip r of the main readings (README).
+
+    Args:
+        result: what `verify_corpus` returned (or verification.json).
+        meta: corpus.json (its ``voices`` and ``clips``).
+    """
+    voices = meta["voices"]
+    head = "| speaker | engine | language | clips | s in all |" + "".join(
+        f" {h} |" for h, _ in VOICE_COLUMNS)
+    lines = [head, "|---" * (5 + len(VOICE_COLUMNS)) + "|"]
+    for v in sorted(voices, key=lambda v: (v["face"], v["name"])):
+        clips = [c for c in meta["clips"] if c["voice"] == v["name"]]
+        rows = [result["per_clip"][c["clip_id"]] for c in clips if c["clip_id"] in result["per_clip"]]
+        cells = "".join(f" {np.nanmean([r[k] for r in rows]):.3f} |" for _, k in VOICE_COLUMNS)
+        lines.append(f"| {v['face']}_{v['name']} | {v['engine']} | {v['language']} | {len(clips)} "
+                     f"| {sum(c['duration_s'] for c in clips):.1f} |{cells}")
+    return "\n".join(lines)
+
+
+def face_summary(result: dict, meta: dict) -> str:
+    """One line: share of frames with a face, and jawOpen r per face (mean and min per clip)."""
+    parts = []
+    for face in sorted({c["face"] for c in meta["clips"]}):
+        rs = [result["per_clip"][c["clip_id"]]["jawOpen"] for c in meta["clips"]
+              if c["face"] == face and c["clip_id"] in result["per_clip"]]
+        parts.append(f"{face}: mean {np.nanmean(rs):.3f} (min {np.nanmin(rs):.3f})")
+    return (f"Face found in {100 * result['face_ratio']:.1f} % of frames; jawOpen r per face: "
+            + ", ".join(parts) + ".")

@@ -1,7 +1,8 @@
-"""Phone -> viseme table and per-frame drive curves (mouth, blinks, head motion).
+"""Phone -> viseme tables and per-frame drive curves (mouth, blinks, head motion).
 
 flite's ``-psdur`` prints the phone segments of what it speaks as ``phone:end_s`` pairs
-(``pau:0.164 hh:0.255 ax:0.304 ...``; US English CMU phone set). Each phone maps to one viseme
+(``pau:0.164 hh:0.255 ax:0.304 ...``; US English CMU phone set); festival's voices spell phones in
+their language's set (PHONESETS). Each phone maps to one viseme
 (two for diphthongs, which glide); each viseme is a target of the renderer's mouth parameters.
 Targets become keyframes that are eased into each other (coarticulation), so a closure such as
 /p/ is reached exactly while the transitions in and out take the neighbouring phones' time.
@@ -53,6 +54,64 @@ PHONE_VISEME: dict[str, str | tuple[str, str]] = {
     "k": "velar", "g": "velar", "ng": "velar", "hh": "velar",
 }
 
+# Festival phone sets of the other languages (SAMPA-like names; a digit 1 marks stress, Russian
+# doubles a letter for a palatalised consonant or a stressed vowel).
+ITALIAN_VISEME: dict[str, str | tuple[str, str]] = {
+    "#": "rest",
+    **dict.fromkeys(("a", "a1"), "open"), **dict.fromkeys(("e", "e1", "E", "E1"), "mid"),
+    **dict.fromkeys(("i", "i1", "j"), "wide"), **dict.fromkeys(("o", "o1", "O", "O1"), "rounded"),
+    **dict.fromkeys(("u", "u1", "w"), "rounded_tight"),
+    **dict.fromkeys(("p", "b", "m"), "closed"), **dict.fromkeys(("f", "v", "nf"), "teeth"),
+    **dict.fromkeys(("S", "Z", "tS", "dZ"), "postalveolar"),
+    **dict.fromkeys(("t", "d", "s", "z", "ts", "dz", "n", "l", "r"), "alveolar"),
+    **dict.fromkeys(("k", "g", "ng", "J", "L"), "velar"),
+}
+CZECH_VISEME: dict[str, str | tuple[str, str]] = {  # long vowels (a:) look up without the colon
+    "#": "rest", "_": "rest", "a": "open", "e": "mid", "i": "wide", "j": "wide",
+    "o": "rounded", "u": "rounded_tight",
+    **dict.fromkeys(("p", "b", "m"), "closed"), **dict.fromkeys(("f", "v"), "teeth"),
+    **dict.fromkeys(("c~", "dz~", "s~", "z~", "r~", "r~*"), "postalveolar"),
+    **dict.fromkeys(("t", "d", "s", "z", "c", "dz", "n", "l", "r", "t~", "d~", "n~"), "alveolar"),
+    **dict.fromkeys(("k", "g", "h", "ch", "n*"), "velar"),
+}
+FINNISH_VISEME: dict[str, str | tuple[str, str]] = {  # long sounds (a:, t:) without the colon
+    "#": "rest", "##": "rest", "a": "open", "e": "mid", "@": "mid", "i": "wide", "j": "wide",
+    "o": "rounded", "7": "rounded", "u": "rounded_tight", "y": "rounded_tight",
+    "w": "rounded_tight", "&": "schwa",  # @ = ä, 7 = ö, y = ü
+    **dict.fromkeys(("p", "b", "m"), "closed"), **dict.fromkeys(("f", "v"), "teeth"),
+    **dict.fromkeys(("T", "D"), "dental"), **dict.fromkeys(("S", "Z"), "postalveolar"),
+    **dict.fromkeys(("t", "d", "s", "z", "n", "l", "L", "r"), "alveolar"),
+    **dict.fromkeys(("k", "g", "N", "h"), "velar"),
+}
+RUSSIAN_VISEME: dict[str, str | tuple[str, str]] = {
+    "pau": "rest", **dict.fromkeys(("aa", "a"), "open"), "ay": "schwa",  # ay: reduced a
+    **dict.fromkeys(("ee", "e", "ae"), "mid"), **dict.fromkeys(("ii", "i", "yy", "y", "j"), "wide"),
+    "oo": "rounded", **dict.fromkeys(("uu", "u", "ur"), "rounded_tight"),
+    **dict.fromkeys(("p", "pp", "b", "bb", "m", "mm"), "closed"),
+    **dict.fromkeys(("f", "ff", "v", "vv"), "teeth"),
+    **dict.fromkeys(("sh", "sch", "zh", "ch"), "postalveolar"),
+    **dict.fromkeys(("t", "tt", "d", "dd", "s", "ss", "z", "zz", "c", "n", "nn", "l", "ll", "r",
+                     "rr"), "alveolar"),
+    **dict.fromkeys(("k", "kk", "g", "gg", "h", "hh"), "velar"),
+}
+CATALAN_VISEME: dict[str, str | tuple[str, str]] = {
+    **dict.fromkeys(("pau", "_", "#"), "rest"), "ax": "schwa",
+    **dict.fromkeys(("a", "a1"), "open"), **dict.fromkeys(("e", "e1", "E", "E1"), "mid"),
+    **dict.fromkeys(("i", "i1", "j"), "wide"), **dict.fromkeys(("o", "o1", "O", "O1"), "rounded"),
+    **dict.fromkeys(("u", "u1", "w"), "rounded_tight"),
+    **dict.fromkeys(("p", "b", "m"), "closed"), "f": "teeth",
+    **dict.fromkeys(("S", "Z"), "postalveolar"),
+    **dict.fromkeys(("t", "d", "s", "z", "n", "l", "r", "rr"), "alveolar"),
+    **dict.fromkeys(("k", "g", "J", "L"), "velar"),
+}
+# Phone set name (speech.Voice.phoneset) -> table.
+PHONESETS: dict[str, dict[str, str | tuple[str, str]]] = {
+    "cmu": PHONE_VISEME, "italian": ITALIAN_VISEME, "czech": CZECH_VISEME,
+    "finnish": FINNISH_VISEME, "msu_ru": RUSSIAN_VISEME, "catalan": CATALAN_VISEME,
+}
+_LENGTH_MARKED = ("czech", "finnish")  # sets that mark a long sound with a trailing ":"
+
+
 # Required visual classes (what the demo corpus promises): phone -> class.
 VISEME_CLASS: dict[str, str] = {
     "rest": "rest", "closed": "closed", "teeth": "teeth", "rounded": "rounded",
@@ -73,9 +132,13 @@ class Segment:
     end_s: float
 
 
-def phone_visemes(phone: str) -> tuple[str, ...]:
-    """Viseme(s) of a flite phone; unknown phones are treated as neutral consonants."""
-    v = PHONE_VISEME.get(phone.lower(), "velar")
+def phone_visemes(phone: str, phoneset: str = "cmu") -> tuple[str, ...]:
+    """Viseme(s) of a phone of `phoneset` (PHONESETS); unknown phones are neutral consonants."""
+    if phoneset == "cmu":
+        phone = phone.lower()  # flite and festival spell CMU phones in either case
+    elif phoneset in _LENGTH_MARKED and len(phone) > 1:
+        phone = phone.removesuffix(":")  # a long sound looks like the short one
+    v = PHONESETS[phoneset].get(phone, "velar")
     return v if isinstance(v, tuple) else (v,)
 
 
@@ -98,8 +161,8 @@ def parse_psdur(text: str, offset_s: float = 0.0) -> list[Segment]:
     return segs
 
 
-def _keyframes(segments: list[Segment], rng: np.random.Generator,
-               jaw_scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _keyframes(segments: list[Segment], rng: np.random.Generator, jaw_scale: float,
+               phoneset: str) -> tuple[np.ndarray, np.ndarray]:
     """Keyframe times (s) and mouth targets (K, P), stressed vowels varied a little."""
     times: list[float] = []
     targets: list[np.ndarray] = []
@@ -111,7 +174,7 @@ def _keyframes(segments: list[Segment], rng: np.random.Generator,
         targets.append(np.clip(vec, 0.0, 1.0))
 
     for seg in segments:
-        vis = phone_visemes(seg.phone)
+        vis = phone_visemes(seg.phone, phoneset)
         dur = seg.end_s - seg.start_s
         gain = jaw_scale * float(rng.uniform(0.85, 1.1))
         if vis == ("rest",) and dur > 0.2:  # hold the rest pose through a pause
@@ -139,7 +202,7 @@ def ease_keyframes(times: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.n
 
 def mouth_curves(segments: list[Segment], n_frames: int, fps: float,
                  rng: np.random.Generator, jaw_scale: float = 1.0,
-                 smile_drift: float = 0.0) -> dict[str, np.ndarray]:
+                 smile_drift: float = 0.0, phoneset: str = "cmu") -> dict[str, np.ndarray]:
     """Per-frame mouth parameters in [0, 1] (keys: MOUTH_PARAMS) for a list of phone segments.
 
     Args:
@@ -149,9 +212,10 @@ def mouth_curves(segments: list[Segment], n_frames: int, fps: float,
         rng: seeded generator (per-phone emphasis, expression drift).
         jaw_scale: speaker style (how wide the jaw opens overall).
         smile_drift: amplitude of a slow, phone-independent smile (mood), 0 = none.
+        phoneset: the phone set the segments are spelled in (PHONESETS).
     """
     t = np.arange(n_frames) / fps
-    times, targets = _keyframes(segments, rng, jaw_scale)
+    times, targets = _keyframes(segments, rng, jaw_scale, phoneset)
     cur = ease_keyframes(times, targets, t) if len(times) else np.zeros((n_frames, 7))
     cur = gaussian_filter1d(cur, 0.6, axis=0, mode="nearest")  # soften frame-rate corners
     out = {k: cur[:, i] for i, k in enumerate(MOUTH_PARAMS)}

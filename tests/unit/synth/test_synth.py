@@ -1,12 +1,14 @@
 """Demo-corpus generator: viseme table, flite parsing, curves, rendering, committed corpus.
 
-None of these need flite: the generator's pieces are tested directly and the corpus is the
-committed one. Rendering is checked with the real MediaPipe FaceLandmarker.
+None of these need flite or festival: the generator's pieces are tested directly (engine output
+from recorded samples, tests/unit/synth/test_speech.py) and the corpus is the committed one.
+Rendering is checked with the real MediaPipe FaceLandmarker.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -157,27 +159,26 @@ def test_encode_clip_roundtrip(tmp_path: Path) -> None:
     assert not list(out.parent.glob("*.part.mp4"))
 
 
-def test_generate_without_flite_says_how_to_install(monkeypatch, tmp_path: Path) -> None:
-    from a2bs.synth import corpus
+def test_generate_without_engines_says_how_to_install(monkeypatch, tmp_path: Path) -> None:
+    from a2bs.synth import corpus, speech
 
-    monkeypatch.setattr(corpus.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="apt-get install flite"):
+    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install .*festival.*flite"):
         corpus.generate_corpus(tmp_path, n_clips=1)
     assert corpus.main(["--out", str(tmp_path), "--clips", "1"]) == 1
+    assert not list(tmp_path.rglob("*.mp4"))  # refused before rendering anything
 
 
 def test_committed_corpus_is_consistent() -> None:
     meta = json.loads((CORPUS / "corpus.json").read_text())
     clips = meta["clips"]
-    assert len(clips) >= 40
-    assert len({c["face"] for c in clips}) >= 2 and len({c["voice"] for c in clips}) >= 3
+    assert len(clips) >= 60
+    assert len({c["face"] for c in clips}) >= 2
     assert len({c["clip_id"] for c in clips}) == len(clips)
-    # One face per voice, as one actor has one voice: the audio can tell whose rest shape to predict.
-    assert all(len({c["face"] for c in clips if c["voice"] == v}) == 1 for v in {c["voice"] for c in clips})
     listed = set()
     for c in clips:
         assert 5.0 <= c["duration_s"] <= 15.0, c["clip_id"]
-        assert c["speaker"] == f"{c['face']}_{c['voice']}" and c["file"].startswith(c["speaker"])
+        assert c["speaker"] == f"{c['face']}_{c['voice']}" and c["file"].startswith(c["speaker"] + "/")
         assert c["fps"] == 30.0 and c["text"]
         assert (CORPUS / c["file"]).stat().st_size > 10_000
         drv = np.load(CORPUS / c["driven"])
@@ -193,7 +194,48 @@ def test_committed_corpus_is_consistent() -> None:
     on_disk = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*.mp4")}
     assert on_disk == listed  # no stray or missing clips
     total = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
-    assert total <= 20 * 2**20
+    assert total <= 40 * 2**20
+
+
+def test_committed_corpus_has_many_voices_each_on_one_face() -> None:
+    from a2bs.synth.speech import VOICE_BY_NAME
+
+    meta = json.loads((CORPUS / "corpus.json").read_text())
+    clips, voices = meta["clips"], meta["voices"]
+    names = [v["name"] for v in voices]
+    assert len(set(names)) == len(names) >= 12  # distinct speakers, not variants of one
+    assert len({v["engine"] for v in voices}) >= 2
+    assert {c["voice"] for c in clips} == set(names)
+    for v in voices:
+        # The recorded voice is the generator's voice of that name (engine, language, package).
+        assert {k: v[k] for k in v if k != "face"} == asdict(VOICE_BY_NAME[v["name"]])
+        mine = [c for c in clips if c["voice"] == v["name"]]
+        # One face per voice, as one actor has one voice: the audio can tell whose rest shape to predict.
+        assert {c["face"] for c in mine} == {v["face"]}
+        assert {c["engine"] for c in mine} == {v["engine"]} and len(mine) >= 5
+        assert {p.parent.name for p in CORPUS.rglob(f"*_{v['name']}_*.mp4")} == {f"{v['face']}_{v['name']}"}
+    # Every face speaks with several voices, and each folder holds one voice.
+    assert all(sum(v["face"] == f for v in voices) >= 2 for f in {v["face"] for v in voices})
+    folders = {p.name for p in CORPUS.iterdir() if p.is_dir() and p.name != "driven"}
+    assert folders == {f"{v['face']}_{v['name']}" for v in voices}
+
+
+def test_readme_tables_are_the_verification_result() -> None:
+    """The README's read-back tables are what verify renders from verification.json."""
+    from a2bs.synth.verify import PAIRS, face_summary, voice_table
+
+    meta = json.loads((CORPUS / "corpus.json").read_text())
+    result = json.loads((CORPUS / "verification.json").read_text())
+    readme = (CORPUS / "README.md").read_text()
+    assert set(result["per_clip"]) == {c["clip_id"] for c in meta["clips"]}  # measured this corpus
+    assert result["table"] in readme
+    assert voice_table(result, meta) in readme
+    assert face_summary(result, meta) in readme
+    # The pooled table's rows are the stored numbers, one per driven pair.
+    rows = result["table"].splitlines()[2:]
+    assert len(rows) == len(PAIRS)
+    assert f"| jawOpen | jawOpen | {result['overall']['jawOpen']:.3f} |" in rows[0]
+    assert result["overall"]["jawOpen"] > 0.85 and result["face_ratio"] > 0.99
 
 
 def test_committed_clip_decodes_with_speech_between_silences() -> None:
