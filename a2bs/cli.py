@@ -63,7 +63,7 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 
     _, overrides = split_overrides(rest)
     cfg = load_config(args.config, overrides, base=demo_config())
-    return run_demo(args.out, cfg, clips_per_speaker=args.clips_per_speaker)
+    return run_demo(args.out, cfg, clips_per_speaker=args.clips_per_speaker, speakers=args.speakers)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -105,6 +105,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--clips-per-speaker", type=int, default=0,
                    help="run on the first N clips of each demo speaker (a quick smoke run; default: all)")
+    p.add_argument("--speakers", type=int, default=0,
+                   help="run on N of the demo speakers, taken in turn from each face (a quick smoke run; default: all)")
     _common(p)
     handlers["demo"] = cmd_demo
 

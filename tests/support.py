@@ -13,9 +13,21 @@ REPO = TESTS.parent
 DEMO_CORPUS = REPO / "a2bs" / "demo" / "corpus"
 
 
+# The shared integration fixture (conftest.demo_features) extracts this many of the demo corpus' voices,
+# taken in turn from each face: enough voices for every split, in a third of the corpus' extraction time.
+FIXTURE_SPEAKERS = 8
+
+
 def demo_clips() -> list[Path]:
     """The bundled demo clips, sorted."""
     return sorted(DEMO_CORPUS.rglob("*.mp4"))
+
+
+def fixture_clips() -> list[Path]:
+    """The demo clips of the shared integration fixture (`FIXTURE_SPEAKERS` voices), sorted."""
+    from a2bs.demo.job import demo_clip_paths
+
+    return demo_clip_paths(speakers=FIXTURE_SPEAKERS)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ new user sees every artefact a2bs makes in one run. Reruns skip what is already 
 from __future__ import annotations
 
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 from a2bs.config import Config, load_config
@@ -21,27 +22,40 @@ def demo_config(cfg: Config | None = None) -> Config:
     return load_config(DEMO_PRESET, base=cfg)  # a missing preset is an error, never a silent fallback
 
 
-def demo_clip_paths(clips_per_speaker: int = 0) -> list[Path]:
-    """The demo corpus' clips, sorted; with `clips_per_speaker` > 0 only the first that many of each speaker.
+def demo_clip_paths(clips_per_speaker: int = 0, speakers: int = 0) -> list[Path]:
+    """The demo corpus' clips, sorted; a subset for a quick smoke run when asked.
+
+    `clips_per_speaker` > 0 keeps the first that many clips of each speaker; `speakers` > 0 keeps that many
+    speakers, taken in turn from each face (the speaker folder's prefix, as ``sequence.identity_from=prefix``
+    reads it), so a small subset still has every face and both held-out splits have voices to draw from.
 
     Raises:
         FileNotFoundError: the corpus is not inside the installed package.
     """
+    from a2bs.build.shards import clip_identity
+
     clips = sorted(DEMO_CORPUS.rglob("*.mp4"))
     if not clips:
         raise FileNotFoundError(f"demo corpus not found under {DEMO_CORPUS}")
+    by_speaker: dict[str, list[Path]] = {}
+    for c in clips:
+        by_speaker.setdefault(c.parent.name, []).append(c)
+    if speakers > 0:
+        by_face: dict[str, list[str]] = {}
+        for name in sorted(by_speaker):
+            by_face.setdefault(clip_identity(name, "prefix"), []).append(name)
+        in_turn = [name for row in zip_longest(*by_face.values()) for name in row if name]
+        by_speaker = {name: by_speaker[name] for name in in_turn[:speakers]}
     if clips_per_speaker > 0:
-        by_speaker: dict[str, list[Path]] = {}
-        for c in clips:
-            by_speaker.setdefault(c.parent.name, []).append(c)
-        clips = sorted(c for group in by_speaker.values() for c in group[:clips_per_speaker])
-    return clips
+        by_speaker = {name: group[:clips_per_speaker] for name, group in by_speaker.items()}
+    return sorted(c for group in by_speaker.values() for c in group)
 
 
-def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
+def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0, speakers: int = 0) -> int:
     """Run every stage on the demo corpus; show one line per stage and a closing summary.
 
-    `clips_per_speaker` > 0 runs on a subset (a quick smoke run; the full corpus is the demo).
+    `clips_per_speaker` or `speakers` > 0 runs on a subset (:func:`demo_clip_paths`: a quick smoke run; the
+    full corpus is the demo).
 
     Layout: OUT/clips (extract), OUT/shards (build), OUT/train (RUN_DIR, model.safetensors),
     OUT/report (evaluate on every held-out split), OUT/infer (Live Link CSV of one held-out clip).
@@ -54,11 +68,12 @@ def run_demo(out_dir: str, cfg: Config, clips_per_speaker: int = 0) -> int:
     from a2bs.train.trainer import run_exists, train
 
     t0 = time.perf_counter()
-    clips = demo_clip_paths(clips_per_speaker)
+    clips = demo_clip_paths(clips_per_speaker, speakers)
     storage.makedirs(out_dir)
     clips_dir, shards_dir = storage.join(out_dir, "clips"), storage.join(out_dir, "shards")
     run_dir, report_dir = storage.join(out_dir, "train"), storage.join(out_dir, "report")
-    inputs = [str(DEMO_CORPUS)] if clips_per_speaker <= 0 else [str(c) for c in clips]
+    subset = clips_per_speaker > 0 or speakers > 0
+    inputs = [str(c) for c in clips] if subset else [str(DEMO_CORPUS)]
     extract = run_extract(inputs, clips_dir, cfg, progress=True)
     console.say(extract.line())
     build = run_build(clips_dir, shards_dir, cfg)
@@ -87,8 +102,14 @@ def build_split_by(shards_dir: str) -> str:
 def held_out_lines(splits: dict[str, dict], split_by: str) -> list[str]:
     """The demo's two numbers, each against the seed's targets: known voices on unseen clips (the
     ``known`` split, or with a by-clip split its test clips) and unseen voices (the test split of a
-    by-speaker split); a number the split settings do not give says so."""
+    by-speaker split); a number the split settings do not give says so. A model with identities is
+    scored with the average face and, after it, with each voice's own face (the rig a user picks)."""
     from a2bs.train.metrics import JAW_CORR, LIP_CORR, MAE, MOUTH_MAE, format_metrics
+
+    def scored(entry: dict) -> str:
+        passed = sum(r["passed"] for r in entry["targets"])
+        return (f"{format_metrics(entry['metrics'], (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR))} "
+                f"({passed}/{len(entry['targets'])} seed targets)")
 
     known = "known" if "known" in splits else ("test" if split_by == "clip" and "test" in splits else None)
     unseen = "test" if split_by == "speaker" and "test" in splits else None
@@ -97,11 +118,13 @@ def held_out_lines(splits: dict[str, dict], split_by: str) -> list[str]:
         if name is None:
             lines.append(f"demo: {title}: none held out (too few speakers, or sequence.*_fraction 0)")
             continue
-        entry = splits[name]
-        passed = sum(r["passed"] for r in entry["targets"])
-        lines.append(f"demo: {title} ({name} split: {', '.join(entry['speakers'])}): "
-                     f"{format_metrics(entry['metrics'], (MAE, MOUTH_MAE, JAW_CORR, LIP_CORR))} "
-                     f"({passed}/{len(entry['targets'])} seed targets)")
+        entry, own = splits[name], splits[name].get("with_identity")
+        line = f"demo: {title} ({name} split: {', '.join(entry['speakers'])}): "
+        if own is None:
+            lines.append(line + scored(entry))
+        else:
+            lines.append(f"{line}average face: {scored(entry)}; "
+                         f"with their face ({', '.join(own['identities'])}): {scored(own)}")
     return lines
 
 

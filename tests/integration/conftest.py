@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import DEMO_CORPUS, demo_clips
+from support import fixture_clips
 
 from a2bs.build.pipeline import run_build
 from a2bs.config import Config, load_config
@@ -17,10 +17,11 @@ def demo_config() -> Config:
 
 @pytest.fixture(scope="session")
 def demo_features(tmp_path_factory, ray_cluster, demo_config):
-    """The whole demo corpus extracted once through the Ray Data actor pool."""
-    assert demo_clips(), "demo corpus missing"
+    """The fixture's share of the demo corpus (support.fixture_clips) extracted once through the Ray Data actor pool."""
+    clips = fixture_clips()
+    assert clips, "demo corpus missing"
     out = tmp_path_factory.mktemp("demo") / "clips"
-    summary = run_extract([str(DEMO_CORPUS)], str(out), demo_config, use_ray=True, progress=False)
+    summary = run_extract([str(c) for c in clips], str(out), demo_config, use_ray=True, progress=False)
     return out, summary
 
 

@@ -10,7 +10,7 @@ import boto3
 import media_factory as mf
 import numpy as np
 import pytest
-from support import demo_clips, read_split
+from support import demo_clips, fixture_clips, read_split
 
 from a2bs.build.pipeline import run_build
 from a2bs.build.sequences import expected_windows
@@ -31,11 +31,11 @@ def _tree(folder: Path) -> dict[str, float]:
 def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) -> None:
     clips_dir, ex = demo_features
     shards_dir, build = demo_shards
-    assert ex.ok == len(demo_clips()) and ex.failed == 0
+    assert ex.ok == len(fixture_clips()) and ex.failed == 0
     manifest = ShardsManifest.load(shards_dir)
     clips = ClipsManifest.load(clips_dir)
     assert sorted(clips.clips) == sorted(p.name for p in (clips_dir / "clips").iterdir() if p.is_dir())
-    assert sorted(e.source_uri for e in clips.clips.values()) == [str(c) for c in demo_clips()]
+    assert sorted(e.source_uri for e in clips.clips.values()) == [str(c) for c in fixture_clips()]
     predicted = 0
     for clip_id, entry in sorted(clips.clips.items()):
         assert entry.n_segments == 1 and entry.segments == (0,)  # every demo clip is shorter than a segment
@@ -54,7 +54,7 @@ def test_demo_corpus_windows_and_split(demo_features, demo_shards, demo_config) 
         set(train["clip_id"]) | set(val["clip_id"]))
     train_split, val_split, test_split = (manifest.splits[s] for s in ("train", "val", "test"))
     voices = [set(train_split.speakers), set(val_split.speakers), set(test_split.speakers)]
-    assert all(voices) and sum(map(len, voices)) == len(set().union(*voices)) == len({p.parent.name for p in demo_clips()})
+    assert all(voices) and sum(map(len, voices)) == len(set().union(*voices)) == len({p.parent.name for p in fixture_clips()})
     assert set(train_split.clips) == set(train["clip_id"]) and set(val_split.clips) == set(val["clip_id"])
     assert sorted(train_split.clips + val_split.clips + test_split.clips) == sorted(clips.clips)
     assert (manifest.window_frames, manifest.step_frames, manifest.frame_rate_hz) == (24, 12, 100.0)
@@ -72,11 +72,12 @@ def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shar
     shards_dir, _ = demo_shards
     before_clips, before_shards = _tree(clips_dir / "clips"), _tree(shards_dir)
     listed = ClipsManifest.load(clips_dir)
-    again = run_extract([str(mf_root())], str(clips_dir), demo_config, use_ray=True, progress=False)
+    inputs = [str(c) for c in fixture_clips()]
+    again = run_extract(inputs, str(clips_dir), demo_config, use_ray=True, progress=False)
     assert (again.ok, again.skipped, again.failed) == (0, first.ok, 0)
     assert _tree(clips_dir / "clips") == before_clips and ClipsManifest.load(clips_dir) == listed
     # A rerun on one input keeps every earlier clip in the manifest.
-    one = run_extract([str(demo_clips()[0])], str(clips_dir), demo_config, use_ray=False, progress=False)
+    one = run_extract(inputs[:1], str(clips_dir), demo_config, use_ray=False, progress=False)
     assert one.skipped == 1 and ClipsManifest.load(clips_dir) == listed
     rebuilt = run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=True)
     assert rebuilt.up_to_date and _tree(shards_dir) == before_shards
@@ -86,7 +87,7 @@ def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shar
     victim.unlink()
     with pytest.raises(InputError, match=f"{victim}: listed in the clips manifest but missing"):
         run_build(str(clips_dir), str(shards_dir), demo_config, use_ray=False)
-    restored = run_extract([str(mf_root())], str(clips_dir), demo_config, use_ray=True, progress=False)
+    restored = run_extract(inputs, str(clips_dir), demo_config, use_ray=True, progress=False)
     assert (restored.ok, restored.skipped) == (1, first.ok - 1)
     assert set(_tree(clips_dir / "clips")) == set(before_clips) and ClipsManifest.load(clips_dir) == listed
     again = read_segment(str(victim))
@@ -96,12 +97,6 @@ def test_rerun_is_a_noop_and_a_deleted_clip_is_restored(demo_features, demo_shar
     # clip ran alone rather than somewhere in an actor's queue.
     np.testing.assert_array_equal(again.targets, original.targets)
     np.testing.assert_array_equal(again.mel_db, original.mel_db)
-
-
-def mf_root() -> Path:
-    from support import DEMO_CORPUS
-
-    return DEMO_CORPUS
 
 
 def test_corrupt_clip_is_listed_and_the_rest_complete(tmp_path: Path, ray_cluster, demo_config) -> None:

@@ -1,7 +1,7 @@
 """Segment-parallel extraction of a long take equals a whole-file pass; reruns and damaged takes.
 
-The take (about 2.5 minutes) is made here from demo clips; ``extract.segment_s=40`` cuts it into
-four segments (40 s x 3 + a 31 s tail), so every border, the open-ended last segment and the
+The take (about 2.25 minutes) is made here from demo clips; ``extract.segment_s=40`` cuts it into
+four segments (40 s x 3 + a 15 s tail), so every border, the open-ended last segment and the
 warm-up are exercised while the test stays small.
 """
 
@@ -31,7 +31,7 @@ from a2bs.manifests import ClipsManifest
 from a2bs.schema import N_BLENDSHAPES
 
 SEGMENT_S = 40.0
-TAKE_CLIPS = 14  # x 10.7 s
+TAKE_CLIPS = 18  # the first three voices' clips: 135 s
 # A tracker restarted at a segment border (after its warm-up) never returns to bit-identical values:
 # MediaPipe carries each frame's landmarks into the next frame's crop. Measured (docs/scaling.md,
 # "Warm-up"; benchmarks/measure_warmup.py): up to ~0.05 in a blendshape score, ~0.003 per frame on

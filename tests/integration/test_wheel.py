@@ -65,10 +65,11 @@ def test_installed_a2bs_runs_the_demo_from_outside_the_source_tree(wheel_env, tm
     helped = _run([a2bs, "--help"], cwd=tmp_path)
     assert helped.returncode == 0 and "demo" in helped.stdout and "info" in helped.stdout
 
-    # A short demo: two clips per speaker (train and held-out clips), one epoch, every stage.
+    # A short demo: four voices (both faces), two clips each (train and held-out clips), one epoch, every stage.
     assert len(demo_clips()) > 8
     out = tmp_path / "demo"
-    demo = _run([a2bs, "demo", "--out", str(out), "--clips-per-speaker", "2", "train.epochs=1", "ray.num_cpus=2"],
+    demo = _run([a2bs, "demo", "--out", str(out), "--speakers", "4", "--clips-per-speaker", "2", "train.epochs=1",
+                 "ray.num_cpus=2"],
                 cwd=tmp_path, timeout_s=900)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     model = out / "train" / "model.safetensors"

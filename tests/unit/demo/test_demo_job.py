@@ -49,3 +49,27 @@ def test_the_demo_shows_both_held_out_numbers_against_the_seed_targets() -> None
     known, unseen = held_out_lines({"test": splits["known"], "val": splits["val"]}, "clip")
     assert known.startswith("demo: known voices, unseen clips (test split: ")
     assert unseen == "demo: unseen voices: none held out (too few speakers, or sequence.*_fraction 0)"
+    # A model with identities: the average face, then each voice's own face.
+    own = _entry(["astronaut_slt"], 0.65)
+    splits["test"]["with_identity"] = {**own, "identities": ["astronaut"]}
+    _, unseen = held_out_lines(splits, "speaker")
+    average, faces = unseen.split("; ")
+    assert average.startswith("demo: unseen voices (test split: astronaut_slt): average face: mae 0.0200")
+    assert "lip_corr 0.400" in average and average.endswith("(3/4 seed targets)")
+    assert faces.startswith("with their face (astronaut): ") and "lip_corr 0.650" in faces
+    assert faces.endswith("(4/4 seed targets)")
+
+
+def test_a_speaker_subset_takes_voices_from_every_face_in_turn() -> None:
+    from a2bs.demo.job import demo_clip_paths
+
+    every = demo_clip_paths()
+    assert len(every) == len(demo_clips())
+    subset = demo_clip_paths(clips_per_speaker=2, speakers=4)
+    speakers = sorted({c.parent.name for c in subset})
+    assert len(subset) == 8 and len(speakers) == 4
+    faces = [s.split("_")[0] for s in speakers]
+    assert faces.count("astronaut") == faces.count("hopper") == 2, speakers
+    # The first voices of each face, in the corpus' order.
+    by_face = {f: sorted({c.parent.name for c in every if c.parent.name.startswith(f + "_")}) for f in set(faces)}
+    assert speakers == sorted(by_face["astronaut"][:2] + by_face["hopper"][:2])
