@@ -151,7 +151,7 @@ async def _load_run(url: str, audio: np.ndarray, n: int, fps: float, chunk_ms: f
 
     async def one(i: int):
         await asyncio.sleep(float(rng.uniform(0, 1.0)))  # sessions start spread over a second, at any phase
-        return await stream_async(url, blocks_of(audio, 16000, chunk_ms), 16000, fps=fps, realtime=True,
+        return await stream_async(url, blocks_of(audio, 16000, chunk_ms), 16000, fps=fps, realtime=True, frames=FRAMES,
                                   open_timeout_s=60)
 
     results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)

@@ -44,6 +44,7 @@ class ClientResult:
     audio_s: float  # audio sent
     latency_ms: np.ndarray  # (N,) receive time - send time of the message holding the frame's sample
     starts: list[int] = field(default_factory=list)  # "start" of each frames message, in order
+    ready: dict[str, Any] = field(default_factory=dict)  # the server's "ready" message
 
     def curves(self) -> Curves:
         """The frames as :class:`~a2bs.infer.curves.Curves`."""
@@ -158,7 +159,7 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
                     values = np.concatenate(chunks) if chunks else np.zeros((0, len(names)), np.float32)
                     return ClientResult(names, out_fps, values, int(msg["frames"]), int(msg.get("dropped", 0)),
                                         (sent_end[-1] if sent_end else 0) / sample_rate,
-                                        np.concatenate(latencies) if latencies else np.zeros(0), starts)
+                                        np.concatenate(latencies) if latencies else np.zeros(0), starts, ready)
                 elif event == "error":
                     raise ServeError(msg.get("reason", "error"))
         finally:

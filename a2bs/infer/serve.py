@@ -77,14 +77,17 @@ class Server:
         identity: the face of sessions that name none (None = the model's learned average).
         admission: the limit shared with other worker processes (None = this server's slots alone).
         metrics_dir: the workers' shared metrics directory (None = this server's metrics alone).
+        worker: this server's index among the workers of one `a2bs serve` (told in "ready"; needed
+            with `admission`), or None.
     """
 
     def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None,
                  identity: str | None = None, admission: SharedAdmission | None = None,
-                 metrics_dir: str | None = None) -> None:
+                 metrics_dir: str | None = None, worker: int | None = None) -> None:
         self.model, self.cfg, self.token = model, cfg, token
         self.identity = identity
         self.admission = admission
+        self.worker = worker
         self.engine = ServeEngine(model, cfg)
         self.metrics = ServeMetrics(metrics_dir)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2bs-step")
@@ -231,7 +234,7 @@ class Server:
         outcome = "done"
         # A place under the admission limit: this server's free slots, or the count shared by the workers.
         shared = self.admission is not None
-        admitted = self.admission.try_admit() if shared else self.engine.active < self.engine.capacity
+        admitted = self.admission.try_admit(self.worker) if shared else self.engine.active < self.engine.capacity
         if not admitted:
             self.metrics.refused.labels("full").inc()
             await self._refuse(ws, f"server full: {self.capacity} of {self.capacity} sessions in use; "
@@ -242,9 +245,11 @@ class Server:
             if session is None:
                 return
             spec = session.stream.spec
-            await ws.send(json.dumps({"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps,
-                                      "sample_rate": spec.sample_rate, "frames": spec.frames,
-                                      "model_sample_rate": self.model.audio_cfg.sample_rate}))
+            ready = {"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps, "sample_rate": spec.sample_rate,
+                     "frames": spec.frames, "model_sample_rate": self.model.audio_cfg.sample_rate}
+            if self.worker is not None:
+                ready["worker"] = self.worker
+            await ws.send(json.dumps(ready))
             sender = asyncio.create_task(self._sender(session))
             try:
                 await self._reader(session)
@@ -258,7 +263,7 @@ class Server:
             outcome = "vanished"
         finally:
             if shared:
-                self.admission.release(served=session is not None)
+                self.admission.release(self.worker, served=session is not None)
             if session is not None:
                 session.stream.closed = True
                 if session.sink is not None:
@@ -335,8 +340,8 @@ class Server:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, host: str | None, port: int | None, sock: socket.socket | None = None) -> Any:
-        """Listen on host:port (port 0 = any free port), or accept on the listening `sock` (a worker
-        sharing its parent's); returns the websockets server."""
+        """Listen on host:port (port 0 = any free port) or on the bound socket `sock`; returns the
+        websockets server."""
         from websockets.asyncio.server import serve
 
         self._wake = asyncio.Event()
@@ -347,6 +352,17 @@ class Server:
         self.ws_server = await serve(self.handler, process_request=self.process_request, compression=None,
                                      max_size=self.cfg.serve.max_message_bytes, **where)
         return self.ws_server
+
+    def adopt(self, conn: socket.socket) -> None:
+        """Serve a connection another process accepted (the parent of the workers hands them out)."""
+        # asyncio.Server keeps the protocol factory websockets gave it (a private attribute, there since
+        # Python 3.7): the same factory as for connections it accepts itself, so the same server code.
+        factory = self.ws_server.server._protocol_factory
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(
+            asyncio.get_running_loop().connect_accepted_socket(factory, conn))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def port(self) -> int:

@@ -62,37 +62,39 @@ def resolve_workers(cfg: Config) -> int:
 
 
 class SharedAdmission:
-    """The admission limit of several worker processes: sessions admitted and served, in shared memory.
+    """The admission limit of several worker processes: sessions held per worker and sessions served,
+    in shared memory.
 
-    Created before the workers are forked; each worker asks :meth:`try_admit` before a session and
-    calls :meth:`release` after it, so the limit holds for the server as a whole.
+    Created before the workers are forked; a worker asks :meth:`try_admit` before a session and calls
+    :meth:`release` after it, so the limit holds for the server as a whole, and the parent reads
+    :meth:`held` to send the next connection to the worker holding the fewest sessions.
     """
 
-    def __init__(self, ctx: Any, limit: int) -> None:
+    def __init__(self, ctx: Any, limit: int, workers: int) -> None:
         self.limit = int(limit)
-        self._admitted = ctx.Value("i", 0)
+        self._held = ctx.Array("i", int(workers))  # one lock for the whole array
         self._served = ctx.Value("i", 0)
 
-    def try_admit(self) -> bool:
-        """Take a place if one is free (atomic across processes)."""
-        with self._admitted.get_lock():
-            if self._admitted.value >= self.limit:
+    def try_admit(self, worker: int) -> bool:
+        """Take a place for `worker` if one is free (atomic across processes)."""
+        with self._held.get_lock():
+            if sum(self._held) >= self.limit:
                 return False
-            self._admitted.value += 1
+            self._held[worker] += 1
             return True
 
-    def release(self, served: bool) -> None:
-        """Give a place back; `served`: it held a session (counted for the stop line)."""
-        with self._admitted.get_lock():
-            self._admitted.value -= 1
+    def release(self, worker: int, served: bool) -> None:
+        """Give `worker`'s place back; `served`: it held a session (counted for the stop line)."""
+        with self._held.get_lock():
+            self._held[worker] -= 1
         if served:
             with self._served.get_lock():
                 self._served.value += 1
 
-    @property
-    def admitted(self) -> int:
-        """Places taken now, in all workers."""
-        return self._admitted.value
+    def held(self) -> list[int]:
+        """Places taken now, per worker."""
+        with self._held.get_lock():
+            return list(self._held)
 
     @property
     def served(self) -> int:
