@@ -22,6 +22,7 @@ sentinel), so no worker outlives the command. Forking shares the loaded model's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -98,7 +99,11 @@ def _worker(index: int, model: LoadedModel, cfg: Config, token: str | None, iden
     try:
         asyncio.run(main())
     finally:
-        multiprocess.mark_process_dead(os.getpid(), os.path.join(run_dir, "metrics"))
+        with contextlib.suppress(FileNotFoundError):  # a sibling may be removing the directory
+            multiprocess.mark_process_dead(os.getpid(), metrics_dir)
+        parent = multiprocessing.parent_process()
+        if parent is not None and not parent.is_alive():  # nobody else will remove the private directory
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: str | None, workers: int,
