@@ -55,7 +55,8 @@ def resolve_workers(cfg: Config) -> int:
     """
     value = str(cfg.serve.workers).strip().lower()
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return max(1, len(usable))
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"serve.workers must be 'auto' or a whole number >= 1, got {cfg.serve.workers!r}")
     return int(value)
