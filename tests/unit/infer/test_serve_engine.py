@@ -16,7 +16,13 @@ import torch
 from a2bs.config import AudioConfig, ConfigError, load_config
 from a2bs.infer.engine import ServeEngine, StreamSpec, parse_spec
 from a2bs.infer.offline import LoadedModel, predict_samples
-from a2bs.infer.serve_support import SendQueue, SharedAdmission, is_loopback, read_token, resolve_workers
+from a2bs.infer.serve_support import (
+    SendQueue,
+    SharedAdmission,
+    is_loopback,
+    read_token,
+    resolve_workers,
+)
 from a2bs.infer.wire import (
     StreamError,
     decode_frames_f32,
