@@ -74,6 +74,9 @@ def _worker(index: int, model: LoadedModel, cfg: Config, token: str | None, iden
             private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             private.bind(os.path.join(run_dir, f"worker-{index}.sock"))
             await server.start(None, None, sock=private)
+            if not hasattr(server.ws_server.server, "_protocol_factory"):  # what Server.adopt relies on
+                raise RuntimeError("serve.workers > 1 needs asyncio.Server._protocol_factory, which this Python "
+                                   "lacks: use serve.workers=1")
         except Exception as exc:  # told to the parent, which raises it (one line from the CLI)
             ready.send(exc)
             return
@@ -172,6 +175,7 @@ def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: st
                     pass
             died = [p for p in procs if p.sentinel in ready]
             if died:
+                died[0].join()  # ended: reaps it, for its exit code
                 print(f"serve: worker {died[0].name} exited (code {died[0].exitcode}); stopping",
                       file=sys.stderr, flush=True)
                 code = 1
