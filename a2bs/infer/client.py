@@ -59,7 +59,7 @@ def blocks_of(samples: np.ndarray, sample_rate: int, chunk_ms: float) -> Iterato
 
 
 async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int, *, encoding: str = "pcm_s16le",
-                       fps: float = 60.0, frames: str = "json", token: str | None = None, realtime: bool = True,
+                       fps: float = 60.0, frames: str = "f32", token: str | None = None, realtime: bool = True,
                        blocking_source: bool = False, start: dict[str, Any] | None = None,
                        on_frames: Callable[[Curves, np.ndarray], None] | None = None,
                        open_timeout_s: float = 10.0) -> ClientResult:
@@ -71,8 +71,8 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
         sample_rate: the rate declared to the server (it resamples to the model's).
         encoding: ``pcm_s16le`` or ``pcm_f32le``.
         fps: output frame rate asked for.
-        frames: how the server sends frames: ``json`` messages or ``f32`` binary ones (less CPU on both
-            sides; the values are the same float32 the server computed, not rounded to 1e-6).
+        frames: how the server sends frames: ``f32`` binary messages (less CPU on both sides; the
+            float32 the server computed) or ``json`` ones (the protocol's default, rounded to 1e-6).
         token: sent as ``Authorization: Bearer TOKEN``.
         realtime: send each block when its last sample would have been captured (file sources).
         blocking_source: `blocks` blocks until audio arrives (a microphone): read it in a thread.
@@ -97,7 +97,7 @@ async def stream_async(url: str, blocks: Iterable[np.ndarray], sample_rate: int,
     async with ws:
         try:
             first = {"sample_rate": int(sample_rate), "encoding": encoding, "fps": fps}
-            if frames != "json":  # only when asked: a server before the extension knows no "frames" field
+            if frames != "json":  # JSON is what a server does unasked
                 first["frames"] = frames
             await ws.send(json.dumps({**first, **(start or {})}))
             ready = json.loads(await ws.recv())

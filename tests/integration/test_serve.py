@@ -103,9 +103,8 @@ def test_concurrent_sessions_get_the_offline_frames(causal_model, backend):
         assert srv.server.engine.backend == backend
         async def run():
             return await asyncio.gather(
-                stream_async(srv.url, blocks_of(a, 16000, 20), 16000, fps=60),  # real-time pace
-                stream_async(srv.url, blocks_of(b, 16000, 7), 16000, fps=30, encoding="pcm_f32le", realtime=False,
-                             frames="f32"),  # binary frames
+                stream_async(srv.url, blocks_of(a, 16000, 20), 16000, fps=60, frames="json"),  # real-time pace
+                stream_async(srv.url, blocks_of(b, 16000, 7), 16000, fps=30, encoding="pcm_f32le", realtime=False),
                 stream_async(srv.url, blocks_of(c48, 48000, 33), 48000, fps=60, realtime=False),  # resampled
                 stream_async(srv.url, blocks_of(d, 16000, 1000), 16000, fps=100, realtime=False),  # > a step
                 stream_async(srv.url, blocks_of(c, 16000, 333), 16000, fps=50, realtime=False),
