@@ -359,10 +359,15 @@ class Server:
         # Python 3.7): the same factory as for connections it accepts itself, so the same server code.
         factory = self.ws_server.server._protocol_factory
         conn.setblocking(False)
-        task = asyncio.get_running_loop().create_task(
-            asyncio.get_running_loop().connect_accepted_socket(factory, conn))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. the client reset at once: its loss only
+            log.info("serve: a handed-over connection failed: %s", task.exception())
 
     @property
     def port(self) -> int:
