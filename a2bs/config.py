@@ -335,6 +335,10 @@ class ServeConfig:
     # sooner after each op while the event loop is busy (docs/serving.md).
     gil_switch_ms: float = 1.0
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
+    # Server processes sharing the port, each with its own event loop and batched step (one process
+    # tops out at one core of per-message Python); "auto" = one per CPU this process may use. The
+    # admission limit, the session count and /metrics cover all of them (docs/serving.md).
+    workers: str = "auto"
     livelink_any_host: bool = False  # Live Link UDP only to the client's own address unless true
 
 

@@ -12,7 +12,9 @@ Two parts, each writing its own table (``--write-readme`` puts both in benchmark
   pace. A run passes when every session got all its frames (none dropped) and the p95 end-to-end
   latency (the audio message holding a frame's sample sent -> the frame received) is <= ``--p95-ms``.
   N doubles from ``--start`` until a run fails, then bisects; at most ``--max-runs`` runs per model
-  and backend, ``--max-sessions`` sessions, and ``--budget-s`` seconds in all.
+  and backend, ``--max-sessions`` sessions, and ``--budget-s`` seconds in all. The server runs
+  ``--workers`` processes (``serve.workers``, default auto: one per core) and sends the frames as
+  ``--frames`` (default ``f32``, the binary encoding; ``json`` is the protocol's default).
 
     .venv/bin/python benchmarks/bench_serve.py all --write-readme              # the full run (~30 min)
     .venv/bin/python benchmarks/bench_serve.py load --seconds 5 --max-runs 3   # a short check
@@ -130,10 +132,11 @@ def _speech(seconds: float) -> np.ndarray:
     return np.concatenate(parts)[: int(seconds * 16000)]
 
 
-def _start_server(model_path: Path, backend: str, max_sessions: int,
+def _start_server(model_path: Path, backend: str, max_sessions: int, workers: str,
                   overrides: list[str]) -> tuple[subprocess.Popen, str, str]:
     cmd = [sys.executable, "-m", "a2bs.cli", "serve", str(model_path), "--port", "0", "--max-sessions",
-           str(max_sessions), f"serve.backend={backend}", "serve.idle_timeout_s=120", *overrides]
+           str(max_sessions), f"serve.backend={backend}", f"serve.workers={workers}", "serve.idle_timeout_s=120",
+           *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"listening on (ws://[^ ]+)", line)
@@ -144,7 +147,7 @@ def _start_server(model_path: Path, backend: str, max_sessions: int,
     return proc, url, url.replace("ws://", "http://").replace("/v1/stream", "")
 
 
-async def _load_run(url: str, audio: np.ndarray, n: int, fps: float, chunk_ms: float) -> dict:
+async def _load_run(url: str, audio: np.ndarray, n: int, fps: float, chunk_ms: float, frames: str) -> dict:
     from a2bs.infer.client import blocks_of, stream_async
 
     rng = np.random.default_rng(n)
@@ -152,7 +155,7 @@ async def _load_run(url: str, audio: np.ndarray, n: int, fps: float, chunk_ms: f
     async def one(i: int):
         await asyncio.sleep(float(rng.uniform(0, 1.0)))  # sessions start spread over a second, at any phase
         return await stream_async(url, blocks_of(audio, 16000, chunk_ms), 16000, fps=fps, realtime=True,
-                                  open_timeout_s=60)
+                                  frames=frames, open_timeout_s=60)
 
     results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
     expected = int(np.ceil(len(audio) / 16000 * fps - 1e-9))
@@ -175,6 +178,11 @@ def _server_stats(http: str) -> dict:
                                                      "late_frames_total", "frames_total")}
 
 
+def _cpu_s(procs) -> float:
+    """User + system CPU seconds of `procs` so far."""
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+
+
 def bench_load(args) -> list[dict]:
     import psutil
 
@@ -192,22 +200,26 @@ def bench_load(args) -> list[dict]:
             path = Path(tmp) / f"{name}.safetensors"
             save_model(path, build_model(cfg), ModelCard.for_untrained(cfg))
             for backend in args.backends:
-                proc, url, http = _start_server(path, backend, args.max_sessions, args.server_arg)
+                proc, url, http = _start_server(path, backend, args.max_sessions, args.workers, args.server_arg)
                 server = psutil.Process(proc.pid)
+                procs = [server, *server.children(recursive=True)]  # the parent and its worker processes
                 try:
                     tried: dict[int, bool] = {}
                     n, lo, hi = args.start, 0, None  # lo passes, hi fails
                     while len(tried) < args.max_runs and time.monotonic() - t_start < args.budget_s:
-                        before, cpu0, w0 = _server_stats(http), server.cpu_times(), time.perf_counter()
+                        before, cpu0, w0 = _server_stats(http), _cpu_s(procs), time.perf_counter()
                         me0 = time.process_time()
-                        res = asyncio.run(_load_run(url, audio, n, args.fps, args.chunk_ms))
+                        res = asyncio.run(_load_run(url, audio, n, args.fps, args.chunk_ms, args.frames))
                         wall = time.perf_counter() - w0
                         res["client_cpu"] = (time.process_time() - me0) / wall
-                        cpu1, after = server.cpu_times(), _server_stats(http)
+                        cpu1, after = _cpu_s(procs), _server_stats(http)
                         steps = after["step_seconds_count"] - before["step_seconds_count"]
-                        res.update(model=name, backend=backend, passed=res["complete"] == n and
-                                   res["p95_ms"] <= args.p95_ms, server_cpu=(cpu1.user + cpu1.system - cpu0.user
-                                                                             - cpu0.system) / wall,
+                        res.update(model=name, backend=backend, workers=len(procs) - 1 or 1,
+                                   passed=res["complete"] == n and res["p95_ms"] <= args.p95_ms,
+                                   server_cpu=(cpu1 - cpu0) / wall,
+                                   # CPU per session per second of speech: the cost, less bent by other
+                                   # jobs on the machine than latency is
+                                   server_ms_per_session_s=1000 * (cpu1 - cpu0) / (n * args.seconds),
                                    step_ms=1000 * (after["step_seconds_sum"] - before["step_seconds_sum"])
                                    / max(1, steps),
                                    streams_per_tick=(after["tick_streams_sum"] - before["tick_streams_sum"])
@@ -234,16 +246,19 @@ def render_load(rows: list[dict], args, date: str) -> str:
     caveat = " (**machine shared with other jobs**: an upper bound on latency, a lower bound on N)" if shared else ""
     lines = [f"{date}; {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end"
              f"{caveat}. "
-             f"Server (`a2bs serve {' '.join(args.server_arg)}`) and the load generator (this script, one asyncio "
+             f"Server (`a2bs serve serve.workers={args.workers} {' '.join(args.server_arg)}`, frames sent as "
+             f"`{args.frames}`) and the load generator (this script, one asyncio "
              f"process) share the machine. {args.seconds:g} s of demo speech per session, {args.chunk_ms:g} ms "
              f"chunks at real-time pace, {args.fps:g} fps, sessions starting spread over 1 s. Pass = every "
              f"session got all its frames and p95 latency <= {args.p95_ms:g} ms.", "",
-             "| model | backend | sessions | complete | p50 ms | p95 ms | max ms | server CPU (cores) "
-             "| client CPU (cores) | streams per tick | step ms per tick | pass |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| model | backend | workers | sessions | complete | p50 ms | p95 ms | max ms | server CPU (cores) "
+             "| server CPU ms per session-second | client CPU (cores) | streams per tick | step ms per tick | pass |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['backend']} | {r['sessions']} | {r['complete']} | {r['p50_ms']:.1f} "
-                     f"| {r['p95_ms']:.1f} | {r['max_ms']:.0f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
+        lines.append(f"| {r['model']} | {r['backend']} | {r['workers']} | {r['sessions']} | {r['complete']} "
+                     f"| {r['p50_ms']:.1f} "
+                     f"| {r['p95_ms']:.1f} | {r['max_ms']:.0f} | {r['server_cpu']:.2f} "
+                     f"| {r['server_ms_per_session_s']:.0f} | {r['client_cpu']:.2f} "
                      f"| {r['streams_per_tick']:.1f} "
                      f"| {r['step_ms']:.2f} | {'yes' if r['passed'] else 'no'} |")
     best = {}
@@ -271,6 +286,9 @@ def main() -> None:
     ap.add_argument("--max-sessions", type=int, default=256)
     ap.add_argument("--max-runs", type=int, default=7, help="runs per model and backend")
     ap.add_argument("--budget-s", type=float, default=3600.0, help="stop starting new runs after this")
+    ap.add_argument("--workers", default="auto", help="serve.workers of the server (auto = one per core)")
+    ap.add_argument("--frames", default="f32", choices=["f32", "json"],
+                    help="how the server sends frames to the load generator (f32: binary)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra `a2bs serve` override, e.g. "
                     "serve.step_threads=2 (repeatable)")
     ap.add_argument("--write-readme", action="store_true")

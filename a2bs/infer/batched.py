@@ -380,13 +380,24 @@ def make_batched_stepper(model: nn.Module, capacity: int, backend: str = "torch"
     Raises:
         StreamingError: the model is not causal, or attention with the ONNX backend.
     """
+    backend = check_servable(model, backend)
+    if supports_frame_step(model):
+        return BatchedStepper(model, capacity, backend, max_batch, threads)
+    return PerStreamStepper(model, capacity)
+
+
+def check_servable(model: nn.Module, backend: str = "auto") -> str:
+    """The backend :func:`make_batched_stepper` would use for `model` (``"auto"`` resolved), without
+    building anything: lets `a2bs serve` refuse a model before it starts worker processes.
+
+    Raises:
+        StreamingError: the model is not causal, or attention with the ONNX backend.
+    """
     if not supports_streaming(model):
         StreamingModel(model)  # raises the clear "not causal" StreamingError
     if backend == "auto":
         backend = "onnx" if supports_frame_step(model) else "torch"
-    if supports_frame_step(model):
-        return BatchedStepper(model, capacity, backend, max_batch, threads)
-    if backend != "torch":
+    if not supports_frame_step(model) and backend != "torch":
         raise StreamingError("tcn_attn streams in PyTorch only (backend torch): "
                              "its key/value cache is not part of the ONNX step graphs")
-    return PerStreamStepper(model, capacity)
+    return backend

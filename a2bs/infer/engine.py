@@ -34,7 +34,7 @@ from a2bs.infer.live import StreamingVAD
 from a2bs.infer.offline import LoadedModel
 from a2bs.infer.postprocess import PostProcessor
 from a2bs.infer.streaming import StreamingLogMel
-from a2bs.infer.wire import ENCODINGS, StreamError
+from a2bs.infer.wire import ENCODINGS, FRAME_ENCODINGS, StreamError
 from a2bs.schema import N_TARGETS
 
 
@@ -47,6 +47,7 @@ class StreamSpec:
     fps: float = 60.0
     livelink: str | None = None
     identity: str | None = None  # the face to drive (None = the model's learned average)
+    frames: str = "json"  # how frames go back: "json" messages or "f32" binary (a2bs.infer.wire)
 
 
 def parse_spec(msg: Any, cfg: Config, model: LoadedModel, default_identity: str | None = None) -> StreamSpec:
@@ -60,7 +61,7 @@ def parse_spec(msg: Any, cfg: Config, model: LoadedModel, default_identity: str 
     if not isinstance(msg, dict):
         raise StreamError("the first message must be a JSON object such as "
                           '{"sample_rate": 16000, "encoding": "pcm_s16le", "fps": 60}')
-    known = {"sample_rate", "encoding", "fps", "livelink", "identity"}
+    known = {"sample_rate", "encoding", "fps", "livelink", "identity", "frames"}
     unknown = sorted(set(msg) - known)
     if unknown:
         raise StreamError(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -84,7 +85,10 @@ def parse_spec(msg: Any, cfg: Config, model: LoadedModel, default_identity: str 
         model.identity_row(identity)
     except ConfigError as exc:
         raise StreamError(str(exc)) from None
-    return StreamSpec(int(rate), encoding, float(fps), livelink, identity)
+    frames = msg.get("frames", "json")
+    if frames not in FRAME_ENCODINGS:
+        raise StreamError(f"frames must be one of {', '.join(FRAME_ENCODINGS)}, got {frames!r}")
+    return StreamSpec(int(rate), encoding, float(fps), livelink, identity, frames)
 
 
 @dataclass

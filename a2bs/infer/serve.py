@@ -9,7 +9,8 @@ close, for that session only. ``GET /healthz`` and ``GET /metrics`` (Prometheus 
 
 The asyncio event loop does the I/O; the model work of all sessions runs in one worker thread, one
 tick at a time (:class:`a2bs.infer.engine.ServeEngine`): a tick starts as soon as audio is waiting
-and takes everything that arrived meanwhile, so batches grow with the load.
+and takes everything that arrived meanwhile, so batches grow with the load. `a2bs serve` runs
+``serve.workers`` such servers in processes sharing the port (:mod:`a2bs.infer.serve_workers`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from a2bs.infer.curves import Curves
 from a2bs.infer.engine import EngineStream, ServeEngine, TickOutput, parse_spec
 from a2bs.infer.live import LiveLinkSink, livelink_sink_for
 from a2bs.infer.offline import LoadedModel
-from a2bs.infer.serve_support import SendQueue, ServeMetrics, is_loopback, read_token
+from a2bs.infer.serve_support import (
+    SendQueue,
+    ServeMetrics,
+    SharedAdmission,
+    is_loopback,
+    read_token,
+    resolve_workers,
+)
 from a2bs.infer.wire import (
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
@@ -41,6 +49,7 @@ from a2bs.infer.wire import (
     VALUE_DECIMALS,
     StreamError,
     decode_pcm,
+    encode_frames_f32,
 )
 from a2bs.schema import TARGET_NAMES
 
@@ -66,14 +75,21 @@ class Server:
         cfg: resolved config (``serve``, ``infer``).
         token: the access token, or None for an open (loopback) server.
         identity: the face of sessions that name none (None = the model's learned average).
+        admission: the limit shared with other worker processes (None = this server's slots alone).
+        metrics_dir: the workers' shared metrics directory (None = this server's metrics alone).
+        worker: this server's index among the workers of one `a2bs serve` (told in "ready"; needed
+            with `admission`), or None.
     """
 
     def __init__(self, model: LoadedModel, cfg: Config, token: str | None = None,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, admission: SharedAdmission | None = None,
+                 metrics_dir: str | None = None, worker: int | None = None) -> None:
         self.model, self.cfg, self.token = model, cfg, token
         self.identity = identity
+        self.admission = admission
+        self.worker = worker
         self.engine = ServeEngine(model, cfg)
-        self.metrics = ServeMetrics()
+        self.metrics = ServeMetrics(metrics_dir)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2bs-step")
         self._sessions: dict[int, Session] = {}
         self._wake: asyncio.Event | None = None
@@ -120,13 +136,13 @@ class Server:
         except Exception:  # the client may already be gone; nothing else to tell it
             pass
 
+    @property
+    def capacity(self) -> int:
+        """The admission limit (of all workers when they share one)."""
+        return self.engine.capacity if self.admission is None else self.admission.limit
+
     async def _start(self, ws: Any) -> Session | None:
         s = self.cfg.serve
-        if self.engine.active >= self.engine.capacity:
-            self.metrics.refused.labels("full").inc()
-            await self._refuse(ws, f"server full: {self.engine.capacity} of {self.engine.capacity} sessions "
-                                   "in use; try again later", CLOSE_TRY_LATER)
-            return None
         try:
             async with asyncio.timeout(s.idle_timeout_s):
                 first = await ws.recv()
@@ -152,7 +168,7 @@ class Server:
             self.metrics.refused.labels("full").inc()
             if sink is not None:
                 sink.close()
-            await self._refuse(ws, f"server full: {self.engine.capacity} sessions in use; try again later",
+            await self._refuse(ws, f"server full: {self.capacity} sessions in use; try again later",
                                CLOSE_TRY_LATER)
             return None
         if s.socket_send_buffer_bytes > 0:
@@ -216,14 +232,24 @@ class Server:
 
         session: Session | None = None
         outcome = "done"
+        # A place under the admission limit: this server's free slots, or the count shared by the workers.
+        shared = self.admission is not None
+        admitted = self.admission.try_admit(self.worker) if shared else self.engine.active < self.engine.capacity
+        if not admitted:
+            self.metrics.refused.labels("full").inc()
+            await self._refuse(ws, f"server full: {self.capacity} of {self.capacity} sessions in use; "
+                                   "try again later", CLOSE_TRY_LATER)
+            return
         try:
             session = await self._start(ws)
             if session is None:
                 return
             spec = session.stream.spec
-            await ws.send(json.dumps({"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps,
-                                      "sample_rate": spec.sample_rate,
-                                      "model_sample_rate": self.model.audio_cfg.sample_rate}))
+            ready = {"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps, "sample_rate": spec.sample_rate,
+                     "frames": spec.frames, "model_sample_rate": self.model.audio_cfg.sample_rate}
+            if self.worker is not None:
+                ready["worker"] = self.worker
+            await ws.send(json.dumps(ready))
             sender = asyncio.create_task(self._sender(session))
             try:
                 await self._reader(session)
@@ -236,6 +262,8 @@ class Server:
         except ConnectionClosed:
             outcome = "vanished"
         finally:
+            if shared:
+                self.admission.release(self.worker, served=session is not None)
             if session is not None:
                 session.stream.closed = True
                 if session.sink is not None:
@@ -250,9 +278,13 @@ class Server:
     def _deliver(self, session: Session, out: TickOutput) -> None:
         n = len(out.values)
         if n:
-            values = np.round(out.values.astype(np.float64), VALUE_DECIMALS).tolist()
-            dropped = session.outbox.put("frames", n, json.dumps({"event": "frames", "start": out.start_frame,
-                                                                  "values": values}, separators=(",", ":")))
+            if session.stream.spec.frames == "f32":  # binary: no JSON to write here or to parse there
+                message: str | bytes = encode_frames_f32(out.start_frame, out.values)
+            else:
+                values = np.round(out.values.astype(np.float64), VALUE_DECIMALS).tolist()
+                message = json.dumps({"event": "frames", "start": out.start_frame, "values": values},
+                                     separators=(",", ":"))
+            dropped = session.outbox.put("frames", n, message)
             self.metrics.dropped.inc(dropped)
             self.metrics.frames.inc(n)
             if out.wait_s * 1000.0 > self.cfg.serve.late_frame_ms:
@@ -307,17 +339,35 @@ class Server:
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> Any:
-        """Listen on host:port (port 0 = any free port); returns the websockets server."""
+    async def start(self, host: str | None, port: int | None, sock: socket.socket | None = None) -> Any:
+        """Listen on host:port (port 0 = any free port) or on the bound socket `sock`; returns the
+        websockets server."""
         from websockets.asyncio.server import serve
 
         self._wake = asyncio.Event()
         self._ticked = asyncio.Condition()
         self._ticker = asyncio.create_task(self._tick_loop())
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
         # No permessage-deflate: compressing every small frame message costs more CPU than it saves here.
-        self.ws_server = await serve(self.handler, host, port, process_request=self.process_request,
-                                     compression=None, max_size=self.cfg.serve.max_message_bytes)
+        self.ws_server = await serve(self.handler, process_request=self.process_request, compression=None,
+                                     max_size=self.cfg.serve.max_message_bytes, **where)
         return self.ws_server
+
+    def adopt(self, conn: socket.socket) -> None:
+        """Serve a connection another process accepted (the parent of the workers hands them out)."""
+        # asyncio.Server keeps the protocol factory websockets gave it (a private attribute, there since
+        # Python 3.7): the same factory as for connections it accepts itself, so the same server code.
+        factory = self.ws_server.server._protocol_factory
+        conn.setblocking(False)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn))
+        self._background.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. the client reset at once: its loss only
+            log.info("serve: a handed-over connection failed: %s", task.exception())
 
     @property
     def port(self) -> int:
@@ -398,7 +448,15 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
 
     model.identity_row(identity)  # an unknown identity: say so before listening
     token = read_token(cfg)
+    workers = resolve_workers(cfg)
     tune_process(cfg)
+    if workers > 1:
+        from a2bs.infer.batched import check_servable
+
+        check_servable(model.net, cfg.serve.backend)  # in this process: a clear error before any fork
+        from a2bs.infer.serve_workers import run_workers
+
+        return run_workers(model, cfg, token, identity, workers, ready_line)
 
     async def main() -> None:
         server = Server(model, cfg, token, identity)
@@ -407,12 +465,17 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         if ready_line:
-            print(f"serve: listening on ws://{cfg.serve.host}:{server.port}{STREAM_PATH} "
-                  f"({model.model_cfg.name}, {server.engine.backend}, up to {server.engine.capacity} sessions"
-                  f"{', token required' if token else ''}); /healthz, /metrics", flush=True)
+            print(listening_line(cfg, server.port, model, server.engine.backend, token, 1), flush=True)
         await stop.wait()
         await server.stop()
         print(f"serve: stopped after {server.sessions_served} sessions", flush=True)
 
     asyncio.run(main())
     return 0
+
+
+def listening_line(cfg: Config, port: int, model: LoadedModel, backend: str, token: str | None, workers: int) -> str:
+    """The line `a2bs serve` prints once it listens."""
+    procs = f", {workers} worker processes" if workers > 1 else ""
+    return (f"serve: listening on ws://{cfg.serve.host}:{port}{STREAM_PATH} ({model.model_cfg.name}, {backend}, "
+            f"up to {cfg.serve.max_sessions} sessions{procs}{', token required' if token else ''}); /healthz, /metrics")

@@ -1,12 +1,15 @@
-"""The parts of `a2bs serve` around the connection loop: who may connect (the token rule), the
-server's Prometheus metrics, and the per-session send queue with its drop policy."""
+"""The parts of `a2bs serve` around the connection loop: who may connect (the token rule and the
+admission limit shared by worker processes), the server's Prometheus metrics, and the per-session send
+queue with its drop policy."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import ipaddress
+import os
 from pathlib import Path
+from typing import Any
 
 from a2bs.config import Config, ConfigError
 
@@ -44,15 +47,87 @@ def read_token(cfg: Config) -> str | None:
     return token
 
 
-class ServeMetrics:
-    """Prometheus metrics of one server (its own registry, so several servers can share a process)."""
+def resolve_workers(cfg: Config) -> int:
+    """``serve.workers`` as a number of processes (``"auto"``: one per CPU this process may run on).
 
-    def __init__(self) -> None:
+    Raises:
+        ConfigError: not ``auto`` or a whole number >= 1.
+    """
+    value = str(cfg.serve.workers).strip().lower()
+    if value == "auto":
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return max(1, len(usable))
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"serve.workers must be 'auto' or a whole number >= 1, got {cfg.serve.workers!r}")
+    return int(value)
+
+
+class SharedAdmission:
+    """The admission limit of several worker processes: sessions held per worker and sessions served,
+    in shared memory.
+
+    Created before the workers are forked; a worker asks :meth:`try_admit` before a session and calls
+    :meth:`release` after it, so the limit holds for the server as a whole, and the parent reads
+    :meth:`held` to send the next connection to the worker holding the fewest sessions.
+    """
+
+    def __init__(self, ctx: Any, limit: int, workers: int) -> None:
+        self.limit = int(limit)
+        self._held = ctx.Array("i", int(workers))  # one lock for the whole array
+        self._served = ctx.Value("i", 0)
+
+    def try_admit(self, worker: int) -> bool:
+        """Take a place for `worker` if one is free (atomic across processes)."""
+        with self._held.get_lock():
+            if sum(self._held) >= self.limit:
+                return False
+            self._held[worker] += 1
+            return True
+
+    def release(self, worker: int, served: bool) -> None:
+        """Give `worker`'s place back; `served`: it held a session (counted for the stop line)."""
+        with self._held.get_lock():
+            self._held[worker] -= 1
+        if served:
+            with self._served.get_lock():
+                self._served.value += 1
+
+    def held(self) -> list[int]:
+        """Places taken now, per worker."""
+        with self._held.get_lock():
+            return list(self._held)
+
+    @property
+    def served(self) -> int:
+        """Sessions served so far, in all workers."""
+        return self._served.value
+
+
+def use_multiprocess_metrics(directory: str) -> None:
+    """Make this process's Prometheus metrics shared files in `directory` (a worker, before its metrics
+    exist): prometheus_client's multiprocess mode, so any worker's /metrics reports the sum of all."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.get_value_class()  # chosen at import time, maybe before the variable was set
+
+
+class ServeMetrics:
+    """Prometheus metrics of one server (its own registry, so several servers can share a process).
+
+    With `multiprocess_dir` (the workers of one `a2bs serve`, after :func:`use_multiprocess_metrics`),
+    :meth:`text` aggregates the metrics of every worker: counters and histograms summed, the session
+    gauge summed over live workers.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions = Gauge("a2bs_serve_sessions", "Sessions holding a slot", registry=r)
+        self.sessions = Gauge("a2bs_serve_sessions", "Sessions holding a slot", registry=r,
+                              multiprocess_mode="livesum")
         self.ended = Counter("a2bs_serve_sessions_ended", "Sessions ended, by outcome", ["outcome"], registry=r)
         self.refused = Counter("a2bs_serve_sessions_refused", "Connections refused, by reason", ["reason"],
                                registry=r)
@@ -72,9 +147,15 @@ class ServeMetrics:
 
     def text(self) -> tuple[bytes, str]:
         """(exposition body, content type)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, self.multiprocess_dir)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class SendQueue:

@@ -13,8 +13,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pytest
 from infer_support import (  # noqa: F401  (fixtures)
     causal_model,
@@ -52,7 +54,7 @@ def _offline(srv: BackgroundServer, samples: np.ndarray, fps: float, sample_rate
     return predict_samples(server.model, wire_samples(samples, encoding), server.cfg, fps, sample_rate).values
 
 
-def _metrics(srv: BackgroundServer) -> str:
+def _metrics(srv) -> str:  # a BackgroundServer, or anything with http_url
     return urllib.request.urlopen(srv.http_url + "/metrics", timeout=10).read().decode()
 
 
@@ -61,7 +63,7 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _wait_for_metric(srv: BackgroundServer, name: str, at_least: float | None = None,
+def _wait_for_metric(srv, name: str, at_least: float | None = None,
                      at_most: float | None = None, timeout_s: float = 30.0) -> float:
     """Poll /metrics until `name` is >= `at_least` (or <= `at_most`): the server updates its metrics
     after the client has seen the outcome, so the test waits for the condition, not for a time."""
@@ -101,7 +103,7 @@ def test_concurrent_sessions_get_the_offline_frames(causal_model, backend):
         assert srv.server.engine.backend == backend
         async def run():
             return await asyncio.gather(
-                stream_async(srv.url, blocks_of(a, 16000, 20), 16000, fps=60),  # real-time pace
+                stream_async(srv.url, blocks_of(a, 16000, 20), 16000, fps=60, frames="json"),  # real-time pace
                 stream_async(srv.url, blocks_of(b, 16000, 7), 16000, fps=30, encoding="pcm_f32le", realtime=False),
                 stream_async(srv.url, blocks_of(c48, 48000, 33), 48000, fps=60, realtime=False),  # resampled
                 stream_async(srv.url, blocks_of(d, 16000, 1000), 16000, fps=100, realtime=False),  # > a step
@@ -109,6 +111,7 @@ def test_concurrent_sessions_get_the_offline_frames(causal_model, backend):
             )
 
         ra, rb, rc, rd, re_ = asyncio.run(run())
+        assert rb.ready["frames"] == "f32" and ra.ready["frames"] == "json" and "worker" not in ra.ready
         expected = [(ra, _offline(srv, a, 60)), (rb, _offline(srv, b, 30, encoding="pcm_f32le")),
                     (rc, _offline(srv, c48, 60, sample_rate=48000)), (rd, _offline(srv, d, 100)),
                     (re_, _offline(srv, c, 50))]
@@ -322,3 +325,61 @@ def test_each_session_chooses_its_face(tmp_path):
     anna = predict_samples(model, heard, scfg, 60, identity="anna").values
     np.testing.assert_allclose(default.values, anna, atol=ATOL)
     assert np.abs(ben.values - anna).max() > 1e-2
+
+
+def test_worker_processes_share_the_port_the_limit_and_the_metrics(causal_model):
+    clips = [speech_like(1.0 + 0.2 * i, seed=30 + i) for i in range(4)]
+    cmd = [sys.executable, "-m", "a2bs.cli", "serve", str(causal_model), "--port", "0", "--max-sessions", "4",
+           "serve.workers=2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # once every worker serves
+        assert "up to 4 sessions, 2 worker processes" in line, line + proc.stderr.read()
+        url = re.search(r"listening on (ws://[^ ]+)", line).group(1)
+        server = SimpleNamespace(http_url=url.replace("ws://", "http://").replace("/v1/stream", ""))
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        admitted, release = threading.Barrier(5, timeout=120), threading.Barrier(5, timeout=120)
+
+        def gated(audio):
+            admitted.wait()  # this session got "ready"
+            release.wait()  # ... and the fifth has been refused: now the audio
+            yield from blocks_of(audio, 16000, 20)
+
+        async def run():
+            sessions = [asyncio.create_task(stream_async(url, gated(a), 16000, fps=60, blocking_source=True,
+                                                         frames="f32" if i % 2 else "json"))
+                        for i, a in enumerate(clips)]
+            await asyncio.to_thread(admitted.wait)
+            # Four sessions over two workers, each with free slots of its own: the limit is the server's.
+            with pytest.raises(ServeError, match="server full: 4 of 4 sessions"):
+                await stream_async(url, blocks_of(clips[0], 16000, 20), 16000)
+            await asyncio.to_thread(release.wait)
+            return await asyncio.gather(*sessions)
+
+        results = asyncio.run(run())
+        assert sorted(r.ready["worker"] for r in results) == [0, 0, 1, 1]  # to the worker with the fewest
+        cfg = load_config()
+        model = load_model(str(causal_model), cfg)
+        for got, audio in zip(results, clips):
+            ref = predict_samples(model, wire_samples(audio), cfg, 60).values
+            assert got.frames == len(got.values) == len(ref) and got.dropped == 0
+            np.testing.assert_allclose(got.values, ref, atol=ATOL)
+        # Whichever worker answers a scrape, it reports the whole server (the parent alternates them).
+        total = sum(len(r.values) for r in results)
+        assert _wait_for_metric(server, 'a2bs_serve_sessions_ended_total{outcome="done"}', 4) == 4
+        for _ in range(4):
+            metrics = _metrics(server)
+            assert _metric(metrics, "a2bs_serve_frames_total") == total
+            assert _metric(metrics, 'a2bs_serve_sessions_ended_total{outcome="done"}') == 4
+            assert _metric(metrics, 'a2bs_serve_sessions_refused_total{reason="full"}') == 1
+            assert _metric(metrics, "a2bs_serve_sessions") == 0
+        # Killed outright, the parent cannot stop its workers: they notice and stop by themselves.
+        proc.kill()
+        proc.wait(60)
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive and len(gone) == 2
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.communicate(timeout=60)

@@ -1,9 +1,12 @@
-"""The serving engine without sockets: start-message checks, PCM decoding, the per-tick step cap, the
-send queue's drop policy and when a token is required."""
+"""The serving engine without sockets: start-message checks, PCM and binary frames encoding, the
+per-tick step cap, the send queue's drop policy, when a token is required, the worker count and the
+admission limit shared by worker processes."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -13,8 +16,21 @@ import torch
 from a2bs.config import AudioConfig, ConfigError, load_config
 from a2bs.infer.engine import ServeEngine, StreamSpec, parse_spec
 from a2bs.infer.offline import LoadedModel, predict_samples
-from a2bs.infer.serve_support import SendQueue, is_loopback, read_token
-from a2bs.infer.wire import StreamError, decode_pcm, encode_pcm, wire_samples
+from a2bs.infer.serve_support import (
+    SendQueue,
+    SharedAdmission,
+    is_loopback,
+    read_token,
+    resolve_workers,
+)
+from a2bs.infer.wire import (
+    StreamError,
+    decode_frames_f32,
+    decode_pcm,
+    encode_frames_f32,
+    encode_pcm,
+    wire_samples,
+)
 from a2bs.models import build_model, preset
 
 
@@ -39,6 +55,8 @@ def test_start_message_checks(model) -> None:
     spec = parse_spec({"sample_rate": 48000, "encoding": "pcm_f32le", "fps": 30}, cfg, model)
     assert spec == StreamSpec(48000, "pcm_f32le", 30.0)
     assert parse_spec({"sample_rate": 16000}, cfg, model).fps == cfg.infer.fps
+    assert parse_spec({"sample_rate": 16000}, cfg, model).frames == "json"
+    assert parse_spec({"sample_rate": 16000, "frames": "f32"}, cfg, model).frames == "f32"
     bad = [
         ([1, 2], "must be a JSON object"),
         ({"sample_rate": 16000, "rate": 1}, "unknown field(s) rate"),
@@ -50,6 +68,7 @@ def test_start_message_checks(model) -> None:
         ({"sample_rate": 16000, "fps": True}, "fps must be a number"),
         ({"sample_rate": 16000, "livelink": 11111}, 'livelink must be "host:port"'),
         ({"sample_rate": 16000, "identity": "anna"}, "identity 'anna': this model has no identities"),
+        ({"sample_rate": 16000, "frames": "f16"}, "frames must be one of json, f32, got 'f16'"),
     ]
     for msg, reason in bad:
         with pytest.raises(StreamError) as err:
@@ -67,6 +86,20 @@ def test_pcm_round_trip_and_errors() -> None:
         decode_pcm(b"\0" * 7, "pcm_f32le")
     with pytest.raises(StreamError, match="finite"):
         decode_pcm(np.array([0.0, np.nan], "<f4").tobytes(), "pcm_f32le")
+
+
+def test_binary_frames_round_trip_and_errors() -> None:
+    values = np.random.default_rng(0).standard_normal((3, 59)).astype(np.float32)
+    data = encode_frames_f32(1234, values)
+    assert len(data) == 8 + 3 * 59 * 4
+    start, back = decode_frames_f32(data, 59)
+    assert start == 1234 and back.dtype == np.float32
+    np.testing.assert_array_equal(back, values)  # exact: no rounding on this encoding
+    assert decode_frames_f32(encode_frames_f32(7, np.zeros((0, 59))), 59)[1].shape == (0, 59)
+    with pytest.raises(StreamError, match="do not hold 3 frames of 58 values"):
+        decode_frames_f32(data, 58)
+    with pytest.raises(StreamError, match="shorter than its header"):
+        decode_frames_f32(b"\0" * 5, 59)
 
 
 def _run(engine: ServeEngine, feeds: dict, ends_at: dict) -> tuple[dict, dict]:
@@ -166,3 +199,31 @@ def test_token_is_required_off_loopback(tmp_path) -> None:
     good = tmp_path / "token"
     good.write_text("abc\n")
     assert read_token(load_config(None, ["serve.host=0.0.0.0", f"serve.token_file={good}"])) == "abc"
+
+
+def test_worker_count() -> None:
+    assert resolve_workers(load_config(None, ["serve.workers=3"])) == 3
+    assert resolve_workers(load_config()) == len(os.sched_getaffinity(0))  # the default: auto
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ConfigError, match=f"serve.workers must be 'auto' or a whole number >= 1, got '{bad}'"):
+            resolve_workers(load_config(None, [f"serve.workers={bad}"]))
+
+
+def _admit_in_child(admission: SharedAdmission, worker: int, answers) -> None:
+    answers.put([admission.try_admit(worker) for _ in range(3)])
+
+
+def test_shared_admission_holds_across_processes() -> None:
+    ctx = multiprocessing.get_context("fork")
+    admission = SharedAdmission(ctx, limit=4, workers=2)
+    assert admission.try_admit(0) and admission.try_admit(0)
+    answers = ctx.SimpleQueue()
+    child = ctx.Process(target=_admit_in_child, args=(admission, 1, answers))
+    child.start()
+    got = answers.get()
+    child.join(60)
+    assert got == [True, True, False]  # two places were left for the other process, not three
+    assert admission.held() == [2, 2] and not admission.try_admit(0)
+    admission.release(1, served=True)
+    assert admission.held() == [2, 1] and admission.served == 1
+    assert admission.try_admit(0) and admission.held() == [3, 1]
