@@ -146,7 +146,7 @@ def test_rerun_extracts_only_the_missing_segment(segmented, tmp_path: Path, take
         run_extract([str(take)], str(other), _cfg(30), use_ray=False, progress=False)
 
 
-def test_truncated_take_keeps_the_segments_before_the_damage(take, tmp_path: Path) -> None:
+def test_truncated_take_keeps_the_segments_before_the_damage(take, whole, tmp_path: Path) -> None:
     cut = tmp_path / "in" / "actor" / "cut.mp4"
     cut.parent.mkdir(parents=True)
     data = take.read_bytes()  # faststart: the header survives the cut and claims the full duration
@@ -158,7 +158,8 @@ def test_truncated_take_keeps_the_segments_before_the_damage(take, tmp_path: Pat
     assert summary.failed == 1 and summary.ok == 0
     failures = json.loads((out / "_failures.json").read_text())
     assert [(f["clip_id"], f["source"], f["start_s"]) for f in failures] == [(cid, str(cut), 80.0), (cid, str(cut), 120.0)]
-    assert failures[0]["end_s"] == 120.0 and failures[1]["end_s"] == pytest.approx(151.0, abs=0.5)
+    _, full = whole  # the header still claims the whole take
+    assert failures[0]["end_s"] == 120.0 and failures[1]["end_s"] == pytest.approx(full.duration_s, abs=0.5)
     assert "truncated or damaged" in failures[0]["reason"]
     assert len(concat_parts(_parts(out, cid, entry.segments)).frame_index) == entry.frames > 2000
 
@@ -183,10 +184,10 @@ def test_remote_take_is_cut_into_segments(s3_server: str, tmp_path: Path, demo_c
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="a2bs-segments")
     s3.upload_file(str(demo_clip), "a2bs-segments", "footage/spk/clip.mp4")
-    local = run_extract([str(demo_clip)], str(tmp_path / "clips"), _cfg(4), use_ray=False, progress=False)
-    remote = run_extract(["s3://a2bs-segments/footage"], "s3://a2bs-segments/clips", _cfg(4), use_ray=False,
+    local = run_extract([str(demo_clip)], str(tmp_path / "clips"), _cfg(3), use_ray=False, progress=False)
+    remote = run_extract(["s3://a2bs-segments/footage"], "s3://a2bs-segments/clips", _cfg(3), use_ray=False,
                          progress=False)
-    assert local.segments == remote.segments == 3  # 10.7 s in 4 s segments: 0-4, 4-8, 8 s to the end
+    assert local.segments == remote.segments == 3  # 8.1 s in 3 s segments: 0-3, 3-6, 6 s to the end
     (cid, entry), = ClipsManifest.load("s3://a2bs-segments/clips").clips.items()
     assert entry.source_uri == "s3://a2bs-segments/footage/spk/clip.mp4" and entry.segments == (0, 1, 2)
     here = concat_parts(_parts(tmp_path / "clips", cid, entry.segments))

@@ -15,9 +15,11 @@ import pytest
 
 from a2bs.runtime import faults
 
-# Calls the point "demo" with i = 0..4 and prints each i it survived.
+# Calls the point "demo" with i = 0..4 and prints each i it survived. Ctrl-C's handler is set first: a
+# suite started in the background by a non-interactive shell (`pytest &`) hands its children SIGINT ignored.
 CHILD = (
-    "import sys\n"
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from a2bs.runtime.faults import fault_point\n"
     "for i in range(5):\n"
     "    fault_point('demo', prepare=lambda: print('prepare', flush=True), i=i, parity=i % 2)\n"
