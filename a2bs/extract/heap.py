@@ -2,7 +2,7 @@
 
 Measured in a Ray Data actor (``benchmarks/measure_actor_rss.py``, docs/scaling.md "Memory per
 actor"): the bytes malloc holds in use stay flat from segment to segment, while its arenas' free
-bytes grow by ~20 MB per segment, and RSS with them. Two glibc behaviours cause it. Its mmap
+bytes grow by ~15-20 MB per segment, and RSS with them. Two glibc behaviours cause it. Its mmap
 threshold is dynamic: once a large block (a decoded frame, a segment's audio or STFT frames) is
 freed, blocks up to that size are taken from the heap instead of fresh mappings, where they
 fragment it. And free pages inside a heap are returned to the system only when they sit at its
