@@ -1,7 +1,8 @@
 """Issue 3 and 13 benchmarks: segment-parallel extraction on the Ray Data actor pool.
 
-Run: .venv/bin/python benchmarks/bench_pipeline.py take     (~8 min: a 10-minute take on 1 vs 2 actors,
-                                                            peak actor RSS for a 1 and a 10-minute take)
+Run: .venv/bin/python benchmarks/bench_pipeline.py take     (~8 min: a 10-minute take on 1 vs 2 actors)
+     .venv/bin/python benchmarks/bench_pipeline.py rss      (~12 min: peak actor RSS for 1, 10 and 60-minute
+                                                            takes on 2 actors, re-encoded at 10 fps)
      .venv/bin/python benchmarks/bench_pipeline.py clips    (~7 min: the 48 demo clips at extract.segment_s
                                                             0 vs 60, and the overhead over bare MediaPipe)
 
@@ -38,10 +39,16 @@ from a2bs.extract.pipeline import run_extract  # noqa: E402
 from a2bs.runtime.batch import SUMMARY_NAME  # noqa: E402
 
 TAKE_S = 600.0
+# The memory run's takes: 1, 10 and 60 minutes, re-encoded at 10 fps so the 60-minute take fits in
+# minutes. Every segment is still 60 s of footage with the same per-segment work apart from the frame
+# count; the growth it looks for is per segment (benchmarks/measure_actor_rss.py).
+RSS_TAKES_MIN = (1, 10, 60)
+RSS_TAKE_FPS = 10.0
 
 
-def make_take(clips: list[Path], seconds: float, out: Path) -> Path:
-    """One continuous take of about `seconds`: demo clips joined and re-encoded (H.264 + AAC)."""
+def make_take(clips: list[Path], seconds: float, out: Path, fps: float = 0.0) -> Path:
+    """One continuous take of about `seconds`: demo clips joined and re-encoded (H.264 + AAC), at `fps`
+    frames per second (0: the clips' own 30 fps)."""
     clip_s = 10.67
     chosen = [clips[i % len(clips)] for i in range(int(seconds / clip_s + 0.5))]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +56,7 @@ def make_take(clips: list[Path], seconds: float, out: Path) -> Path:
     listing.write_text("".join(f"file '{c}'\n" for c in chosen))
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
                     "-af", "aresample=async=1:first_pts=0", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
-                    "-c:a", "aac", str(out)], check=True)
+                    *(["-r", f"{fps:g}"] if fps else []), "-c:a", "aac", str(out)], check=True)
     return out
 
 
@@ -95,25 +102,31 @@ def _warm(tmp: str, clip: Path) -> None:
 def bench_take(tmp: str) -> str:
     clips = demo_clips()
     take = make_take(clips, TAKE_S, Path(tmp, "in", "actor", "take.mp4"))
-    short = make_take(clips, 60.0, Path(tmp, "in1", "actor", "take1.mp4"))
     _warm(tmp, clips[0])
-    with ActorRss() as rss1:
-        _, s1min, _ = _run([str(short)], f"{tmp}/short", "ray.extract_actors=2")
-    runs = {}
-    for actors in (1, 2):
+    runs = {actors: _run([str(take)], f"{tmp}/take{actors}", f"ray.extract_actors={actors}") for actors in (1, 2)}
+    (w1, s, _), (w2, _, _) = runs[1], runs[2]
+    return table(["take min", "segments (60 s)", "frames", "1 actor s", "2 actors s", "speed-up 1->2",
+                  "frames/s (2 actors)"],
+                 [[f"{s.hours * 60:.1f}", s.segments, s.frames, f"{w1:.1f}", f"{w2:.1f}", f"**{w1 / w2:.2f}**",
+                   f"{s.frames / w2:.1f}"]])
+
+
+def bench_rss(tmp: str) -> str:
+    """Peak RSS of an extraction actor for takes of RSS_TAKES_MIN minutes on 2 actors, side by side."""
+    clips = demo_clips()
+    takes = {m: make_take(clips, m * 60.0, Path(tmp, f"in{m}", "actor", f"take{m}.mp4"), RSS_TAKE_FPS)
+             for m in RSS_TAKES_MIN}
+    _warm(tmp, clips[0])
+    rows = []
+    for minutes, take in takes.items():
         with ActorRss() as rss:
-            wall, s, _ = _run([str(take)], f"{tmp}/take{actors}", f"ray.extract_actors={actors}")
-        runs[actors] = (wall, s, rss.peak_mb)
-    (w1, s, _), (w2, _, peak10) = runs[1], runs[2]
-    text = [table(["take min", "segments (60 s)", "frames", "1 actor s", "2 actors s", "speed-up 1->2",
-                   "frames/s (2 actors)"],
-                  [[f"{s.hours * 60:.1f}", s.segments, s.frames, f"{w1:.1f}", f"{w2:.1f}", f"**{w1 / w2:.2f}**",
-                    f"{s.frames / w2:.1f}"]]),
-            "",
-            table(["take min", "segments", "peak RSS of an extraction actor MB"],
-                  [[f"{s1min.hours * 60:.1f}", s1min.segments, f"{rss1.peak_mb:.0f}"],
-                   [f"{s.hours * 60:.1f}", s.segments, f"{peak10:.0f}"]])]
-    return "\n".join(text)
+            wall, s, _ = _run([str(take)], f"{tmp}/rss{minutes}", "ray.extract_actors=2")
+        rows.append([f"{s.hours * 60:.1f}", s.segments, s.frames, f"{wall:.0f}", f"{rss.peak_mb:.0f}"])
+    base = float(rows[0][-1])
+    for r in rows:
+        r.append(f"**{float(r[-1]) / base:.2f}**")
+    return table(["take min", "segments (60 s)", "frames (10 fps)", "2 actors s", "peak RSS of an extraction actor MB",
+                  "vs 1 min"], rows)
 
 
 def bench_clips(tmp: str) -> str:
@@ -155,12 +168,13 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        body = bench_take(tmp) if mode == "take" else bench_clips(tmp)
+        body = {"take": bench_take, "rss": bench_rss, "clips": bench_clips}[mode](tmp)
     ray.shutdown()
     head = (f"`.venv/bin/python benchmarks/bench_pipeline.py {mode}` ({machine()}; load average {load:.1f} at the "
             f"start, {os.getloadavg()[0]:.1f} at the end). One local Ray (`num_cpus=2`), after a warm-up run.\n\n")
-    title = ("## Long takes on 2 actors (issue 13)" if mode == "take" else
-             "## Ray Data extraction: demo clips, segments and overhead (issues 3, 13)")
+    title = {"take": "## Long takes on 2 actors (issue 13)",
+             "rss": "## Long takes on 2 actors: actor memory (issue 13)",
+             "clips": "## Ray Data extraction: demo clips, segments and overhead (issues 3, 13)"}[mode]
     print(body)
     write_readme_section(title, f"{title}\n\n{head}{body}\n")
 

@@ -30,6 +30,7 @@ from a2bs.config import (
 )
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.finish import finish_pose, write_clip_json
+from a2bs.extract.heap import fix_mmap_threshold, release_free_memory
 from a2bs.extract.plan import ProbedInput, longest_first, probe_inputs, segment_tasks
 from a2bs.extract.store import (
     CLIPS_SUBDIR,
@@ -52,11 +53,13 @@ log = logging.getLogger(__name__)
 
 class SegmentExtractor:
     """One face tracker per worker (a fresh FaceLandmarker for every segment); keeps the last remote
-    file it downloaded, so consecutive segments of an ``s3://`` take download it once."""
+    file it downloaded, so consecutive segments of an ``s3://`` take download it once. Its memory stays
+    flat however many segments it runs (a2bs.extract.heap)."""
 
     def __init__(self, cfg_dict: dict, clips_dir: str) -> None:
         from a2bs.extract.face import FaceTracker
 
+        fix_mmap_threshold()
         self.cfg = config_from_dict(cfg_dict)
         self.clips_dir = clips_dir
         self.tracker = FaceTracker(self.cfg.video)
@@ -100,6 +103,8 @@ class SegmentExtractor:
             row["reason"] = exc.reason
         except Exception as exc:  # an unexpected decoder failure must not stop the batch
             row["reason"] = error_reason(exc)
+        finally:
+            release_free_memory()
         return row
 
     def close(self) -> None:
