@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    ap.add_argument("--table-only", action="store_true", help="only table the runs already finished in --out")
     args = ap.parse_args()
     variants = DEFAULT_VARIANTS
     if args.variant:
@@ -127,6 +128,13 @@ def main() -> None:
         rest = [kv for kv in overrides if not kv.startswith("shards=")]
         jobs += [((name, seed), shards, rest, seed) for seed in args.seeds]
     results: dict[tuple[str, int], dict] = {}
+    if args.table_only:
+        for key, *_ in jobs:
+            done = root / f"{key[0]}-seed{key[1]}" / "summary.json"
+            if done.is_file():
+                results[key] = json.loads(done.read_text())
+        print(tables(results, list(variants), args.seeds))
+        return
     t0 = time.time()
     load0 = os.getloadavg()[0]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
