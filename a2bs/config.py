@@ -193,9 +193,10 @@ class AugmentConfig:
     aim at voices the model has not heard: other loudness, channels, speaking rates and vocal tracts.
     """
 
-    # Off by default: on the 4-voice demo it cost lip r on known voices (0.52 vs 0.56) and on an unseen
-    # voice (0.27 vs 0.33) at the epochs measured (benchmarks/README.md, "Augmentation"); it needs a
-    # many-voice corpus and full-length runs to show what it is worth. `augment.enabled=true` turns it on.
+    # Off by default, on in the demo preset: on the 15-voice demo corpus split by speaker it chose better on
+    # the val voices over 3 seeds and overfits the training voices less (benchmarks/README.md, "Unseen
+    # voices and identities"); on the 4-voice corpus split by clip it cost lip r (section "Augmentation").
+    # Whether it pays depends on how many voices the footage has. `augment.enabled=true` turns it on.
     enabled: bool = False
     strength: float = 1.0  # multiplies every probability below (capped at 1); Tune searches it
     # Moderate: tcn_poc underfits its windows, and a first, stronger set (noise 0.3 from 10 dB, speed 0.5,
