@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, table  # noqa: E402
+from common import machine, parse_variants, table  # noqa: E402
 
 from a2bs.cli import main as a2bs  # noqa: E402
 from a2bs.demo.job import DEMO_PRESET  # noqa: E402
@@ -61,12 +61,7 @@ def main() -> None:
     ap.add_argument("--split", default=None, help="the split to table (default: a2bs evaluate's headline)")
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
-    variants = DEFAULT_VARIANTS
-    if args.variant:
-        variants = {}
-        for v in args.variant:
-            name, _, rest = v.partition("=")
-            variants[name] = [kv for kv in rest.split(",") if kv]
+    variants = parse_variants(args.variant, DEFAULT_VARIANTS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="a2bs-bench-quality-") as tmp:
         root = Path(args.out or tmp)

@@ -30,7 +30,7 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, machine, table
+from common import REPO, machine, parse_variants, table
 
 DEMO_YAML = REPO / "a2bs" / "demo" / "demo.yaml"
 DEFAULT_VARIANTS = {"defaults": [], "augment": ["augment.enabled=true"]}
@@ -115,12 +115,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--table-only", action="store_true", help="only table the runs already finished in --out")
     args = ap.parse_args()
-    variants = DEFAULT_VARIANTS
-    if args.variant:
-        variants = {}
-        for v in args.variant:
-            name, _, rest = v.partition("=")
-            variants[name] = [kv for kv in rest.split(",") if kv]
+    variants = parse_variants(args.variant, DEFAULT_VARIANTS)
     root = Path(args.out)
     jobs = []
     for name, overrides in variants.items():

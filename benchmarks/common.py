@@ -45,6 +45,17 @@ def demo_clips(n: int | None = None) -> list[Path]:
     return clips[:n] if n else clips
 
 
+def parse_variants(specs: list[str], default: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`--variant NAME=key=value,key=value` options as {NAME: [key=value, ...]}; `default` without any."""
+    if not specs:
+        return default
+    variants = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        variants[name] = [kv for kv in rest.split(",") if kv]
+    return variants
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
