@@ -381,7 +381,13 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
 
 def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
     ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
-    run_loop(cfg, local_context(info, run_dir, cfg))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        run_loop(cfg, local_context(info, run_dir, cfg))
+    finally:  # `train.torch_threads` is for the run: the calling process (API, tests) keeps its own
+        torch.set_num_threads(threads)
     saved = list_checkpoints(ckpt_root)
     if not saved:
         raise RuntimeError(f"{run_dir}: training wrote no checkpoint")
