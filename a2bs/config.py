@@ -97,6 +97,9 @@ class SequenceConfig:
     # split_by=speaker only: this share of each training speaker's clips is held out as the `known`
     # split (known voices, unseen clips): reported by `a2bs evaluate`, never chosen on.
     known_clip_fraction: float = 0.0
+    # Build shards from these speakers' clips only (empty: every clip of the folder), e.g. fewer actors for an
+    # ablation or a quick run without extracting again.
+    speakers: tuple[str, ...] = ()
     # Whose face each clip shows (a2bs.build.shards.clip_identity), the shards' `identity` column:
     # "speaker" = the speaker folder (one face per voice), "prefix" = the speaker id up to its first "_"
     # (folders `<face>_<voice>`: several voices on one rig, as in the demo), "" = none (no identity

@@ -14,8 +14,8 @@ DEMO_CORPUS = REPO / "a2bs" / "demo" / "corpus"
 
 
 # The shared integration fixture (conftest.demo_features) extracts this many of the demo corpus' voices,
-# taken in turn from each face: enough voices for every split, in a third of the corpus' extraction time.
-FIXTURE_SPEAKERS = 8
+# taken in turn from each face: enough voices for every split, in under half of the corpus' extraction time.
+FIXTURE_SPEAKERS = 6
 
 
 def demo_clips() -> list[Path]:

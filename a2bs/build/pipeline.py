@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from a2bs.build.sequences import expected_windows, window_params
-from a2bs.build.shards import SPLITS, ClipSource, build_shard, clip_identity, plan_shards, split_clips
+from a2bs.build.shards import (SPLITS, ClipSource, build_shard, clip_identity, plan_shards, select_speakers,
+                               split_clips)
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.store import CLIPS_SUBDIR, segment_folder, segment_uri
@@ -92,6 +93,7 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     clips = _clip_index(clips_dir, clips_manifest)
     if not clips:
         raise InputError(clips_dir, "no clip features found (run `a2bs extract` first)")
+    clips = select_speakers(clips, cfg.sequence.speakers, clips_dir)
     split_clips(clips, cfg.sequence)
     for c in clips:
         c["identity"] = clip_identity(c["speaker_id"], cfg.sequence.identity_from)

@@ -101,6 +101,22 @@ def known_clips(clips: list[dict[str, Any]], fraction: float, seed: int) -> set[
     return out
 
 
+def select_speakers(clips: list[dict[str, Any]], speakers: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """The clips of `speakers` (``sequence.speakers``; all clips when empty), in their order.
+
+    Raises:
+        ConfigError: a named speaker has no clip in `where` (the folder's speakers are listed).
+    """
+    if not speakers:
+        return clips
+    present = {c["speaker_id"] for c in clips}
+    unknown = sorted(set(speakers) - present)
+    if unknown:
+        raise ConfigError(f"sequence.speakers: no clips of speaker {unknown[0]!r} in {where} "
+                          f"(speakers: {', '.join(sorted(present))})")
+    return [c for c in clips if c["speaker_id"] in speakers]
+
+
 def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
     """Set ``clip["split"]`` of every clip (dicts with clip_id and speaker_id) from the sequence settings.
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from a2bs.build.shards import SPLITS, assign_splits, known_clips, split_clips
+from a2bs.build.shards import SPLITS, assign_splits, known_clips, select_speakers, split_clips
 from a2bs.config import ConfigError, SequenceConfig
 
 
@@ -101,3 +101,12 @@ def test_named_test_speakers_replace_the_test_share() -> None:
         split_clips(corpus(5, 3), SequenceConfig(test_speakers=("nobody",)))
     with pytest.raises(ConfigError, match="none is left to train on"):
         split_clips(corpus(2, 3), SequenceConfig(test_speakers=("s00", "s01")))
+
+
+def test_speaker_selection_keeps_only_the_named_speakers() -> None:
+    clips = corpus(4, 2)
+    assert select_speakers(clips, (), "clips/") is clips
+    kept = select_speakers(clips, ("s02", "s00"), "clips/")
+    assert [c["clip_id"] for c in kept] == ["s00_c00", "s00_c01", "s02_c00", "s02_c01"]
+    with pytest.raises(ConfigError, match=r"sequence.speakers: no clips of speaker 'nobody' in clips/ \(speakers: s00"):
+        select_speakers(clips, ("s01", "nobody"), "clips/")
