@@ -343,7 +343,10 @@ def evaluate(model_path: str, shards_dir: str, report_dir: str, split: str | Non
                 "metrics", "targets", "all_targets_met", "per_speaker")}}
         if name in ("val", "test") and card.data is not None:
             # Shards split otherwise than the model's: an "unseen" voice it was trained on is no such thing.
-            seen = sorted(set(splits[name]["speakers"]) & set(card.data.splits.get("train", _NO_SPLIT).speakers))
+            # Its own shards (same fingerprint) hold no such voice, even split by clip (voices in every split).
+            own = card.data.fingerprint == manifest.fingerprint
+            seen = [] if own else sorted(set(splits[name]["speakers"])
+                                         & set(card.data.splits.get("train", _NO_SPLIT).speakers))
             splits[name]["trained_on"] = seen
             if seen:
                 log.warning(f"evaluate: the model was trained on {name} speaker(s) {', '.join(seen)} of {shards_dir}: "

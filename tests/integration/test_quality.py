@@ -62,6 +62,7 @@ def test_demo_quality_against_the_seed_targets(demo_features, tmp_path):
     report = json.loads((report_dir / "report.json").read_text())
     assert report["split"] == "val" and list(report["splits"]) == ["val"]  # held-out clips of known voices
     assert sorted(report["splits"]["val"]["speakers"]) == VOICES
+    assert report["splits"]["val"]["trained_on"] == []  # its own shards: voices in train and val by design
     own = report["splits"]["val"]["with_identity"]
     assert own["identities"] == ["astronaut", "hopper"]
     for name, m in (("average face", report["metrics"]), ("their face", own["metrics"])):
