@@ -232,6 +232,11 @@ class FinetuneConfig:
     lr: float = 1e-2
     batch_size: int = 32
     seed: int = 0
+    # Clips of a new actor's clips folder held out (split by clip) to choose the epoch kept: a few
+    # minutes are ~15-20 clips, so a fifth (3-4 clips, ~25 s) tells a still-improving epoch from an
+    # over-fitted one and leaves ~4/5 to learn from. 0 = no choice, the last epoch is kept. A shards
+    # folder given instead keeps its own split: its val windows choose, the others train.
+    val_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
