@@ -227,8 +227,11 @@ class FinetuneConfig:
     """`a2bs finetune`: a new identity learned with the rest of the model frozen (a2bs.train.finetune)."""
 
     # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
-    # of footage (a few hundred windows) make an epoch of a few steps.
-    epochs: int = 20
+    # of footage (a few hundred windows) make an epoch of a few steps. The epoch kept is chosen on
+    # held-out windows (val_fraction), so more epochs cost only time: at 20 the held-out loss was still
+    # falling (epoch 18-20 kept at 3 seeds), at 60 it kept 57-59 and lip r rose ~0.04; 2 minutes of
+    # footage take ~1.5-3 s an epoch at one thread (benchmarks/README.md, "Adaptation").
+    epochs: int = 60
     lr: float = 1e-2
     batch_size: int = 32
     seed: int = 0
