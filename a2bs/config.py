@@ -230,11 +230,20 @@ class FinetuneConfig:
     """`a2bs finetune`: a new identity learned with the rest of the model frozen (a2bs.train.finetune)."""
 
     # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
-    # of footage (a few hundred windows) make an epoch of a few steps.
-    epochs: int = 20
+    # of footage (a few hundred windows) make an epoch of a few steps. The epoch kept is chosen on
+    # held-out windows (val_fraction), so more epochs cost only time: at 20 the held-out loss was still
+    # falling (epoch 18-20 kept at 3 seeds), at 60 it kept 57-60 and lip r rose ~0.04; 2 minutes of
+    # footage take ~1.5-3 s an epoch at one thread (benchmarks/README.md, "Adaptation").
+    epochs: int = 60
     lr: float = 1e-2
     batch_size: int = 32
     seed: int = 0
+    # Clips of a new actor's clips folder held out (split by clip) to choose the epoch kept: a few
+    # minutes are ~15-20 clips, so a fifth (3-4 clips, ~25 s) tells a still-improving epoch from an
+    # over-fitted one and leaves ~4/5 to learn from. 0 (or a single clip: train keeps it) = no choice,
+    # the last epoch is kept. A shards folder given instead keeps its own split: its val windows
+    # choose, the others train.
+    val_fraction: float = 0.2
 
 
 @dataclass(frozen=True)

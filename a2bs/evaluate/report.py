@@ -51,7 +51,6 @@ from a2bs.train.data import (
     LocalBatches,
     arrow_to_arrays,
     scored_mask,
-    shard_info,
 )
 from a2bs.train.metrics import (
     JAW_CORR,
@@ -173,17 +172,17 @@ def score_split(model: nn.Module, shards_dir: str, split: str, batch_size: int =
     With `identities` (the model's) each clip is scored with its face, and only the clips of faces
     in `identities`; without, every clip with the average identity (or none).
     """
-    info = shard_info(shards_dir)
-    files = split_files(shards_dir, split, info.manifest)
+    manifest = ShardsManifest.load(shards_dir)  # any split will do: a folder of test clips alone is fine
+    files = split_files(shards_dir, split, manifest)
     device = torch.device(device)
-    batches = LocalBatches(files, info.n_mels, batch_size, columns=VAL_COLUMNS, identities=identities).arrays()
+    batches = LocalBatches(files, manifest.n_mels, batch_size, columns=VAL_COLUMNS, identities=identities).arrays()
     keep: Any = None
     if identities:
         faces = clip_identities(files)
 
         def keep(clip_id: str) -> bool:
             return faces.get(clip_id, "") in identities
-    return score_batches(model.to(device), batches, info.frame_rate_hz, info.overlap_frames, device,
+    return score_batches(model.to(device), batches, manifest.frame_rate_hz, manifest.overlap_frames, device,
                          keep_clip=keep, group_of=clip_speakers(files))
 
 
@@ -192,19 +191,19 @@ def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "v
                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """One clip's predictions and targets in time order: ``time_s`` (F,), ``pred``/``target`` (F, 59),
     NaN where no window scores the frame."""
-    info = shard_info(shards_dir)
-    files = split_files(shards_dir, split, info.manifest)
+    manifest = ShardsManifest.load(shards_dir)  # any split will do: a folder of test clips alone is fine
+    files = split_files(shards_dir, split, manifest)
     device = torch.device(device)
     model = model.to(device).eval()
-    parts = [arrow_to_arrays(t, info.n_mels) for t in (_read(u, clip_id) for u in files) if t.num_rows]
+    parts = [arrow_to_arrays(t, manifest.n_mels) for t in (_read(u, clip_id) for u in files) if t.num_rows]
     if not parts:
         raise ValueError(f"clip {clip_id!r} is not in the {split} split of {shards_dir}")
     a = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(a["start_s"], kind="stable")
     a = {k: v[order] for k, v in a.items()}
     pred = _predict(model, a["audio"], batch_size, device)
-    scored = scored_mask(a["mask"], info.overlap_frames) > 0.5
-    starts = np.rint(a["start_s"] * info.frame_rate_hz).astype(np.int64)
+    scored = scored_mask(a["mask"], manifest.overlap_frames) > 0.5
+    starts = np.rint(a["start_s"] * manifest.frame_rate_hz).astype(np.int64)
     first = int(starts.min())
     n = int(starts.max()) - first + a["audio"].shape[1]
     out_p = np.full((n, len(TARGET_NAMES)), np.nan)
@@ -214,7 +213,7 @@ def stitch_clip(model: nn.Module, shards_dir: str, clip_id: str, split: str = "v
         fresh = idx[np.isnan(out_p[idx, 0])]  # keep the first window that scores a frame
         sel = fresh - s
         out_p[fresh], out_t[fresh] = pred[i, sel], a["targets"][i, sel]
-    time_s = (first + np.arange(n)) / info.frame_rate_hz
+    time_s = (first + np.arange(n)) / manifest.frame_rate_hz
     return {"time_s": time_s, "pred": out_p, "target": out_t}
 
 

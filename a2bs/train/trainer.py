@@ -379,15 +379,28 @@ def local_context(info: ShardInfo, run_dir: str, cfg: Config, report_fn: Any = N
     )
 
 
-def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
-    ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch uses `count` intra-op threads inside the block (0 = leave them), the caller's count after.
+
+    ``train.torch_threads`` is for one in-process run (training, fine-tuning): the calling process
+    (API, tests) keeps its own.
+    """
     import torch
 
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
     try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_local(info: ShardInfo, run_dir: str, cfg: Config) -> tuple[list[tuple[str, dict]], str]:
+    ckpt_root = storage.join(run_dir, LOCAL_CHECKPOINTS)
+    with torch_threads(cfg.train.torch_threads):
         run_loop(cfg, local_context(info, run_dir, cfg))
-    finally:  # `train.torch_threads` is for the run: the calling process (API, tests) keeps its own
-        torch.set_num_threads(threads)
     saved = list_checkpoints(ckpt_root)
     if not saved:
         raise RuntimeError(f"{run_dir}: training wrote no checkpoint")

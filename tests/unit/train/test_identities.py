@@ -169,3 +169,50 @@ def test_finetune_gives_a_model_without_identities_its_first_face(trained, tmp_p
     with torch.no_grad():
         assert torch.equal(tuned(mel), base(mel))  # the average is the base model
         assert not torch.equal(tuned(mel, identity=torch.zeros(2, dtype=torch.long)), base(mel))
+
+
+def test_finetune_keeps_the_epoch_best_on_held_out_windows_and_restores_threads(trained, tmp_path: Path) -> None:
+    from a2bs.train.finetune import split_windows
+
+    model_path, _ = trained
+    shards = write_shards(tmp_path / "shards", {"train": ["newface_a"], "val": ["newface_b"]}, per_speaker=48)
+    learn, choose = split_windows(ShardsManifest.load(shards), str(shards))
+    assert [Path(f).parent.name for f in learn] == ["train"] and [Path(f).parent.name for f in choose] == ["val"]
+    # a large step: the held-out loss is not monotone (here the 9th of 10 epochs is the best)
+    cfg = load_config(None, ["finetune.epochs=10", "finetune.lr=0.3", "augment.enabled=false", "train.device=cpu",
+                             "train.torch_threads=1"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = finetune(str(model_path), str(shards), "newface", str(tmp_path / "ft"), cfg)
+        assert torch.get_num_threads() == 2  # train.torch_threads was for the run only
+    finally:
+        torch.set_num_threads(threads)
+    assert result.windows == 48 and result.val_windows == 48 and len(result.val_losses) == 10
+    assert result.val_losses[result.best_epoch - 1] == min(result.val_losses) and result.best_epoch < 10
+    assert f"epoch {result.best_epoch} kept" in result.line()
+    # the saved model is the chosen epoch's: its held-out loss is the recorded minimum
+    from a2bs.train.loop import final_stage_epoch
+    from a2bs.train.losses import compute_loss
+
+    tuned, card = load_model_file(result.model_path)
+    batch = {k: torch.as_tensor(v) for k, v in next(LocalBatches(choose, N_MELS, 48).arrays()).items()
+             if k in ("audio", "targets", "mask", "vad")}
+    with torch.no_grad():
+        pred = tuned(batch["audio"], identity=torch.full((48,), card.identities.index("newface")))
+        loss = compute_loss(pred, batch["targets"], cfg.loss, final_stage_epoch(cfg), batch["mask"], batch["vad"])["total"]
+    assert float(loss) == pytest.approx(min(result.val_losses), rel=1e-5)
+
+
+def test_evaluate_scores_a_folder_with_only_the_asked_split(trained, tmp_path: Path) -> None:
+    from a2bs.evaluate.report import evaluate
+
+    model_path, _ = trained
+    shards = write_shards(tmp_path / "shards", {"test": ["astronaut_t", "newface_t"]}, 16)  # no train, no val
+    report = evaluate(str(model_path), str(shards), str(tmp_path / "report"), split="test")
+    assert report.split == "test" and list(report.splits) == ["test"]
+    assert report.splits["test"]["speakers"] == ["astronaut_t", "newface_t"]
+    assert report.splits["test"]["with_identity"]["identities"] == ["astronaut"]
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'shards'}: no 'val' split \(it has: test\)"):
+        evaluate(str(model_path), str(shards), str(tmp_path / "report_val"), split="val")
+    assert not (tmp_path / "report_val").exists()
