@@ -236,10 +236,13 @@ class SlotRings:
         self.rings = np.zeros((capacity, max(1, layout.ring_frames), channels), np.float32)
         self.frames = np.zeros(capacity, np.int64)
         self.identities = np.full(capacity, -1, np.int64)
+        self._used = np.zeros(capacity, bool)  # a slot never used is still zero: no need to touch its pages
 
     def reset(self, slot: int, identity: int | None = None) -> None:
         """Zero a slot for a new stream of identity row `identity` (None = the average / none)."""
-        self.rings[slot] = 0.0
+        if self._used[slot]:  # writing a fresh slot's 2 MB of zeros would fault in all its pages at once
+            self.rings[slot] = 0.0
+        self._used[slot] = True
         self.frames[slot] = 0
         self.identities[slot] = -1 if identity is None else identity
 
