@@ -1,12 +1,15 @@
 """`a2bs serve` under load, and the cost of one streaming step (issue 16).
 
-Two parts, each writing its own table (``--write-readme`` puts both in benchmarks/README.md under
+Three parts, each writing its own table (``--write-readme`` puts both in benchmarks/README.md under
 "## Serving (issue 16)", leaving the other sections alone):
 
 - ``step``: one thread, ``tcn_full`` (random weights: speed does not depend on training), CPU ms per 10 ms
   frame of the step variants side by side: the cached-context step (``StreamingModel``, 1 and 10
   frames a call), its ONNX graph (``OnnxStreamer``), and the serving frame step (ring-buffer taps,
   :mod:`a2bs.infer.batched`) in PyTorch and ONNX Runtime, alone and batched over 8 and 64 streams.
+- ``clock``: one worker's ``ServeEngine`` (``tcn_full``, ONNX Runtime) on a simulated step clock, no
+  sockets: thread CPU of the ticks per session-second, model calls and each chunk's wait for its tick,
+  for each ``--periods`` (``serve.step_period_ms``; 0 = a tick per message) and ``--clock-sessions``.
 - ``load``: for each model and backend, ``a2bs serve`` runs in its own process on 127.0.0.1 and this
   process opens N concurrent sessions, each sending ``--seconds`` of speech in 20 ms chunks at real-time
   pace. A run passes when every session got all its frames (none dropped) and the p95 end-to-end
