@@ -1,6 +1,6 @@
 """`a2bs serve` under load, and the cost of one streaming step (issue 16).
 
-Three parts, each writing its own table (``--write-readme`` puts both in benchmarks/README.md under
+Three parts, each writing its own table (``--write-readme`` puts them in benchmarks/README.md under
 "## Serving (issue 16)", leaving the other sections alone):
 
 - ``step``: one thread, ``tcn_full`` (random weights: speed does not depend on training), CPU ms per 10 ms
