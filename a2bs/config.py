@@ -339,14 +339,14 @@ class ServeConfig:
     # ahead of real time cannot stall the others), in calls of at most `max_batch_streams` (0 = all).
     max_step_frames: int = 8
     max_batch_streams: int = 0
-    batch_wait_ms: float = 0.0  # after audio arrives, wait this long for other sessions' audio (0 = tick at once)
+    # The step clock: while sessions have work, each worker ticks once per this period and steps every
+    # session's pending frames in one batched step (0 = a tick as soon as audio arrives, one per message
+    # at light load). 10 ms = one model frame hop: a frame waits at most that long (benchmarks/README.md).
+    step_period_ms: float = 10.0
     # Model step: "auto" = ONNX Runtime for convolution models (1.6x cheaper per session-frame than
     # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
     backend: str = "auto"
     step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
-    # Python's GIL switch interval in `a2bs serve` (default 5 ms): the step thread gets the GIL back
-    # sooner after each op while the event loop is busy (docs/serving.md).
-    gil_switch_ms: float = 1.0
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
     # Server processes sharing the port, each with its own event loop and batched step (one process
     # tops out at one core of per-message Python); "auto" = one per CPU this process may use. The

@@ -1,12 +1,15 @@
 """`a2bs serve` under load, and the cost of one streaming step (issue 16).
 
-Two parts, each writing its own table (``--write-readme`` puts both in benchmarks/README.md under
+Three parts, each writing its own table (``--write-readme`` puts them in benchmarks/README.md under
 "## Serving (issue 16)", leaving the other sections alone):
 
 - ``step``: one thread, ``tcn_full`` (random weights: speed does not depend on training), CPU ms per 10 ms
   frame of the step variants side by side: the cached-context step (``StreamingModel``, 1 and 10
   frames a call), its ONNX graph (``OnnxStreamer``), and the serving frame step (ring-buffer taps,
   :mod:`a2bs.infer.batched`) in PyTorch and ONNX Runtime, alone and batched over 8 and 64 streams.
+- ``clock``: one worker's ``ServeEngine`` (``tcn_full``, ONNX Runtime) on a simulated step clock, no
+  sockets: thread CPU of the ticks per session-second, model calls and each chunk's wait for its tick,
+  for each ``--periods`` (``serve.step_period_ms``; 0 = a tick per message) and ``--clock-sessions``.
 - ``load``: for each model and backend, ``a2bs serve`` runs in its own process on 127.0.0.1 and this
   process opens N concurrent sessions, each sending ``--seconds`` of speech in 20 ms chunks at real-time
   pace. A run passes when every session got all its frames (none dropped) and the p95 end-to-end
@@ -112,6 +115,94 @@ def render_step(rows, date: str) -> str:
               "`optimize_for_inference` 1.02 / 5.7 vs 2.01 / 6.8 eager, but deprecated in torch 2.13; ONNX "
               "Runtime I/O binding and no thread spinning: within noise at one thread (0.30 and 0.27 vs "
               "0.35). `torch.inference_mode` instead of `no_grad`: ~3 %, kept."]
+    return "\n".join(lines)
+
+
+# ---- clock ---------------------------------------------------------------------------------------
+
+def bench_clock(args) -> list[dict]:
+    """One worker's engine on a simulated clock (no sockets, so the machine's load bends it little):
+    N sessions send `--chunk-ms` chunks at real-time pace, each at its own phase; with a step period P
+    the ticks fall every P and take every chunk that arrived since, with P = 0 every chunk is a tick
+    (the per-message stepping of light load). Thread CPU of the ticks (front end, step,
+    post-processing, binary frames encoding) per session-second, model calls per second, and the
+    simulated wait of a chunk for its tick."""
+    from a2bs.config import load_config
+    from a2bs.infer.engine import ServeEngine, StreamSpec
+    from a2bs.infer.offline import load_model
+    from a2bs.infer.serve import tune_process
+    from a2bs.infer.wire import encode_frames_f32
+    from a2bs.manifests import ModelCard
+    from a2bs.models import build_model, preset
+    from a2bs.models.model_file import save_model
+
+    torch.set_num_threads(1)
+    audio = _speech(args.seconds)
+    chunk = int(16000 * args.chunk_ms / 1000)
+    chunk_s = chunk / 16000
+    blocks = [audio[k * chunk : (k + 1) * chunk] for k in range(len(audio) // chunk)]
+    with tempfile.TemporaryDirectory(prefix="a2bs-bench-clock-") as tmp:
+        torch.manual_seed(0)
+        cfg = preset("tcn_full")
+        path = Path(tmp) / "tcn_full.safetensors"
+        save_model(path, build_model(cfg), ModelCard.for_untrained(cfg))
+        serve_cfg = load_config(None, ["serve.backend=onnx", f"serve.max_sessions={max(args.clock_sessions)}"])
+        tune_process(serve_cfg)  # as `a2bs serve` runs: numpy's BLAS on one thread
+        engine = ServeEngine(load_model(str(path), serve_cfg), serve_cfg)
+        best: dict[tuple[int, float], dict] = {}
+        # Rounds interleaved, the least CPU of each kept: other jobs on a shared machine inflate it.
+        for n, period_ms in [(n, p) for _ in range(args.rounds) for n in args.clock_sessions for p in args.periods]:
+            rng = np.random.default_rng(n)
+            phases = rng.uniform(0, chunk_s, n)
+            streams = [engine.open(StreamSpec(16000, "pcm_f32le", args.fps, frames="f32")) for _ in range(n)]
+            events = sorted((phases[i] + (k + 1) * chunk_s, i, k) for i in range(n) for k in range(len(blocks)))
+            if period_ms > 0:
+                end_s = events[-1][0] + period_ms / 1000
+                tick_times = np.arange(period_ms / 1000, end_s + period_ms / 1000, period_ms / 1000)
+            else:
+                tick_times = np.array([e[0] for e in events])
+            calls0, cpu_s, ticks, waits, e = engine.stepper.calls, 0.0, 0, [], 0
+            for t in tick_times:
+                while e < len(events) and events[e][0] <= t + 1e-12:
+                    arrival_s, i, k = events[e]
+                    streams[i].feed(blocks[k], arrival_s)
+                    waits.append(t - arrival_s)
+                    e += 1
+                c0 = time.thread_time()
+                work = engine.prepare()
+                if work:
+                    results, _ = engine.tick(work)
+                    for out in results.values():
+                        if len(out.values):
+                            encode_frames_f32(out.start_frame, out.values)
+                    ticks += 1
+                cpu_s += time.thread_time() - c0
+            calls = engine.stepper.calls - calls0
+            for s_ in streams:
+                s_.closed = True
+            engine.prepare()  # frees the slots
+            row = {"sessions": n, "period_ms": period_ms, "ms_per_session_s": 1000 * cpu_s / (n * args.seconds),
+                   "ticks_per_s": ticks / args.seconds, "calls_per_s": calls / args.seconds,
+                   "wait_mean_ms": 1000 * float(np.mean(waits)), "wait_max_ms": 1000 * float(np.max(waits))}
+            print(json.dumps(row), flush=True)
+            if (n, period_ms) not in best or row["ms_per_session_s"] < best[(n, period_ms)]["ms_per_session_s"]:
+                best[(n, period_ms)] = row
+    return [best[(n, p)] for n in args.clock_sessions for p in args.periods]
+
+
+def render_clock(rows: list[dict], args, date: str) -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"{date}; {machine()}; load average {load} at the end. One worker's `ServeEngine` "
+             f"(`tcn_full`, ONNX Runtime, one thread, random weights) on a simulated clock: {args.seconds:g} s of "
+             f"speech per session in {args.chunk_ms:g} ms chunks at real-time pace, phases spread over a chunk; "
+             "ticks every period (0 = one tick per chunk). Thread CPU of the ticks (front end, step, "
+             "post-processing, frames encoding; not the WebSocket I/O) per session and second of speech, the "
+             f"least of {args.rounds} interleaved rounds.", "",
+             "| sessions (one worker) | step period ms | tick CPU ms per session-second | ticks per s "
+             "| model calls per s | chunk wait for its tick, mean / max ms |",
+             "|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['sessions']} | {r['period_ms']:g} | {r['ms_per_session_s']:.1f} | {r['ticks_per_s']:.0f} "
+              f"| {r['calls_per_s']:.0f} | {r['wait_mean_ms']:.1f} / {r['wait_max_ms']:.1f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -274,7 +365,7 @@ def render_load(rows: list[dict], args, date: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["step", "load", "all"])
+    ap.add_argument("part", choices=["step", "clock", "load", "all"])
     ap.add_argument("--calls", type=int, default=300, help="step: timed calls per variant")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
@@ -291,6 +382,9 @@ def main() -> None:
                     help="how the server sends frames to the load generator (f32: binary)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra `a2bs serve` override, e.g. "
                     "serve.step_threads=2 (repeatable)")
+    ap.add_argument("--periods", nargs="+", type=float, default=[0, 5, 10, 20], help="clock: step periods (ms)")
+    ap.add_argument("--rounds", type=int, default=3, help="clock: rounds (the least CPU of each is kept)")
+    ap.add_argument("--clock-sessions", nargs="+", type=int, default=[8, 32], help="clock: sessions of one worker")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     date = subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip()
@@ -300,6 +394,10 @@ def main() -> None:
         text = render_step(bench_step(args.calls), date)
         print(text)
         parts += ["### One streaming step", "", text, ""]
+    if args.part in ("clock", "all"):
+        text = render_clock(bench_clock(args), args, date)
+        print(text)
+        parts += ["### The step clock", "", f"`{' '.join(sys.argv[1:])}`", "", text, ""]
     if args.part in ("load", "all"):
         text = render_load(bench_load(args), args, date)
         print(text)

@@ -236,10 +236,13 @@ class SlotRings:
         self.rings = np.zeros((capacity, max(1, layout.ring_frames), channels), np.float32)
         self.frames = np.zeros(capacity, np.int64)
         self.identities = np.full(capacity, -1, np.int64)
+        self._used = np.zeros(capacity, bool)  # a slot never used is still zero: no need to touch its pages
 
     def reset(self, slot: int, identity: int | None = None) -> None:
         """Zero a slot for a new stream of identity row `identity` (None = the average / none)."""
-        self.rings[slot] = 0.0
+        if self._used[slot]:  # writing a fresh slot's 2 MB of zeros would fault in all its pages at once
+            self.rings[slot] = 0.0
+        self._used[slot] = True
         self.frames[slot] = 0
         self.identities[slot] = -1 if identity is None else identity
 
@@ -315,21 +318,25 @@ class BatchedStepper:
     def step(self, slots: Sequence[int], mels: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Advance each stream ``slots[i]`` by its frames ``mels[i]`` (n_i, n_mels) -> [(n_i, 59)].
 
-        Call ``r`` holds frame ``r`` of every stream that has more than ``r`` frames.
+        As few calls as the frames allow: call ``r`` holds frame ``r`` of every stream that has more
+        than ``r`` frames (a stream's next frame reads what its previous frame wrote), so a tick makes
+        as many calls as its deepest stream has frames, whatever the number of streams.
         """
         slots_arr = np.asarray(slots, np.int64)
         counts = np.array([len(m) for m in mels], np.int64)
-        outs = [np.empty((int(n), N_TARGETS), np.float32) for n in counts]
-        for r in range(int(counts.max()) if len(counts) else 0):
+        depth = int(counts.max()) if len(counts) else 0
+        # Streams by frame depth, padded: one gather of frame r's mels per call, no per-stream loop.
+        padded = np.zeros((len(mels), depth, self.n_mels), np.float32)
+        for i, m in enumerate(mels):
+            padded[i, : len(m)] = m
+        outs = np.empty((len(mels), depth, N_TARGETS), np.float32)
+        for r in range(depth):
             rows = np.flatnonzero(counts > r)
             limit = self.max_batch or len(rows)
             for lo in range(0, len(rows), limit):
                 part = rows[lo : lo + limit]
-                mel = np.stack([mels[i][r] for i in part])  # (B, n_mels)
-                out = self.step_frame(slots_arr[part], mel)
-                for k, i in enumerate(part):
-                    outs[i][r] = out[k]
-        return outs
+                outs[part, r] = self.step_frame(slots_arr[part], padded[part, r])
+        return [outs[i, :n] for i, n in enumerate(counts)]
 
 
 class PerStreamStepper:

@@ -2,7 +2,7 @@
 
 No sockets and no event loop here (:mod:`a2bs.infer.serve` owns those). A stream
 (:class:`EngineStream`) is fed decoded PCM by :meth:`EngineStream.feed` from the server's event-loop
-thread; :meth:`ServeEngine.tick` (run in a worker thread, one tick at a time) takes every stream's new
+thread; :meth:`ServeEngine.tick` (run on the server's step clock, one tick at a time) takes every stream's new
 audio and:
 
 1. resamples it to the model's rate when the client sends another rate (``soxr`` streaming resampler,
@@ -227,7 +227,7 @@ class ServeEngine:
                 return True
         return False
 
-    # ---- the tick (worker thread) --------------------------------------------------------------
+    # ---- the tick (on the step clock) ---------------------------------------------------------
 
     def tick(self, streams: list[EngineStream]) -> tuple[dict[int, TickOutput], dict[str, float]]:
         """Advance `streams` (from :meth:`prepare`): front end, one batched step, post-processing.

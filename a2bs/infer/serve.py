@@ -7,9 +7,10 @@ send binary mono PCM of any length and ``{"event": "end"}`` to flush; receive
 ``{"event": "done", "frames": N, "dropped": D}``. Errors are ``{"event": "error", "reason": ...}`` then a
 close, for that session only. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) share the port.
 
-The asyncio event loop does the I/O; the model work of all sessions runs in one worker thread, one
-tick at a time (:class:`a2bs.infer.engine.ServeEngine`): a tick starts as soon as audio is waiting
-and takes everything that arrived meanwhile, so batches grow with the load. `a2bs serve` runs
+The asyncio event loop does the I/O and, on a fixed step clock (``serve.step_period_ms``, one 10 ms
+model frame hop), the ticks of :class:`a2bs.infer.engine.ServeEngine`: while any session has audio
+waiting, one tick per period steps every session's pending frames in one batched step, so the model
+calls per second do not grow with the messages per second and batches grow with the load. `a2bs serve` runs
 ``serve.workers`` such servers in processes sharing the port (:mod:`a2bs.infer.serve_workers`).
 """
 
@@ -22,7 +23,6 @@ import logging
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +38,7 @@ from a2bs.infer.serve_support import (
     SendQueue,
     ServeMetrics,
     SharedAdmission,
+    StepClock,
     is_loopback,
     read_token,
     resolve_workers,
@@ -90,7 +91,6 @@ class Server:
         self.worker = worker
         self.engine = ServeEngine(model, cfg)
         self.metrics = ServeMetrics(metrics_dir)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2bs-step")
         self._sessions: dict[int, Session] = {}
         self._wake: asyncio.Event | None = None
         self._ticked: asyncio.Condition | None = None
@@ -299,18 +299,22 @@ class Server:
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        wait_s = self.cfg.serve.batch_wait_ms / 1000.0
+        clock = StepClock(self.cfg.serve.step_period_ms / 1000.0)
         while True:
-            await self._wake.wait()
+            await self._wake.wait()  # idle (no session has work) until audio or an end arrives
+            # The rest of the period: every session's audio of it goes in this tick. Even at 0 (a tick
+            # overran) the loop gets one turn, so sending and receiving go on between back-to-back ticks.
+            await asyncio.sleep(clock.delay(loop.time()))
             self._wake.clear()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)  # batch policy: let more sessions' audio arrive
             work = self.engine.prepare()
             self.metrics.sessions.set(self.engine.active)
             if work:
                 t0 = time.perf_counter()
                 try:
-                    results, timing = await loop.run_in_executor(self._pool, self.engine.tick, work)
+                    # In the event loop's thread: at one tick per period the loop has nothing else to do
+                    # meanwhile worth a second thread's GIL hand-overs and wake-ups (measured: ~15 % less
+                    # server CPU per session than a step thread; benchmarks/README.md).
+                    results, timing = self.engine.tick(work)
                 except Exception:  # a bug must not kill the service silently: log it, drop these sessions
                     log.exception("serve: tick failed; closing the sessions in it")
                     for stream in work:
@@ -381,7 +385,6 @@ class Server:
             await self.ws_server.wait_closed()
         if self._ticker is not None:
             self._ticker.cancel()
-        self._pool.shutdown(wait=True)
 
 
 class BackgroundServer:
@@ -424,19 +427,13 @@ def tune_process(cfg: Config) -> None:
 
     - torch intra-op threads = ``serve.step_threads``;
     - numpy's BLAS on one thread: the front end's small products (every session's log-mel at once)
-      were 15x slower with OpenBLAS's threads spinning against the step thread on 2 cores;
-    - the GIL switch interval = ``serve.gil_switch_ms``: the step thread releases the GIL in every
-      PyTorch op and waits up to the interval to get it back while the event loop is busy (a torch
-      step of 8 sessions: ~60 ms of wall time at Python's 5 ms default, ~15 ms at 1 ms).
+      were 15x slower with OpenBLAS's threads spinning against the model step on 2 cores.
     """
-    import sys
-
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, cfg.serve.step_threads))
     threadpool_limits(1, "blas")
-    sys.setswitchinterval(cfg.serve.gil_switch_ms / 1000.0)
 
 
 def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identity: str | None = None) -> int:

@@ -1,6 +1,6 @@
 """The parts of `a2bs serve` around the connection loop: who may connect (the token rule and the
-admission limit shared by worker processes), the server's Prometheus metrics, and the per-session send
-queue with its drop policy."""
+admission limit shared by worker processes), the server's Prometheus metrics, the per-session send
+queue with its drop policy, and the step clock."""
 
 from __future__ import annotations
 
@@ -12,6 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from a2bs.config import Config, ConfigError
+
+
+class StepClock:
+    """When the next tick runs: at most one tick per `period_s` while there is work, so one batched
+    model call takes every session's audio of a period instead of one call per arriving message.
+
+    :meth:`delay` is asked when work is waiting. Ticks fall on a fixed grid while work keeps coming;
+    work that arrives after the clock fell idle (or after a tick overran its period) starts a new grid
+    at once. Either way a frame's audio waits at most one period for its tick. `period_s` 0 = a tick
+    as soon as work waits.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = max(0.0, float(period_s))
+        self._due_s = float("-inf")  # when the next tick on the grid is due
+
+    def delay(self, now_s: float) -> float:
+        """Seconds from `now_s` until the next tick (0 = at once); books that tick."""
+        if now_s >= self._due_s:
+            self._due_s = now_s + self.period_s
+            return 0.0
+        wait_s = self._due_s - now_s
+        self._due_s += self.period_s
+        return wait_s
 
 
 def is_loopback(host: str) -> bool:

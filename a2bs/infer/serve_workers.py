@@ -3,7 +3,7 @@
 One server process tops out at one core: most of its CPU is per-message Python (WebSocket framing,
 frame messages, each session's front end and post-processing), not the batched model step
 (benchmarks/README.md). So the parent binds the port and forks the workers, each a whole
-:class:`~a2bs.infer.serve.Server` (event loop, step thread, batched stepper). The parent accepts each
+:class:`~a2bs.infer.serve.Server` (event loop with its step clock, batched stepper). The parent accepts each
 connection and passes the socket (``SCM_RIGHTS``) to the worker holding the fewest sessions, taking
 turns among equals: sessions spread evenly whatever their timing. (Letting every worker accept on the
 shared socket sent all of them to the first worker whenever it was idle; ``SO_REUSEPORT`` spreads them

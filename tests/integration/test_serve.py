@@ -182,8 +182,8 @@ def test_bad_slow_and_vanishing_clients_leave_other_sessions_alone(causal_model)
                 bad_clients(), slow_reader())
 
         good_result, bad, slow = asyncio.run(run())
-        np.testing.assert_allclose(good_result.values, _offline(srv, good, 60), atol=ATOL)
         assert good_result.dropped == 0
+        np.testing.assert_allclose(good_result.values, _offline(srv, good, 60), atol=ATOL)
         reasons = [replies[-1].get("reason", "") for replies, _ in bad[:6]]
         assert "first message must be the JSON start message" in reasons[0]
         assert "not valid JSON" in reasons[1]
@@ -208,6 +208,35 @@ def test_bad_slow_and_vanishing_clients_leave_other_sessions_alone(causal_model)
         metrics = _metrics(srv)
         assert _metric(metrics, 'a2bs_serve_sessions_ended_total{outcome="error"}') == 2  # half sample, text
         assert _metric(metrics, 'a2bs_serve_sessions_refused_total{reason="bad_start"}') == 4
+
+
+def test_a_session_far_ahead_does_not_hold_up_the_others_on_the_step_clock(causal_model):
+    bulk = speech_like(4.0, seed=8)  # 400 frames sent at once: at 1 frame a tick, 400 ticks of the clock
+    small = speech_like(0.5, seed=9)
+    late = speech_like(0.7, seed=10)
+    start = {"sample_rate": 16000}
+    with _server(causal_model, "serve.max_step_frames=1", "serve.step_period_ms=10") as srv:
+        async def run():
+            bulk_task = asyncio.create_task(stream_async(srv.url, blocks_of(bulk, 16000, 4000), 16000, fps=60,
+                                                         realtime=False))
+            await asyncio.to_thread(_wait_for_metric, srv, "a2bs_serve_frames_total", 1)  # bulk is stepping
+            # Sessions join and leave between the bulk session's ticks: one vanishes mid-stream, two
+            # stream to the end (50 and 70 ticks' worth of frames, at 1 frame a tick too).
+            vanished = await _raw(srv.url, start, [encode_pcm(small[:1600])], abort=True)
+            small_result, late_result = await asyncio.gather(
+                stream_async(srv.url, blocks_of(small, 16000, 20), 16000, fps=60, realtime=False),
+                stream_async(srv.url, blocks_of(late, 16000, 100), 16000, fps=50, realtime=False))
+            bulk_done_before = bulk_task.done()
+            return await bulk_task, small_result, late_result, vanished, bulk_done_before
+
+        bulk_result, small_result, late_result, vanished, bulk_done_before = asyncio.run(run())
+        # The short sessions were stepped beside the bulk one, tick by tick, not after it.
+        assert not bulk_done_before
+        assert vanished[0][0]["event"] == "ready"
+        for got, audio, fps in ((bulk_result, bulk, 60), (small_result, small, 60), (late_result, late, 50)):
+            assert got.dropped == 0
+            np.testing.assert_allclose(got.values, _offline(srv, audio, fps), atol=ATOL)
+        assert _wait_for_metric(srv, 'a2bs_serve_sessions_ended_total{outcome="vanished"}', 1) == 1
 
 
 def test_session_limit_token_health_and_idle_timeout(causal_model, tmp_path):

@@ -19,6 +19,7 @@ from a2bs.infer.offline import LoadedModel, predict_samples
 from a2bs.infer.serve_support import (
     SendQueue,
     SharedAdmission,
+    StepClock,
     is_loopback,
     read_token,
     resolve_workers,
@@ -207,6 +208,29 @@ def test_worker_count() -> None:
     for bad in ("0", "two", "-1"):
         with pytest.raises(ConfigError, match=f"serve.workers must be 'auto' or a whole number >= 1, got '{bad}'"):
             resolve_workers(load_config(None, [f"serve.workers={bad}"]))
+
+
+def test_step_clock_ticks_on_a_grid_and_never_waits_more_than_a_period() -> None:
+    clock = StepClock(0.010)
+    assert clock.delay(5.000) == 0.0  # work while idle: at once
+    assert clock.delay(5.002) == pytest.approx(0.008)  # work during the period: the next grid point, 5.010
+    assert clock.delay(5.013) == pytest.approx(0.007)  # 5.020
+    assert clock.delay(5.0345) == 0.0  # the tick due at 5.030 is late (the last one overran): at once
+    assert clock.delay(5.035) == pytest.approx(0.0095)  # a new grid from 5.0345
+    assert clock.delay(9.0) == 0.0  # idle for seconds: at once
+    assert StepClock(0.0).delay(1.0) == StepClock(0.0).delay(1.0) == 0.0  # no clock: every tick at once
+    # Any schedule of work and tick durations: a tick never waits more than one period for work that
+    # is waiting, and ticks are at least one period apart.
+    rng = np.random.default_rng(0)
+    now_s, last_tick_s = 100.0, float("-inf")
+    for _ in range(2000):
+        now_s += rng.choice([0.0, rng.exponential(0.02)])  # work arrives now (or after an idle while)
+        delay_s = clock.delay(now_s)
+        assert 0.0 <= delay_s <= 0.010 + 1e-12
+        tick_s = now_s + delay_s
+        assert tick_s - last_tick_s >= 0.010 - 1e-9
+        last_tick_s = tick_s
+        now_s = tick_s + rng.uniform(0.0, 0.015)  # the tick's work, sometimes longer than a period
 
 
 def _admit_in_child(admission: SharedAdmission, worker: int, answers) -> None:
