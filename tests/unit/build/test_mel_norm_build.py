@@ -15,10 +15,11 @@ from a2bs.build.sequences import SyncedClip, make_windows, synchronise, validate
 from a2bs.config import Config, load_config
 from a2bs.extract.audio import MelNormaliser
 from a2bs.extract.store import SegmentPart, plan_segments, split_part, write_segment
-from a2bs.manifests import ClipEntry, ClipsManifest, ShardsManifest
+from a2bs.manifests import ClipEntry, ClipsManifest, MelNorm, ModelCard, ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import MEL_DB_RANGE, N_TARGETS
 from a2bs.train.data import arrow_to_arrays
+from a2bs.train.finetune import finetune_shards
 
 RATE_HZ = 100.0
 N_MELS = 8
@@ -96,3 +97,20 @@ def test_off_by_default_and_turning_it_on_rebuilds(tmp_path) -> None:
     off_m, on_m = ShardsManifest.load(str(tmp_path / "off")), ShardsManifest.load(str(tmp_path / "on"))
     assert off_m.mel_norm is None and on_m.mel_norm is not None
     assert off_m.fingerprint != on_m.fingerprint  # a rebuild with the setting changed rewrites the shards
+
+
+def test_the_run_card_carries_it_and_finetuning_builds_with_the_cards(tmp_path) -> None:
+    clips = {f"c{i}": (f"spk{i % 3}", _clip(2.5, seed=i, tilt_db=3.0)) for i in range(3)}
+    _store(str(tmp_path / "clips"), clips, 0.0)
+    cfg = load_config(None, ["mel_norm.enabled=true", "sequence.val_fraction=0.34", "sequence.test_fraction=0"])
+    run_build(str(tmp_path / "clips"), str(tmp_path / "shards"), cfg, use_ray=False, progress=False)
+    manifest = ShardsManifest.load(str(tmp_path / "shards"))
+    assert manifest.mel_norm.prior_frames == cfg.mel_norm.prior_frames == 400.0  # the default prior weight
+    assert ModelCard.for_run(cfg, manifest).mel_norm == manifest.mel_norm
+    # Fine-tuning new footage: the base card's prior, not one computed from the new clips (and even with
+    # mel_norm off in the user's config).
+    card_norm = MelNorm(250.0, tuple(float(v) for v in np.linspace(-60.0, -20.0, N_MELS)))
+    shards = finetune_shards(str(tmp_path / "clips"), str(tmp_path / "ft"), Config(), mel_norm=card_norm)
+    assert ShardsManifest.load(shards).mel_norm == card_norm
+    plain = finetune_shards(str(tmp_path / "clips"), str(tmp_path / "ft_plain"), Config())
+    assert ShardsManifest.load(plain).mel_norm is None
