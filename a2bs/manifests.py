@@ -188,6 +188,17 @@ class SplitStats:
 
 
 @dataclass(frozen=True)
+class MelNorm:
+    """The causal per-clip log-mel mean normalisation the features went through (``mel_norm`` config
+    section; a2bs.extract.audio.MelNormaliser)."""
+
+    __pydantic_config__ = _STRICT
+
+    prior_frames: float  # weight of prior_db in the running mean, in frames
+    prior_db: tuple[float, ...]  # (n_mels,) the training split's mean log-mel (dB, clipped to MEL_DB_RANGE)
+
+
+@dataclass(frozen=True)
 class ShardsManifest:
     """What a shards folder holds and how it was built (written last by ``a2bs build``)."""
 
@@ -203,6 +214,7 @@ class ShardsManifest:
     # (a2bs.build.shards.SPLITS); a folder of an a2bs before test splits has train and val only.
     splits: dict[str, SplitStats]
     schema_version: int = SCHEMA_VERSION  # of the shard rows (a2bs.schema.sequence_schema)
+    mel_norm: MelNorm | None = None  # the shards' audio is normalised so (None = raw log-mel)
 
     @property
     def n_mels(self) -> int:
@@ -305,6 +317,8 @@ class ModelCard:
     data: DataSummary | None
     training_config: dict[str, Any]
     identities: tuple[str, ...] = ()
+    # The log-mel normalisation every front end applies before the model (None = none: cards before it).
+    mel_norm: MelNorm | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.identities) != tuple(self.model.identities):
@@ -322,7 +336,8 @@ class ModelCard:
     def for_run(cls, cfg: Config, shards: ShardsManifest) -> ModelCard:
         """The card of a training run on `shards` before its first epoch (the loop fills in the rest)."""
         return cls(cfg.model, shards.audio, VERSION, SCHEMA_VERSION, TARGET_NAMES, MEL_DB_RANGE, cfg.infer.fps,
-                   -1, {}, DataSummary.from_shards(shards), config_to_dict(cfg), cfg.model.identities)
+                   -1, {}, DataSummary.from_shards(shards), config_to_dict(cfg), cfg.model.identities,
+                   shards.mel_norm)
 
     def to_dict(self) -> dict[str, Any]:
         """The card as plain JSON-able data (what :meth:`to_json` writes, without the envelope)."""

@@ -11,7 +11,8 @@ threads. A variant's overrides may include `shards=DIR` to train on other shards
 voices with the same val and test speakers). Runs already evaluated in --out are read back, not
 redone, so a later call with more seeds or variants extends the same table.
 
-Prints two markdown tables: val (the split that chooses; compare variants on it only) and the
+Prints two markdown tables: val (the split that chooses; compare variants on it only; "val
+objective" = the best epoch's `val_objective`, the demo preset's selection metric, lower is better) and the
 reported splits (test = unseen voices, known = known voices on unseen clips), each with the average
 identity and with the true identity of the speaker's face ("+id"), plus per-variant means over seeds.
 """
@@ -54,11 +55,20 @@ def _cli(args: list[str], log: Path) -> None:
         raise SystemExit(f"bench_unseen: `a2bs {' '.join(args)}` failed (exit {rc}); see {log}")
 
 
+def _read_summary(work: Path) -> dict:
+    """A finished run's summary (with the best epoch's val_objective, read from the run when older)."""
+    summary = json.loads((work / "summary.json").read_text())
+    if "val_objective" not in summary:
+        best = json.loads((work / "run" / "metrics.json").read_text())["best"]
+        summary["val_objective"] = best.get("val_objective", float("nan"))
+    return summary
+
+
 def run_one(shards: str, overrides: list[str], seed: int, threads: int, work: Path) -> dict:
     """Train and evaluate one variant x seed in `work` (reused when already done); returns its summary."""
     done = work / "summary.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return _read_summary(work)
     work.mkdir(parents=True, exist_ok=True)
     run, report = work / "run", work / "report"
     if not (run / "metrics.json").is_file():  # written when training has finished
@@ -69,6 +79,7 @@ def run_one(shards: str, overrides: list[str], seed: int, threads: int, work: Pa
     rep = json.loads((report / "report.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     summary = {"best_epoch": metrics["best_epoch"], "chosen_on": metrics["chosen_on"], "train_s": metrics["wall_s"],
+               "val_objective": metrics["best"].get("val_objective", float("nan")),
                "last_train_loss": metrics["last"]["train_loss"], "last_val_loss": metrics["last"]["val_loss"],
                "splits": {name: {"avg": s["metrics"], "id": s.get("with_identity", {}).get("metrics", {}),
                                  "speakers": s["speakers"]} for name, s in rep["splits"].items()}}
@@ -89,15 +100,16 @@ def _header(col: tuple[str, str, str]) -> str:
 def tables(results: dict[tuple[str, int], dict], variants: list[str], seeds: list[int]) -> str:
     """The val table and the reported-splits table, per run and per-variant means over seeds."""
     out = []
-    for cols, extra in ((VAL_COLS, ("best epoch", "train s")), (REPORT_COLS, ())):
+    for cols, extra in ((VAL_COLS, ("best epoch", "train s", "val objective")), (REPORT_COLS, ())):
         rows = []
         for name in variants:
             runs = [results[(name, s)] for s in seeds if (name, s) in results]
             for seed, r in zip([s for s in seeds if (name, s) in results], runs):
-                ex = [r["best_epoch"], f"{r['train_s']:.0f}"] if extra else []
+                ex = [r["best_epoch"], f"{r['train_s']:.0f}", f"{r['val_objective']:.3f}"] if extra else []
                 rows.append([name, seed, *ex, *(f"{_cell(r, c):.3f}" for c in cols)])
             if len(runs) > 1:
-                ex = [f"{mean(r['best_epoch'] for r in runs):.0f}", f"{mean(r['train_s'] for r in runs):.0f}"] if extra else []
+                ex = [f"{mean(r['best_epoch'] for r in runs):.0f}", f"{mean(r['train_s'] for r in runs):.0f}",
+                      f"**{mean(r['val_objective'] for r in runs):.3f}**"] if extra else []
                 rows.append([f"**{name}** mean", len(runs), *ex, *(f"**{mean(_cell(r, c) for r in runs):.3f}**" for c in cols)])
         out.append(table(["variant", "seed", *extra, *(_header(c) for c in cols)], rows))
     return "\n\n".join(out)
@@ -125,9 +137,9 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     if args.table_only:
         for key, *_ in jobs:
-            done = root / f"{key[0]}-seed{key[1]}" / "summary.json"
-            if done.is_file():
-                results[key] = json.loads(done.read_text())
+            work = root / f"{key[0]}-seed{key[1]}"
+            if (work / "summary.json").is_file():
+                results[key] = _read_summary(work)
         print(tables(results, list(variants), args.seeds))
         return
     t0 = time.time()

@@ -12,19 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from a2bs.build.sequences import expected_windows, window_params
-from a2bs.build.shards import (SPLITS, ClipSource, build_shard, clip_identity, plan_shards, select_speakers,
-                               split_clips)
+from a2bs.build.shards import (
+    SPLITS,
+    ClipSource,
+    build_shard,
+    clip_identity,
+    mean_log_mel,
+    plan_shards,
+    select_speakers,
+    split_clips,
+)
 from a2bs.config import Config, config_from_dict, config_to_dict, save_config
 from a2bs.errors import InputError, ManifestError
 from a2bs.extract.store import CLIPS_SUBDIR, segment_folder, segment_uri
 from a2bs.manifests import (
     ChannelStats,
     ClipsManifest,
+    MelNorm,
     ShardFile,
     ShardsManifest,
     SplitStats,
@@ -76,10 +85,13 @@ def _sources(clips_dir: str, clips: list[dict]) -> dict[str, ClipSource]:
 
 
 def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True,
-              progress: bool = True) -> BuildSummary:
+              progress: bool = True, mel_norm: MelNorm | None = None) -> BuildSummary:
     """Window every clip into sequence shards split by speaker or clip (:func:`split_clips`); manifest last.
 
     The audio front end is the one the clips were extracted with (``cfg.audio`` is replaced by it).
+    With ``mel_norm.enabled`` each clip's log-mel is normalised causally from its first frame
+    (a2bs.extract.audio.MelNormaliser) with the training split's mean as the prior; `mel_norm` (a
+    model card's, for fine-tuning) is used as given instead. The shards manifest records it.
     `progress` shows the shards done on the console (:mod:`a2bs.runtime.console`).
 
     Raises:
@@ -100,7 +112,12 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     for c in clips:
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
-    settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence)}
+    if mel_norm is None and cfg.mel_norm.enabled:  # the prior: the training split's mean (one more read of it)
+        sources = _sources(clips_dir, clips)
+        prior = mean_log_mel([sources[c["uri"]] for c in clips if c["split"] == "train"])
+        mel_norm = MelNorm(cfg.mel_norm.prior_frames, tuple(round(float(v), 4) for v in prior))
+    settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence),
+                **({"mel_norm": asdict(mel_norm)} if mel_norm else {})}
     # The parts present count: a segment extracted after a failed one fills a gap and changes the windows.
     fingerprint = hashlib.sha256(json.dumps({"clips": {c["clip_id"]: list(c["segments"]) for c in clips},
                                              "settings": settings,
@@ -123,9 +140,9 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
         cfg_dict = config_to_dict(cfg)
         ds = ray.data.from_items([{"i": i} for i in range(len(plans))], override_num_blocks=max(1, len(plans)))
         done = rows_as_done(ds.map(lambda r: build_shard(plans[r["i"]], shards_dir, config_from_dict(cfg_dict),
-                                                            plan_clips[r["i"]])))
+                                                            plan_clips[r["i"]], mel_norm)))
     else:
-        done = (build_shard(p, shards_dir, cfg, c) for p, c in zip(plans, plan_clips))
+        done = (build_shard(p, shards_dir, cfg, c, mel_norm) for p, c in zip(plans, plan_clips))
     stats = list(tracked(done, "build", len(plans), "shards", enabled=progress))
     stats.sort(key=lambda s: s["name"])
     # Remove shards a previous, larger run left behind, so the folder matches the manifest.
@@ -135,7 +152,7 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
             rel = f"{split}/{uri.rsplit('/', 1)[-1]}"
             if rel not in keep:
                 storage.delete(uri)
-    manifest = _manifest(clips, stats, cfg, fingerprint)
+    manifest = replace(_manifest(clips, stats, cfg, fingerprint), mel_norm=mel_norm)
     save_config(cfg, storage.join(shards_dir, CONFIG_NAME))
     manifest.write(shards_dir)
     return BuildSummary(len(clips), manifest.rows, len(stats), False, time.perf_counter() - t0)

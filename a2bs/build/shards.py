@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 
 from a2bs.build.sequences import ClipCounts, Windower, synchronise_parts, track_span
 from a2bs.config import Config, ConfigError, SequenceConfig
+from a2bs.extract.audio import MelNormaliser
 from a2bs.extract.store import iter_segments, segment_uri
-from a2bs.manifests import ShardsManifest
+from a2bs.manifests import MelNorm, ShardsManifest
 from a2bs.runtime import storage
-from a2bs.schema import N_TARGETS, sequence_schema
+from a2bs.schema import MEL_DB_RANGE, N_TARGETS, sequence_schema
 
 # train: fitted on. val: every choice (best epoch, Tune and its early stopping). test: unseen speakers (or clips),
 # only reported. known: held-out clips of training speakers (sequence.known_clip_fraction), only reported.
@@ -207,10 +208,18 @@ def _face_track(uri: str) -> tuple[np.ndarray, np.ndarray]:
             table.column("has_face").combine_chunks().flatten().to_numpy(zero_copy_only=False))
 
 
-def clip_windows(clip: ClipSource, cfg: Config) -> Iterator[tuple[dict[str, np.ndarray], ClipCounts]]:
-    """The windows of one clip with what validation clipped, read part by part (memory: a part or two)."""
+def clip_windows(clip: ClipSource, cfg: Config,
+                 mel_norm: MelNorm | None = None) -> Iterator[tuple[dict[str, np.ndarray], ClipCounts]]:
+    """The windows of one clip with what validation clipped, read part by part (memory: a part or two).
+
+    `mel_norm`: normalise the clip's log-mel causally from its first frame (all of its frames count,
+    also those no window keeps, as in an inference front end fed the same audio).
+    """
     track = track_span(_face_track(segment_uri(clip.clips_dir, clip.clip_id, k)) for k in clip.segments)
     parts = iter_segments(clip.clips_dir, clip.clip_id, clip.segments)
+    if mel_norm is not None:
+        norm = MelNormaliser(mel_norm)
+        parts = (replace(part, mel_db=norm(part.mel_db)) for part in parts)
     windower = Windower(cfg.sequence, clip.mel_frame_rate)
     for run in synchronise_parts(parts, clip.n_segments, clip.segments, track, clip.mel_frame_rate):
         yield windower.push(run), run.counts
@@ -294,14 +303,15 @@ class ShardRows:
         self.rows += n
 
 
-def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSource]) -> dict[str, Any]:
+def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSource],
+                mel_norm: MelNorm | None = None) -> dict[str, Any]:
     """Window the clips of a plan (``plan.clip_uris``, in order) into one shard file, written atomically
-    and a row group at a time; return its statistics."""
+    and a row group at a time (log-mel normalised by `mel_norm`, if given); return its statistics."""
     counts = ClipCounts(0, np.zeros(N_TARGETS, np.int64))
     with storage.atomic_parquet_writer(storage.join(out_dir, plan.name), sequence_schema(cfg.audio.n_mels)) as pw:
         rows = ShardRows(pw, plan.split, cfg.audio.n_mels)
         for clip in clips:
-            for windows, run_counts in clip_windows(clip, cfg):
+            for windows, run_counts in clip_windows(clip, cfg, mel_norm):
                 counts = counts.add(run_counts)
                 rows.add(clip.clip_id, clip.speaker_id, windows, clip.identity)
         rows.finish()
@@ -316,6 +326,24 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSour
         "target_sq_sum": rows.target_sq_sum.tolist(),
         "valid_frames": rows.valid_frames,
     }
+
+
+def mean_log_mel(clips: list[ClipSource]) -> np.ndarray:
+    """(n_mels,) mean log-mel (dB, clipped to schema.MEL_DB_RANGE) over every audio frame of `clips`,
+    read one part at a time: the prior of the mel normalisation."""
+    total, frames = None, 0
+    for clip in clips:
+        for k in clip.segments:
+            table = storage.read_parquet(segment_uri(clip.clips_dir, clip.clip_id, k), columns=["mel_db"])
+            n_mels = int(table.schema.metadata[b"n_mels"])
+            flat = table.column("mel_db").combine_chunks().flatten().flatten().to_numpy()
+            mel = np.clip(flat.reshape(-1, n_mels).astype(np.float64), *MEL_DB_RANGE)
+            if len(mel):
+                total = mel.sum(axis=0) if total is None else total + mel.sum(axis=0)
+                frames += len(mel)
+    if total is None:
+        raise ValueError("mel_norm: the training split has no audio frames")
+    return total / frames
 
 
 def shard_files(shards_dir: str, split: str) -> list[str]:

@@ -19,6 +19,8 @@ import numpy as np
 from a2bs.config import AudioConfig
 from a2bs.errors import InputError
 from a2bs.extract.store import Segment, in_segment
+from a2bs.manifests import MelNorm
+from a2bs.schema import MEL_DB_RANGE
 
 
 @dataclass(frozen=True)
@@ -204,3 +206,35 @@ def range_audio_features(path: str | Path, cfg: AudioConfig, start_s: float, end
     part = AudioFeatures(feats.sample_rate, feats.frame_rate_hz, times[keep], feats.mel_db[keep], feats.rms[keep],
                          feats.zcr[keep], feats.vad[keep], feats.duration_s)
     return part, decode_s + len(samples) / cfg.sample_rate
+
+
+class MelNormaliser:
+    """Causal per-clip log-mel mean normalisation: ``x_t - m_t + prior_db``; one object per clip or stream.
+
+    ``m_t = (prior_frames * prior_db + sum_{i<=t} x_i) / (prior_frames + t + 1)`` is the clip's running
+    mean log-mel up to and including frame ``t``, starting from the training set's mean ``prior_db``
+    (values clipped to ``schema.MEL_DB_RANGE`` first, as the data stage and the model do). A frame's
+    output depends only on it and the frames before, so feeding a clip in chunks of any size gives the
+    whole-clip values: training, offline and streaming see the same features.
+    """
+
+    def __init__(self, norm: MelNorm) -> None:
+        self.prior_db = np.asarray(norm.prior_db, np.float64)
+        self.sum_db = norm.prior_frames * self.prior_db  # running sum with the prior folded in
+        self.frames = float(norm.prior_frames)
+
+    @classmethod
+    def of(cls, norm: MelNorm | None) -> MelNormaliser | None:
+        """A fresh normaliser for a clip or stream (None when `norm` is None: the raw log-mel)."""
+        return None if norm is None else cls(norm)
+
+    def __call__(self, mel_db: np.ndarray) -> np.ndarray:
+        """Normalise the clip's next ``(n, n_mels)`` frames (float32 out)."""
+        x = np.clip(np.asarray(mel_db, np.float64), *MEL_DB_RANGE)
+        if not len(x):
+            return x.astype(np.float32)
+        sums = self.sum_db + np.cumsum(x, axis=0)
+        counts = self.frames + np.arange(1, len(x) + 1, dtype=np.float64)
+        out = x - sums / counts[:, None] + self.prior_db
+        self.sum_db, self.frames = sums[-1], counts[-1]
+        return out.astype(np.float32)

@@ -132,7 +132,7 @@ class _Pipeline:
 
     def __init__(self, engine: "ServeEngine", spec: StreamSpec) -> None:
         audio = engine.model.audio_cfg
-        self.frontend = StreamingLogMel(audio)
+        self.frontend = StreamingLogMel(audio, engine.model.card.mel_norm)
         self.resample_in = None
         if spec.sample_rate != audio.sample_rate:
             import soxr
@@ -291,7 +291,7 @@ class ServeEngine:
         i = 0
         for s, w, arr in zip(owners, windows, arrivals):
             p = s.pipeline
-            p.pending = np.concatenate([p.pending, mel[i : i + len(w)]])
+            p.pending = np.concatenate([p.pending, p.frontend.normalise(mel[i : i + len(w)])])
             p.pending_arrival = np.concatenate([p.pending_arrival, arr])
             i += len(w)
 

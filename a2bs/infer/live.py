@@ -114,7 +114,7 @@ class StreamingSession:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         self.sample_rate = model.audio_cfg.sample_rate
         self.rate_hz = model.audio_cfg.sample_rate / model.audio_cfg.hop_length
-        self._frontend = StreamingLogMel(model.audio_cfg)
+        self._frontend = StreamingLogMel(model.audio_cfg, model.card.mel_norm)
         self._stepper = make_stepper(model.net, cfg.infer.stream_backend, row)
         self._rest = rest
         self._warm_up()

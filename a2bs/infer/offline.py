@@ -28,7 +28,7 @@ from a2bs.config import (
     save_config,
 )
 from a2bs.errors import InputError, ModelFileError
-from a2bs.extract.audio import features_from_samples, load_audio
+from a2bs.extract.audio import MelNormaliser, features_from_samples, load_audio
 from a2bs.infer.curves import FORMAT_SUFFIXES, Curves, output_format
 from a2bs.infer.postprocess import postprocess_offline
 from a2bs.manifests import ModelCard, resolve_front_end
@@ -136,7 +136,8 @@ def predict_100hz(model: LoadedModel, samples: np.ndarray, cfg: Config,
     the face of `identity` (None = the learned average of a model with identities)."""
     row = model.identity_row(identity)
     feats = features_from_samples(samples, model.audio_cfg)
-    mel = torch.from_numpy(feats.mel_db)[None]  # (1, T, n_mels)
+    norm = MelNormaliser.of(model.card.mel_norm)  # the card's normalisation, from the clip's first frame
+    mel = torch.from_numpy(feats.mel_db if norm is None else norm(feats.mel_db))[None]  # (1, T, n_mels)
     raw = forward_long(model.net, mel, cfg.infer.max_chunk_frames, row)[0].cpu().numpy()  # (T, 59)
     values = postprocess_offline(raw, feats.vad, cfg.infer, feats.frame_rate_hz, rest=rest)
     return Curves(values, feats.frame_rate_hz, duration_s=feats.duration_s)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from a2bs.config import AudioConfig
-from a2bs.extract.audio import log_mel_frames
+from a2bs.extract.audio import MelNormaliser, log_mel_frames
+from a2bs.manifests import MelNorm
 from a2bs.models.identity import identity_rows
 from a2bs.schema import N_TARGETS
 
@@ -33,14 +34,20 @@ class StreamingError(ValueError):
 
 
 class StreamingLogMel:
-    """Chunked audio samples -> log-mel frames identical to the offline extractor."""
+    """Chunked audio samples -> log-mel frames identical to the offline extractor.
 
-    def __init__(self, cfg: AudioConfig) -> None:
+    `mel_norm`: the model card's log-mel normalisation (None = raw log-mel), applied from the stream's
+    first frame as :func:`a2bs.infer.offline.predict_100hz` applies it from the clip's first frame.
+    """
+
+    def __init__(self, cfg: AudioConfig, mel_norm: MelNorm | None = None) -> None:
         self.cfg = cfg
+        self.mel_norm = mel_norm
         self.reset()
 
     def reset(self) -> None:
         """Start a new stream."""
+        self._norm = MelNormaliser.of(self.mel_norm)
         self._pad = self.cfg.n_fft // 2
         # Buffer of the zero-padded signal, starting at padded-sample index self._buf_start.
         self._buf = np.zeros(self._pad, dtype=np.float64)
@@ -75,7 +82,12 @@ class StreamingLogMel:
     def _mel(self, windows: np.ndarray) -> np.ndarray:
         if not len(windows):
             return np.zeros((0, self.cfg.n_mels), dtype=np.float32)
-        return log_mel_frames(windows, self.cfg)  # (n, n_mels)
+        return self.normalise(log_mel_frames(windows, self.cfg))  # (n, n_mels)
+
+    def normalise(self, mel_db: np.ndarray) -> np.ndarray:
+        """The stream's next log-mel frames (from :meth:`push_windows`/:meth:`flush_windows`, in order) as
+        the model takes them: through the card's normalisation, if any."""
+        return mel_db if self._norm is None else self._norm(mel_db)
 
     def push_windows(self, samples: np.ndarray) -> np.ndarray:
         """Like :meth:`push`, but the analysis windows (n, n_fft) float64 of the new frames instead of
@@ -173,8 +185,9 @@ class StreamingModel:
 class AudioStream:
     """Audio chunks -> model output frames, for one stream (a StreamingLogMel + a StreamingModel)."""
 
-    def __init__(self, model: nn.Module, audio_cfg: AudioConfig, identity: int | None = None) -> None:
-        self.frontend = StreamingLogMel(audio_cfg)
+    def __init__(self, model: nn.Module, audio_cfg: AudioConfig, identity: int | None = None,
+                 mel_norm: MelNorm | None = None) -> None:
+        self.frontend = StreamingLogMel(audio_cfg, mel_norm)
         self.model = StreamingModel(model, batch_size=1, identity=identity)
 
     def reset(self) -> None:

@@ -30,7 +30,7 @@ import torch
 from a2bs.build.pipeline import run_build
 from a2bs.config import Config, ConfigError, config_from_dict
 from a2bs.errors import ManifestError
-from a2bs.manifests import ShardsManifest
+from a2bs.manifests import MelNorm, ShardsManifest
 from a2bs.models.identity import train_only_identity, with_added_identity
 from a2bs.models.model_file import MODEL_FILE_NAME, load_model_file, save_model
 from a2bs.runtime import storage
@@ -67,12 +67,13 @@ class FinetuneResult:
                 f"identities {', '.join(self.identities)} -> {self.model_path}")
 
 
-def finetune_shards(data_dir: str, out_dir: str, cfg: Config, progress: bool = False) -> str:
+def finetune_shards(data_dir: str, out_dir: str, cfg: Config, progress: bool = False,
+                    mel_norm: MelNorm | None = None) -> str:
     """The shards folder of `data_dir`: itself when it holds shards, else its clips built into OUT/shards.
 
-    A clips folder is built with the model's windowing, split by clip: ``finetune.val_fraction`` of
-    the clips in the val split (they choose the epoch), the rest in train (fine-tuning scores
-    nothing; evaluate the result on other footage).
+    A clips folder is built with the model's windowing and log-mel normalisation (`mel_norm`, the
+    card's), split by clip: ``finetune.val_fraction`` of the clips in the val split (they choose the
+    epoch), the rest in train (fine-tuning scores nothing; evaluate the result on other footage).
     """
     try:
         ShardsManifest.load(data_dir)
@@ -82,7 +83,7 @@ def finetune_shards(data_dir: str, out_dir: str, cfg: Config, progress: bool = F
     seq = replace(cfg.sequence, split_by="clip", val_fraction=cfg.finetune.val_fraction, test_fraction=0.0,
                   known_clip_fraction=0.0, test_speakers=(), identity_from="")
     shards_dir = storage.join(out_dir, SHARDS_SUBDIR)
-    run_build(data_dir, shards_dir, replace(cfg, sequence=seq), use_ray=False, progress=progress)
+    run_build(data_dir, shards_dir, replace(cfg, sequence=seq), use_ray=False, progress=progress, mel_norm=mel_norm)
     return shards_dir
 
 
@@ -126,11 +127,15 @@ def _finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: 
         raise ConfigError(f"finetune: the model already has identity {identity!r} "
                           f"(identities: {', '.join(card.identities)}); choose a new name")
     run_cfg = config_from_dict(card.training_config) if card.training_config else cfg
-    shards_dir = finetune_shards(data_dir, out_dir, replace(cfg, sequence=run_cfg.sequence), progress)
+    shards_dir = finetune_shards(data_dir, out_dir, replace(cfg, sequence=run_cfg.sequence), progress,
+                                 card.mel_norm)
     manifest = ShardsManifest.load(shards_dir)
     if manifest.audio != card.audio:
         raise ConfigError(f"finetune: {data_dir} was extracted with another audio front end than the model's "
                           "(extract it again with the model's audio settings)")
+    if manifest.mel_norm != card.mel_norm:
+        raise ConfigError(f"finetune: the shards {data_dir} were built with another log-mel normalisation "
+                          "than the model's (give its clips folder instead)")
     files, val_files = split_windows(manifest, shards_dir)
     windows = sum(rows for split, rows in manifest.rows.items() if split != "val")
     val_windows = manifest.rows.get("val", 0) if val_files else 0

@@ -32,6 +32,7 @@ from a2bs.infer.wire import (
     encode_pcm,
     wire_samples,
 )
+from a2bs.manifests import ModelCard
 from a2bs.models import build_model, preset
 
 
@@ -41,7 +42,7 @@ def model() -> LoadedModel:
     net = build_model(preset("tcn_full", channels=16, dilations=(1, 2, 4), dropout=0.0)).eval()
     with torch.no_grad():
         net.head.proj.weight.mul_(40.0)
-    return LoadedModel(net, net.cfg, {}, AudioConfig(), "test")
+    return LoadedModel(net, net.cfg, ModelCard.for_untrained(net.cfg), AudioConfig(), "test")
 
 
 def _audio(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:

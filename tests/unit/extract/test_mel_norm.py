@@ -1,0 +1,88 @@
+"""The causal per-clip log-mel mean normalisation (a2bs.extract.audio.MelNormaliser) and the card field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from a2bs.config import AudioConfig
+from a2bs.extract.audio import MelNormaliser
+from a2bs.infer.streaming import StreamingLogMel
+from a2bs.manifests import MelNorm, ModelCard
+from a2bs.models import preset
+
+N_MELS = 8
+NORM_ATOL_DB = 1e-6  # float64 running sums; chunked cumsums differ from one whole cumsum by ~1e-12 dB
+
+
+def _norm(prior_frames: float = 50.0, n_mels: int = N_MELS) -> MelNorm:
+    return MelNorm(prior_frames, tuple(float(v) for v in np.linspace(-50.0, -30.0, n_mels)))
+
+
+def _mel(n: int, seed: int = 0, n_mels: int = N_MELS) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-75.0, 5.0, (n, n_mels)).astype(np.float32)
+
+
+def test_each_frame_is_minus_the_running_mean_with_the_prior() -> None:
+    norm, mel = _norm(prior_frames=3.0), _mel(20)
+    out = MelNormaliser(norm)(mel)
+    prior = np.array(norm.prior_db)
+    for t in range(len(mel)):
+        mean = (3.0 * prior + mel[: t + 1].astype(np.float64).sum(axis=0)) / (3.0 + t + 1)
+        np.testing.assert_allclose(out[t], mel[t] - mean + prior, atol=NORM_ATOL_DB)
+
+
+def test_causal_a_frame_does_not_change_when_later_audio_is_appended() -> None:
+    mel = _mel(300)
+    short = MelNormaliser(_norm())(mel[:120])
+    long = MelNormaliser(_norm())(np.concatenate([mel, _mel(500, seed=1)]))
+    np.testing.assert_array_equal(short, long[:120])
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 1, 64], [299, 1], [0, 13]])
+def test_chunks_of_any_size_give_the_whole_clip_values(sizes: list[int]) -> None:
+    mel, whole = _mel(300), MelNormaliser(_norm())(_mel(300))
+    norm, parts, i, k = MelNormaliser(_norm()), [], 0, 0
+    while i < len(mel):
+        n = sizes[k % len(sizes)]
+        parts.append(norm(mel[i : i + n]))
+        i, k = i + n, k + 1
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=NORM_ATOL_DB, rtol=0)
+
+
+def test_a_constant_tilt_changes_features_only_through_the_priors_fading_weight() -> None:
+    k, mel = 50.0, _mel(400) * 0.8  # -60..4 dB: the tilt stays inside MEL_DB_RANGE (no clipping)
+    tilt = np.linspace(-6.0, 6.0, N_MELS).astype(np.float32)  # a voice's / channel's fixed spectral tilt
+    base, tilted = MelNormaliser(_norm(k))(mel), MelNormaliser(_norm(k))(mel + tilt)
+    t = np.arange(1, len(mel) + 1, dtype=np.float64)[:, None]
+    # x + c - (k mu0 + S_t + t c) / (k + t) + mu0 = the untilted feature + c k / (k + t)
+    np.testing.assert_allclose(tilted - base, tilt[None] * k / (k + t), atol=1e-4)
+    assert np.abs(tilted[-1] - base[-1]).max() < 0.12 * np.abs(tilt).max()  # 400 frames on: k/(k+t) = 0.11
+
+
+def test_values_are_clipped_to_the_training_range_before_the_mean() -> None:
+    mel = _mel(50)
+    floor = mel.copy()
+    floor[:10] = -80.0
+    below = mel.copy()
+    below[:10] = -120.0  # digital silence below the dB floor counts as the floor, as in training
+    np.testing.assert_array_equal(MelNormaliser(_norm())(below), MelNormaliser(_norm())(floor))
+
+
+def test_no_normalisation_without_a_card_setting() -> None:
+    assert MelNormaliser.of(None) is None
+    front = StreamingLogMel(AudioConfig())
+    mel = _mel(5, n_mels=80)
+    assert front.normalise(mel) is mel
+
+
+def test_the_card_records_it_and_an_older_card_reads_as_off() -> None:
+    card = dataclasses.replace(ModelCard.for_untrained(preset("tcn_poc", channels=16)), mel_norm=_norm(100.0))
+    again = ModelCard.from_json(card.to_json(), "m.safetensors")
+    assert again.mel_norm == card.mel_norm and isinstance(again.mel_norm.prior_db, tuple)
+    older = json.loads(card.to_json())
+    del older["mel_norm"]  # a card written before the field existed
+    assert ModelCard.from_json(json.dumps(older), "old.safetensors").mel_norm is None
