@@ -13,6 +13,7 @@ from a2bs.extract.audio import MelNormaliser
 from a2bs.infer.streaming import StreamingLogMel
 from a2bs.manifests import MelNorm, ModelCard
 from a2bs.models import preset
+from a2bs.models.commands import format_card
 
 N_MELS = 8
 NORM_ATOL_DB = 1e-6  # float64 running sums; chunked cumsums differ from one whole cumsum by ~1e-12 dB
@@ -86,3 +87,6 @@ def test_the_card_records_it_and_an_older_card_reads_as_off() -> None:
     older = json.loads(card.to_json())
     del older["mel_norm"]  # a card written before the field existed
     assert ModelCard.from_json(json.dumps(older), "old.safetensors").mel_norm is None
+    # `a2bs info` says so
+    assert "running-mean normalised per clip (prior 100 frames)" in format_card(again, "m.safetensors", 1)
+    assert "running-mean" not in format_card(ModelCard.from_json(json.dumps(older), "old"), "old", 1)
