@@ -67,7 +67,7 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file of overrides (sections as in a2bs/config.py)")
+    p.add_argument("--config", help="YAML file of overrides (sections as in a2bs/config/sections.py)")
     p.add_argument("--quiet", action="store_true", help="show only the summary and errors")
     p.add_argument("--verbose", action="store_true",
                    help="also show what goes to the log file (Ray, MediaPipe, workers) as it comes")

@@ -192,7 +192,7 @@ def main() -> None:
     load_end = os.getloadavg()
     header = (f"`.venv/bin/python benchmarks/bench_augment.py {' '.join(Path(s).name for s in args.shards)} "
               f"--epochs {args.epochs} --quality-epochs {args.quality_epochs} --seeds {args.seeds} "
-              f"--settings {args.settings}`: on = the `augment` defaults (a2bs/config.py), strong = the first "
+              f"--settings {args.settings}`: on = the `augment` defaults (a2bs/config/sections.py), strong = the first "
               f"defaults (`{' '.join(SETTINGS['strong'])}`), off = `augment.enabled=false`. Quality: the demo "
               f"preset trained in this process on each shards folder (its split and val speakers in the first "
               f"column); a run stopped before {args.quality_epochs} epochs is compared with the others at the "
