@@ -63,3 +63,13 @@ def listing_manifest(clips: dict[str, list[str]], shards: dict[str, list[str]] |
 
     names = ["train", "val", *(s for s in clips if s not in ("train", "val"))]  # e.g. test, known
     return ShardsManifest("test", 100.0, 24, 12, AudioConfig(), SequenceConfig(), {s: split(s) for s in names})
+
+
+def pushed_in_chunks(stream: Any, samples: np.ndarray, sizes: tuple[int, ...] = (100, 517, 1600, 3, 2000)) -> np.ndarray:
+    """Every frame a streaming object (``push``/``flush``) gives for `samples` pushed in uneven chunks."""
+    parts, i, k = [], 0, 0
+    while i < len(samples):
+        parts.append(stream.push(samples[i : i + sizes[k % len(sizes)]]))
+        i, k = i + sizes[k % len(sizes)], k + 1
+    parts.append(stream.flush())
+    return np.concatenate(parts)

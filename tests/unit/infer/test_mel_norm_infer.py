@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from support import pushed_in_chunks
 
 from a2bs.config import AudioConfig, load_config
 from a2bs.extract.audio import MelNormaliser, log_mel
@@ -57,14 +58,7 @@ def test_audio_stream_with_normalisation_equals_offline_model() -> None:
     with torch.no_grad():
         offline = model(torch.from_numpy(MelNormaliser(norm)(log_mel(samples, cfg)))[None])[0].numpy()
         raw = model(torch.from_numpy(log_mel(samples, cfg))[None])[0].numpy()
-    stream, parts, i = AudioStream(model, cfg, mel_norm=norm), [], 0
-    for n in [100, 517, 1600, 3, 2000] * 10:
-        if i >= len(samples):
-            break
-        parts.append(stream.push(samples[i : i + n]))
-        i += n
-    parts.append(stream.flush())
-    out = np.concatenate(parts)
+    out = pushed_in_chunks(AudioStream(model, cfg, mel_norm=norm), samples)
     np.testing.assert_allclose(out, offline, atol=1e-5, rtol=0)
     assert np.abs(out - raw).max() > 1e-3  # the normalisation reached the model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import pushed_in_chunks
 
 from a2bs.config import AudioConfig
 from a2bs.extract.audio import log_mel
@@ -156,14 +157,6 @@ def test_audio_stream_end_to_end() -> None:
     samples = _audio(8000 + 33, seed=7)
     with torch.no_grad():
         offline = model(torch.from_numpy(log_mel(samples, cfg))[None])[0].numpy()
-    stream = AudioStream(model, cfg)
-    parts, i = [], 0
-    for n in [100, 517, 1600, 3, 2000] * 10:
-        if i >= len(samples):
-            break
-        parts.append(stream.push(samples[i : i + n]))
-        i += n
-    parts.append(stream.flush())
-    out = np.concatenate(parts)
+    out = pushed_in_chunks(AudioStream(model, cfg), samples)
     assert out.shape == offline.shape == (1 + len(samples) // cfg.hop_length, 59)
     np.testing.assert_allclose(out, offline, atol=MODEL_ATOL, rtol=0)
