@@ -54,14 +54,15 @@ def interp_rows(src: np.ndarray, first_index: int, positions: np.ndarray, n_src_
         positions: fractional source indices wanted.
         n_src_total: total source frames when known (positions past the last frame hold it).
     """
-    i0 = np.floor(positions).astype(np.int64)
+    i0 = np.floor(positions)
     w = positions - i0
-    last = n_src_total - 1 if n_src_total is not None else None
-    if last is not None:
+    i0 = i0.astype(np.int64)
+    if n_src_total is not None:
+        last = n_src_total - 1
         hold = i0 >= last
         i0 = np.minimum(i0, last)
-        w = np.where(hold, 0.0, w)
-    i1 = np.where(w > 0, i0 + 1, i0)
+        w[hold] = 0.0
+    i1 = i0 + (w > 0)  # the next source frame, or the same one at an exact position or held
     a = src[i0 - first_index].astype(np.float64)
     b = src[i1 - first_index].astype(np.float64)
     out = a + w[:, None] * (b - a)
@@ -225,25 +226,25 @@ class StreamResampler:
         self.next_frame = 0
 
     def _emit(self, total_src: int | None, n_out: int | None) -> np.ndarray:
-        ks = []
-        k = self.next_frame
-        while n_out is None or k < n_out:
-            pos = float(source_positions(np.array([k]), self.src_hz, self.fps)[0])
-            i0 = math.floor(pos)
-            need = i0 + (1 if pos > i0 else 0)  # highest source index this frame reads
-            if total_src is None and need >= self._n_src:
-                break
-            if total_src is not None and total_src == 0:
-                break
-            ks.append(k)
-            k += 1
-        if not ks:
+        # Output frame k reads source frames up to ceil(k * src_hz / fps). Streaming: the frames whose
+        # highest source frame has arrived; at the end, every frame below `n_out`. All candidates at
+        # once (array ops, no Python loop per frame), at the positions Curves.resample uses.
+        if total_src is None:  # no k at or past n_src * fps / src_hz is complete: a bound on the candidates
+            hi = int(self._n_src * self.fps / self.src_hz) + 2
+        else:
+            hi = n_out if total_src > 0 else self.next_frame
+        if hi <= self.next_frame:
             return np.zeros((0, N_TARGETS), np.float32)
-        pos = source_positions(np.array(ks), self.src_hz, self.fps)
+        pos = source_positions(np.arange(self.next_frame, hi), self.src_hz, self.fps)
+        if total_src is None:  # positions rise with k: the complete frames are a prefix
+            pos = pos[: int(np.count_nonzero(np.ceil(pos) < self._n_src))]
+            if not len(pos):
+                return np.zeros((0, N_TARGETS), np.float32)
         out = interp_rows(self._buf, self._buf_start, pos, total_src).astype(np.float32)
-        self.next_frame = k
-        # Keep only what later frames can still read: from the floor of the next position.
-        keep = min(math.floor(float(source_positions(np.array([k]), self.src_hz, self.fps)[0])), self._n_src - 1)
+        self.next_frame += len(pos)
+        # Keep only what later frames can still read: from the floor of the next position (the same
+        # double arithmetic as source_positions).
+        keep = min(math.floor(self.next_frame * self.src_hz / self.fps), self._n_src - 1)
         drop = max(0, keep - self._buf_start)
         self._buf, self._buf_start = self._buf[drop:], self._buf_start + drop
         return out

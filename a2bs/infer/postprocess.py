@@ -81,7 +81,8 @@ def estimate_rest(blendshapes: np.ndarray, vad: np.ndarray, cfg: InferConfig) ->
 def renormalise_quaternions(targets: np.ndarray) -> np.ndarray:
     """Scale the pose quaternion of (n, 59) rows back to unit length (in place; returned)."""
     q = targets[:, _QUAT]
-    targets[:, _QUAT] = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    # np.linalg.norm's own formula for a vector norm along an axis, without its per-call checks.
+    targets[:, _QUAT] = q / np.maximum(np.sqrt(np.add.reduce(q * q, axis=1, keepdims=True)), 1e-12)
     return targets
 
 

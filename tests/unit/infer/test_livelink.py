@@ -200,6 +200,22 @@ def test_stream_resampler_equals_offline(duration_s):
         np.testing.assert_allclose(got, c.resample(fps).values, atol=1e-7, err_msg=str(fps))
 
 
+@pytest.mark.parametrize("fps", [24.5, 60.0, 144.0])
+def test_stream_resampler_emits_each_frame_once_its_sources_arrived(fps):
+    # Output frame k needs source frames up to ceil(k * 100 / fps): it comes out with that frame, not
+    # before, not later, whatever the chunking (frame by frame here, all at once below: same values).
+    c = random_curves(120, 100.0, seed=5)
+    r = StreamResampler(100.0, fps)
+    parts = []
+    for j in range(len(c.values)):
+        parts.append(r.push(c.values[j : j + 1]))
+        complete = sum(1 for k in range(1000) if math.ceil(k * 100.0 / fps) <= j)
+        assert r.next_frame == complete and sum(map(len, parts)) == complete, (j, fps)
+        assert len(r.push(np.zeros((0, 59), np.float32))) == 0  # an empty push adds nothing
+    whole = StreamResampler(100.0, fps).push(c.values)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
 def test_livelink_csv_file(tmp_path):
     c = random_curves(201, 100.0, duration_s=2.013).resample(60.0)
     path = c.to_livelink_csv(tmp_path / "take.csv", eye_range_rad=0.5)
