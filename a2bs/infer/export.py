@@ -15,7 +15,8 @@ in both graphs, right after ``mel``: ``identity (B,)`` int64, each stream's row 
 Each file carries the model config JSON in its metadata (``a2bs_model_config``), and given the model
 file's card also the card (``a2bs_model_card``: the audio front end the ``mel`` input must be computed
 with, and its ``mel_norm``, the per-stream log-mel normalisation to apply before the graph when set:
-:class:`a2bs.extract.audio.MelNormaliser`; see :class:`a2bs.manifests.ModelCard`); it is written atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
+:class:`a2bs.extract.audio.MelNormaliser`; see :class:`a2bs.manifests.ModelCard`); it is written
+atomically. The TorchScript-based exporter (``dynamo=False``) is used because the dynamo exporter
 needs the extra ``onnxscript`` package.
 """
 

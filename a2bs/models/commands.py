@@ -30,7 +30,8 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
         f"({a.sample_rate / a.hop_length:g} frames/s), {a.n_mels} mel bands {a.fmin_hz:g}-{a.fmax_hz:g} Hz, "
         f"dB ref {a.db_ref:g} floor {a.db_amin:g}, mel clipped to [{card.mel_db_range[0]:g}, "
         f"{card.mel_db_range[1]:g}] dB in training"
-        + (f"; running-mean normalised per clip (prior {card.mel_norm.prior_frames:g} frames)" if card.mel_norm else ""),
+        + (f"; running-mean normalised per clip (prior {card.mel_norm.prior_frames:g} frames)"
+           if card.mel_norm else ""),
         f"  outputs: {len(card.target_names)} channels (schema {card.schema_version}: {card.target_names[0]} .. "
         f"{card.target_names[-1]}), {card.output_fps:g} fps by default",
     ]

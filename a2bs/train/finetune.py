@@ -9,9 +9,10 @@ with ``--head`` they change too, and the card then drops the base model's scores
 It runs in this process (no Ray Train): the trainable part is one table row (a few thousand
 numbers), a few minutes of footage is a few hundred windows, and a CPU fits it in minutes (with
 ``train.torch_threads`` honoured as by `a2bs train`: with two threads on a busy 2-core machine 20
-epochs of 2 minutes of footage took 545 s, with one 28 s; benchmarks/README.md, "Adaptation"). The frozen layers before the first FiLM need no autograd graph and get none (their
-weights and input do not require gradients); every block after it is conditioned, so the backward
-pass has to go through all of them.
+epochs of 2 minutes of footage took 545 s, with one 28 s; benchmarks/README.md, "Adaptation").
+The frozen layers before the first FiLM need no autograd graph and get none (their weights and
+input do not require gradients); every block after it is conditioned, so the backward pass has to
+go through all of them.
 
 The epoch kept is the one with the lowest loss on held-out windows of the same actor
 (``finetune.val_fraction`` of a clips folder's clips, or a shards folder's val split), never on
