@@ -21,6 +21,7 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
     """The card as a few lines of text (everything but the training config, which ``--json`` shows)."""
     m, a = card.model, card.audio
     trained = f"epoch {card.epoch}" if card.epoch >= 0 else "untrained"
+    norm = f"; running-mean normalised per clip (prior {card.mel_norm.prior_frames:g} frames)" if card.mel_norm else ""
     lines = [
         f"{path}: a2bs model ({trained}), written by a2bs {card.a2bs_version}",
         f"  model: {m.name}, {parameters:,} parameters; channels {m.channels}, kernel {m.kernel_size}, "
@@ -29,9 +30,7 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
         f"  audio front end: {a.sample_rate} Hz, n_fft {a.n_fft}, window {a.win_length}, hop {a.hop_length} "
         f"({a.sample_rate / a.hop_length:g} frames/s), {a.n_mels} mel bands {a.fmin_hz:g}-{a.fmax_hz:g} Hz, "
         f"dB ref {a.db_ref:g} floor {a.db_amin:g}, mel clipped to [{card.mel_db_range[0]:g}, "
-        f"{card.mel_db_range[1]:g}] dB in training"
-        + (f"; running-mean normalised per clip (prior {card.mel_norm.prior_frames:g} frames)"
-           if card.mel_norm else ""),
+        f"{card.mel_db_range[1]:g}] dB in training{norm}",
         f"  outputs: {len(card.target_names)} channels (schema {card.schema_version}: {card.target_names[0]} .. "
         f"{card.target_names[-1]}), {card.output_fps:g} fps by default",
     ]
