@@ -112,12 +112,12 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     for c in clips:
         c["windows"] = expected_windows(int(c["duration_s"] * c["mel_frame_rate"]) + 1, cfg.sequence,
                                         c["mel_frame_rate"])
-    if mel_norm is None and cfg.mel_norm.enabled:  # the prior: the training split's mean (one more read of it)
-        sources = _sources(clips_dir, clips)
-        prior = mean_log_mel([sources[c["uri"]] for c in clips if c["split"] == "train"])
-        mel_norm = MelNorm(cfg.mel_norm.prior_frames, tuple(round(float(v), 4) for v in prior))
+    # A given normalisation (a card's) counts as itself; one computed here from the train clips (already in
+    # the fingerprint) as its settings, so a rerun with nothing to do does not read the train audio again.
+    norm_settings = (asdict(mel_norm) if mel_norm is not None
+                     else config_to_dict(cfg.mel_norm) if cfg.mel_norm.enabled else None)
     settings = {"audio": config_to_dict(cfg.audio), "sequence": config_to_dict(cfg.sequence),
-                **({"mel_norm": asdict(mel_norm)} if mel_norm else {})}
+                **({"mel_norm": norm_settings} if norm_settings else {})}
     # The parts present count: a segment extracted after a failed one fills a gap and changes the windows.
     fingerprint = hashlib.sha256(json.dumps({"clips": {c["clip_id"]: list(c["segments"]) for c in clips},
                                              "settings": settings,
@@ -132,6 +132,9 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
             return BuildSummary(len(clips), old.rows, len(names), True, time.perf_counter() - t0)
     plans = plan_shards(clips, cfg.sequence.rows_per_shard)
     sources = _sources(clips_dir, clips)
+    if mel_norm is None and cfg.mel_norm.enabled:  # the prior: the training split's mean (one more read of it)
+        prior = mean_log_mel([sources[c["uri"]] for c in clips if c["split"] == "train"])
+        mel_norm = MelNorm(cfg.mel_norm.prior_frames, tuple(round(float(v), 4) for v in prior))
     plan_clips = [[sources[uri] for uri in p.clip_uris] for p in plans]
     if use_ray:
         import ray

@@ -97,6 +97,8 @@ def test_off_by_default_and_turning_it_on_rebuilds(tmp_path) -> None:
     off_m, on_m = ShardsManifest.load(str(tmp_path / "off")), ShardsManifest.load(str(tmp_path / "on"))
     assert off_m.mel_norm is None and on_m.mel_norm is not None
     assert off_m.fingerprint != on_m.fingerprint  # a rebuild with the setting changed rewrites the shards
+    again = run_build(str(tmp_path / "clips"), str(tmp_path / "on"), on, use_ray=False, progress=False)
+    assert again.up_to_date and ShardsManifest.load(str(tmp_path / "on")) == on_m  # nothing to do: nothing redone
 
 
 def test_the_run_card_carries_it_and_finetuning_builds_with_the_cards(tmp_path) -> None:
