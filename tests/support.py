@@ -73,3 +73,17 @@ def pushed_in_chunks(stream: Any, samples: np.ndarray, sizes: tuple[int, ...] = 
         i, k = i + sizes[k % len(sizes)], k + 1
     parts.append(stream.flush())
     return np.concatenate(parts)
+
+
+def lively_model(name: str = "tcn_full", seed: int = 0, **overrides: Any) -> Any:
+    """A seeded untrained model of preset `name` (dropout 0, eval mode) whose outputs move with the
+    input: its head's weights scaled up 40x (the init's std 0.01 gives nearly flat 0.5 curves)."""
+    import torch
+
+    from a2bs.models import build_model, preset
+
+    torch.manual_seed(seed)
+    net = build_model(preset(name, **{"dropout": 0.0, **overrides})).eval()
+    with torch.no_grad():
+        net.head.proj.weight.mul_(40.0)
+    return net

@@ -5,25 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import lively_model
 
-from a2bs.infer.batched import BatchedStepper, PerStreamStepper, TapLayout, make_batched_stepper
+from a2bs.infer.batched import (
+    BatchedStepper,
+    PerStreamStepper,
+    TapLayout,
+    make_batched_stepper,
+)
 from a2bs.infer.streaming import StreamingError, StreamingModel
-from a2bs.models import build_model, preset
 
 ATOL = 1e-5  # float32 outputs; observed ~3e-6 (the depthwise taps are summed in another order)
 
 
-def _model(name: str, **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(preset(name, dropout=0.0, **overrides)).eval()
-    with torch.no_grad():
-        model.head.proj.weight.mul_(40.0)  # outputs that move with the input (init std 0.01 is nearly flat)
-    return model
-
-
 MODELS = {
-    "tcn_full": lambda: _model("tcn_full", channels=32, dilations=(1, 2, 4, 8, 16)),
-    "tcn_poc causal (dense)": lambda: _model("tcn_poc", causal=True, channels=24),
+    "tcn_full": lambda: lively_model("tcn_full", channels=32, dilations=(1, 2, 4, 8, 16)),
+    "tcn_poc causal (dense)": lambda: lively_model("tcn_poc", causal=True, channels=24),
 }
 
 
@@ -90,7 +87,7 @@ def test_batched_equals_single_stream_with_joins_and_leaves(name: str, backend: 
 
 
 def test_tap_layout_reads_the_dilated_past() -> None:
-    model = _model("tcn_full", channels=8, dilations=(1, 4))
+    model = lively_model("tcn_full", channels=8, dilations=(1, 4))
     layout = TapLayout(model)
     assert layout.ring_frames == 2 * (2 * 1) + 2 * (2 * 4)  # two convolutions per block, (k-1)*d each
     assert layout.n_taps == 8 and layout.n_writes == 4
@@ -102,7 +99,7 @@ def test_tap_layout_reads_the_dilated_past() -> None:
 
 
 def test_attention_model_steps_per_stream_and_noncausal_is_refused() -> None:
-    attn = _model("tcn_attn", channels=16, dilations=(1, 2), attn_heads=2, attn_layers=1, attn_max_len=16)
+    attn = lively_model("tcn_attn", channels=16, dilations=(1, 2), attn_heads=2, attn_layers=1, attn_max_len=16)
     stepper = make_batched_stepper(attn, capacity=2)
     assert isinstance(stepper, PerStreamStepper)
     for slot in (0, 1):
@@ -113,4 +110,4 @@ def test_attention_model_steps_per_stream_and_noncausal_is_refused() -> None:
     with pytest.raises(StreamingError, match="PyTorch only"):
         make_batched_stepper(attn, capacity=2, backend="onnx")
     with pytest.raises(StreamingError, match="not causal"):
-        make_batched_stepper(_model("tcn_poc", channels=8), capacity=2)
+        make_batched_stepper(lively_model("tcn_poc", channels=8), capacity=2)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from support import pushed_in_chunks
+from support import lively_model, pushed_in_chunks
 
 from a2bs.config import AudioConfig, load_config
 from a2bs.extract.audio import MelNormaliser, log_mel
@@ -66,10 +66,7 @@ def test_audio_stream_with_normalisation_equals_offline_model() -> None:
 @pytest.fixture(scope="module")
 def norm_model() -> LoadedModel:
     """A causal model whose card carries a normalisation (outputs scaled up so differences show)."""
-    torch.manual_seed(0)
-    net = build_model(preset("tcn_full", channels=16, dilations=(1, 2, 4), dropout=0.0)).eval()
-    with torch.no_grad():
-        net.head.proj.weight.mul_(40.0)
+    net = lively_model("tcn_full", channels=16, dilations=(1, 2, 4))
     card = dataclasses.replace(ModelCard.for_untrained(net.cfg), mel_norm=_norm(100.0))
     return LoadedModel(net, net.cfg, card, AudioConfig(), "norm")
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
+from support import lively_model
 
 from a2bs.config import AudioConfig, ConfigError, load_config
 from a2bs.infer.engine import ServeEngine, StreamSpec, parse_spec
@@ -33,15 +33,11 @@ from a2bs.infer.wire import (
     wire_samples,
 )
 from a2bs.manifests import ModelCard
-from a2bs.models import build_model, preset
 
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    torch.manual_seed(0)
-    net = build_model(preset("tcn_full", channels=16, dilations=(1, 2, 4), dropout=0.0)).eval()
-    with torch.no_grad():
-        net.head.proj.weight.mul_(40.0)
+    net = lively_model("tcn_full", channels=16, dilations=(1, 2, 4))
     return LoadedModel(net, net.cfg, ModelCard.for_untrained(net.cfg), AudioConfig(), "test")
 
 
