@@ -277,11 +277,16 @@ def _cpu_s(procs) -> float:
 def bench_load(args) -> list[dict]:
     import psutil
 
+    from a2bs.config import load_config
+    from a2bs.infer.serve_support import event_loop_factory
     from a2bs.models import build_model, preset
     from a2bs.manifests import ModelCard
     from a2bs.models.model_file import save_model
 
     audio = _speech(args.seconds)
+    # The load generator's own event loop: uvloop by default, so that it takes less of the CPU the
+    # server under test shares with it.
+    client_loop = event_loop_factory(load_config(None, [f"serve.event_loop={args.client_loop}"]))
     rows, t_start = [], time.monotonic()
     with tempfile.TemporaryDirectory(prefix="a2bs-bench-serve-") as tmp:
         for name in args.models:
@@ -300,12 +305,14 @@ def bench_load(args) -> list[dict]:
                     while len(tried) < args.max_runs and time.monotonic() - t_start < args.budget_s:
                         before, cpu0, w0 = _server_stats(http), _cpu_s(procs), time.perf_counter()
                         me0 = time.process_time()
-                        res = asyncio.run(_load_run(url, audio, n, args.fps, args.chunk_ms, args.frames))
+                        with asyncio.Runner(loop_factory=client_loop) as runner:
+                            res = runner.run(_load_run(url, audio, n, args.fps, args.chunk_ms, args.frames))
                         wall = time.perf_counter() - w0
                         res["client_cpu"] = (time.process_time() - me0) / wall
                         cpu1, after = _cpu_s(procs), _server_stats(http)
                         steps = after["step_seconds_count"] - before["step_seconds_count"]
-                        res.update(model=name, backend=backend, workers=len(procs) - 1 or 1,
+                        res.update(model=name, backend=backend, workers=len(procs) - 1 or 1, client_loop=args.client_loop,
+                                   server_args=" ".join(args.server_arg),
                                    passed=res["complete"] == n and res["p95_ms"] <= args.p95_ms,
                                    server_cpu=(cpu1 - cpu0) / wall,
                                    # CPU per session per second of speech: the cost, less bent by other
@@ -382,6 +389,8 @@ def main() -> None:
                     help="how the server sends frames to the load generator (f32: binary)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra `a2bs serve` override, e.g. "
                     "serve.step_threads=2 (repeatable)")
+    ap.add_argument("--client-loop", default="uvloop", choices=["asyncio", "uvloop"],
+                    help="load: the load generator's event loop")
     ap.add_argument("--periods", nargs="+", type=float, default=[0, 5, 10, 20], help="clock: step periods (ms)")
     ap.add_argument("--rounds", type=int, default=3, help="clock: rounds (the least CPU of each is kept)")
     ap.add_argument("--clock-sessions", nargs="+", type=int, default=[8, 32], help="clock: sessions of one worker")

@@ -367,6 +367,10 @@ class ServeConfig:
     # tops out at one core of per-message Python); "auto" = one per CPU this process may use. The
     # admission limit, the session count and /metrics cover all of them (docs/serving.md).
     workers: str = "auto"
+    # Each worker's event loop: "auto" = uvloop where it is installed (a dependency on Linux and macOS;
+    # its socket and WebSocket I/O costs less CPU per message than asyncio's, benchmarks/README.md),
+    # else asyncio's; "asyncio" or "uvloop" to choose.
+    event_loop: str = "auto"
     livelink_any_host: bool = False  # Live Link UDP only to the client's own address unless true
 
 

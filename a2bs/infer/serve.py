@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -39,9 +39,11 @@ from a2bs.infer.serve_support import (
     ServeMetrics,
     SharedAdmission,
     StepClock,
+    event_loop_factory,
     is_loopback,
     read_token,
     resolve_workers,
+    run_event_loop,
 )
 from a2bs.infer.wire import (
     CLOSE_POLICY,
@@ -359,14 +361,29 @@ class Server:
 
     def adopt(self, conn: socket.socket) -> None:
         """Serve a connection another process accepted (the parent of the workers hands them out)."""
-        # asyncio.Server keeps the protocol factory websockets gave it (a private attribute, there since
-        # Python 3.7): the same factory as for connections it accepts itself, so the same server code.
-        factory = self.ws_server.server._protocol_factory
+        factory = self.protocol_factory()
+        if factory is None:
+            raise RuntimeError("serve: cannot adopt connections (websockets' protocol factory not found)")
         conn.setblocking(False)
         loop = asyncio.get_running_loop()
         task = loop.create_task(loop.connect_accepted_socket(factory, conn))
         self._background.add(task)
         task.add_done_callback(self._adopted)
+
+    def protocol_factory(self) -> Callable[[], Any] | None:
+        """The factory websockets made for this server's connections (None if it cannot be found):
+        adopting a connection with it runs the same code as for one the server accepts itself.
+
+        Private on both sides: asyncio.Server keeps it as ``_protocol_factory`` (since Python 3.7);
+        uvloop's server does not, so it is read from the closure of the websockets server's
+        ``create_server`` (websockets 14-17), which hands it to the loop.
+        """
+        factory = getattr(self.ws_server.server, "_protocol_factory", None)
+        create = getattr(self.ws_server, "create_server", None)
+        if factory is None and create is not None and create.__closure__:
+            cells = dict(zip(create.__code__.co_freevars, create.__closure__))
+            factory = cells["protocol_factory"].cell_contents if "protocol_factory" in cells else None
+        return factory
 
     def _adopted(self, task: asyncio.Task) -> None:
         self._background.discard(task)
@@ -398,7 +415,7 @@ class BackgroundServer:
         self.server = Server(model, cfg, token, identity)
         self.host = cfg.serve.host
         self._port = cfg.serve.port
-        self._loop = asyncio.new_event_loop()
+        self._loop = event_loop_factory(cfg)()
         self._thread = threading.Thread(target=self._loop.run_forever, name="a2bs-serve", daemon=True)
 
     @property
@@ -446,6 +463,7 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
     model.identity_row(identity)  # an unknown identity: say so before listening
     token = read_token(cfg)
     workers = resolve_workers(cfg)
+    event_loop_factory(cfg)  # an unknown or missing event loop: say so before listening
     tune_process(cfg)
     if workers > 1:
         from a2bs.infer.batched import check_servable
@@ -467,7 +485,7 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
         await server.stop()
         print(f"serve: stopped after {server.sessions_served} sessions", flush=True)
 
-    asyncio.run(main())
+    run_event_loop(main(), cfg)
     return 0
 
 

@@ -9,7 +9,7 @@ import collections
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Coroutine
 
 from a2bs.config import Config, ConfigError
 
@@ -84,6 +84,36 @@ def resolve_workers(cfg: Config) -> int:
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"serve.workers must be 'auto' or a whole number >= 1, got {cfg.serve.workers!r}")
     return int(value)
+
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_factory(cfg: Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``serve.event_loop`` names, as a factory (for :class:`asyncio.Runner`).
+
+    Raises:
+        ConfigError: an unknown name, or ``uvloop`` asked for where it is not installed.
+    """
+    name = str(cfg.serve.event_loop).strip().lower()
+    if name not in EVENT_LOOPS:
+        raise ConfigError(f"serve.event_loop must be one of {', '.join(EVENT_LOOPS)}, got {cfg.serve.event_loop!r}")
+    if name != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("serve.event_loop=uvloop, but uvloop is not installed (pip install uvloop; "
+                                  "not available on Windows)") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_event_loop(main: Coroutine[Any, Any, Any], cfg: Config) -> Any:
+    """Run `main` to completion on the event loop ``serve.event_loop`` names."""
+    with asyncio.Runner(loop_factory=event_loop_factory(cfg)) as runner:
+        return runner.run(main)
 
 
 class SharedAdmission:

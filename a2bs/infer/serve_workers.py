@@ -35,7 +35,7 @@ from typing import Any
 
 from a2bs.config import Config
 from a2bs.infer.offline import LoadedModel
-from a2bs.infer.serve_support import SharedAdmission, use_multiprocess_metrics
+from a2bs.infer.serve_support import SharedAdmission, run_event_loop, use_multiprocess_metrics
 
 START_TIMEOUT_S = 300.0  # a worker builds its stepper (ONNX export) before it serves: minutes on a busy machine
 STOP_TIMEOUT_S = 30.0  # after SIGTERM, a worker that has not exited by then is killed
@@ -74,9 +74,9 @@ def _worker(index: int, model: LoadedModel, cfg: Config, token: str | None, iden
             private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             private.bind(os.path.join(run_dir, f"worker-{index}.sock"))
             await server.start(None, None, sock=private)
-            if not hasattr(server.ws_server.server, "_protocol_factory"):  # what Server.adopt relies on
-                raise RuntimeError("serve.workers > 1 needs asyncio.Server._protocol_factory, which this Python "
-                                   "lacks: use serve.workers=1")
+            if server.protocol_factory() is None:  # what Server.adopt relies on
+                raise RuntimeError("serve.workers > 1 needs websockets' protocol factory, which this websockets "
+                                   "or event loop hides: use serve.workers=1 or serve.event_loop=asyncio")
         except Exception as exc:  # told to the parent, which raises it (one line from the CLI)
             ready.send(exc)
             return
@@ -100,7 +100,7 @@ def _worker(index: int, model: LoadedModel, cfg: Config, token: str | None, iden
         await server.stop()
 
     try:
-        asyncio.run(main())
+        run_event_loop(main(), cfg)
     finally:
         with contextlib.suppress(FileNotFoundError):  # a sibling may be removing the directory
             multiprocess.mark_process_dead(os.getpid(), metrics_dir)

@@ -95,12 +95,14 @@ async def _raw(url: str, start, messages=(), abort: bool = False) -> tuple[list[
         return replies, ws.close_code
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_concurrent_sessions_get_the_offline_frames(causal_model, backend):
+@pytest.mark.parametrize(("backend", "event_loop"), [("torch", "asyncio"), ("onnx", "uvloop")])
+def test_concurrent_sessions_get_the_offline_frames(causal_model, backend, event_loop):
     a, b, c, d = (speech_like(dur, seed=s) for dur, s in ((2.013, 1), (1.7, 2), (1.5, 3), (2.4, 4)))
     c48 = speech_like(1.5, sample_rate=48000, seed=3)
-    with _server(causal_model, "serve.max_sessions=8", f"serve.backend={backend}") as srv:
+    with _server(causal_model, "serve.max_sessions=8", f"serve.backend={backend}",
+                 f"serve.event_loop={event_loop}") as srv:
         assert srv.server.engine.backend == backend
+        assert type(srv._loop).__module__.split(".")[0] == event_loop  # the loop the setting names
         async def run():
             return await asyncio.gather(
                 stream_async(srv.url, blocks_of(a, 16000, 20), 16000, fps=60, frames="json"),  # real-time pace

@@ -20,6 +20,7 @@ from a2bs.infer.serve_support import (
     SendQueue,
     SharedAdmission,
     StepClock,
+    event_loop_factory,
     is_loopback,
     read_token,
     resolve_workers,
@@ -205,6 +206,18 @@ def test_worker_count() -> None:
     for bad in ("0", "two", "-1"):
         with pytest.raises(ConfigError, match=f"serve.workers must be 'auto' or a whole number >= 1, got '{bad}'"):
             resolve_workers(load_config(None, [f"serve.workers={bad}"]))
+
+
+def test_event_loop_setting() -> None:
+    import asyncio
+
+    import uvloop
+
+    assert event_loop_factory(load_config()) is uvloop.new_event_loop  # auto: uvloop where installed
+    assert event_loop_factory(load_config(None, ["serve.event_loop=asyncio"])) is asyncio.new_event_loop
+    assert event_loop_factory(load_config(None, ["serve.event_loop=UVLoop"])) is uvloop.new_event_loop
+    with pytest.raises(ConfigError, match="serve.event_loop must be one of auto, asyncio, uvloop, got 'trio'"):
+        event_loop_factory(load_config(None, ["serve.event_loop=trio"]))
 
 
 def test_step_clock_ticks_on_a_grid_and_never_waits_more_than_a_period() -> None:
