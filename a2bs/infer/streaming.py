@@ -71,8 +71,11 @@ class StreamingLogMel:
         if count <= 0:
             return np.zeros((0, n_fft), dtype=np.float64)
         offset = self._next_frame * hop - self._buf_start
-        # A view into the buffer, which is only ever replaced (never written), so it stays valid.
-        windows = np.lib.stride_tricks.sliding_window_view(self._buf[offset:], n_fft)[::hop][:count]  # (n, n_fft)
+        # A strided view into the buffer, which is only ever replaced (never written), so it stays valid.
+        # Built with the ndarray constructor (bounds-checked against the buffer): sliding_window_view
+        # costs ~10 us a call in argument checks, ~5 % of a serving worker's CPU at 64 sessions.
+        item = self._buf.itemsize
+        windows = np.ndarray((count, n_fft), self._buf.dtype, self._buf, offset * item, (hop * item, item))
         self._next_frame = ready
         keep_from = self._next_frame * hop - self._buf_start  # the next frame starts here
         self._buf = self._buf[keep_from:]
