@@ -228,7 +228,9 @@ class SlotRings:
     identity rows (-1 = none chosen: the model's average, or no conditioning).
 
     The rings are one ``np.zeros`` array: its pages are mapped on first use, so unused slots cost no
-    memory (``tcn_full``: 2.1 MB per stream in use).
+    memory (``tcn_full``: 2.1 MB per stream in use). :meth:`reset` writes a slot's zeros at once, mapping
+    all its pages in one go (~0.25 ms): left to the frame writes, the page faults of the rings' first
+    pass cost ~4x more, spread over a new stream's first 2.5 s (benchmarks/README.md, "Serving").
     """
 
     def __init__(self, layout: TapLayout, capacity: int, channels: int) -> None:
@@ -236,13 +238,10 @@ class SlotRings:
         self.rings = np.zeros((capacity, max(1, layout.ring_frames), channels), np.float32)
         self.frames = np.zeros(capacity, np.int64)
         self.identities = np.full(capacity, -1, np.int64)
-        self._used = np.zeros(capacity, bool)  # a slot never used is still zero: no need to touch its pages
 
     def reset(self, slot: int, identity: int | None = None) -> None:
         """Zero a slot for a new stream of identity row `identity` (None = the average / none)."""
-        if self._used[slot]:  # writing a fresh slot's 2 MB of zeros would fault in all its pages at once
-            self.rings[slot] = 0.0
-        self._used[slot] = True
+        self.rings[slot] = 0.0
         self.frames[slot] = 0
         self.identities[slot] = -1 if identity is None else identity
 
