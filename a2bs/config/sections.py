@@ -240,9 +240,17 @@ class AugmentConfig:
     freq_mask_bins: int = 8  # each mask 1..N mel bands wide
 
 
+FINETUNE_MODES = ("identity", "head", "all")  # finetune.train: what a fine-tuning run learns
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """`a2bs finetune`: a new identity learned with the rest of the model frozen (a2bs.train.finetune)."""
+    """`a2bs finetune`: a new identity learned on a trained model (a2bs.train.finetune).
+
+    ``train`` says what learns (one of FINETUNE_MODES): ``identity`` = the new identity's rows only, the
+    rest frozen (every other face bit-identical); ``head`` = also the output head; ``all`` = also the
+    backbone (at ``backbone_lr``). With ``head`` and ``all`` the other faces' outputs change too.
+    """
 
     # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
     # of footage (a few hundred windows) make an epoch of a few steps. The epoch kept is chosen on
@@ -259,6 +267,11 @@ class FinetuneConfig:
     # the last epoch is kept. A shards folder given instead keeps its own split: its val windows
     # choose, the others train.
     val_fraction: float = 0.2
+    train: str = "identity"
+    # The backbone's step in ``train: all``: it starts from weights that already fit 9 voices, so
+    # a tenth of the identity rows' step adapts it to the new voice without forgetting the rest
+    # (picked on the held-out windows among 3e-4, 1e-3, 3e-3; benchmarks/README.md, "Adaptation").
+    backbone_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
