@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from a2bs.config import FINETUNE_MODES, ConfigError, load_config
 from a2bs.runtime import console

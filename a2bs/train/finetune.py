@@ -32,7 +32,13 @@ from typing import Any
 import torch
 
 from a2bs.build.pipeline import run_build
-from a2bs.config import FINETUNE_MODES, Config, ConfigError, config_from_dict, config_to_dict
+from a2bs.config import (
+    FINETUNE_MODES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+)
 from a2bs.errors import ManifestError
 from a2bs.manifests import MelNorm, ShardsManifest
 from a2bs.models.identity import train_only_identity, with_added_identity
@@ -135,9 +141,11 @@ def _finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: 
     if identity in card.identities:
         raise ConfigError(f"finetune: the model already has identity {identity!r} "
                           f"(identities: {', '.join(card.identities)}); choose a new name")
-    run_cfg = config_from_dict(card.training_config) if card.training_config else cfg
-    shards_dir = finetune_shards(data_dir, out_dir, replace(cfg, sequence=run_cfg.sequence), progress,
-                                 card.mel_norm)
+    # Only the base's windowing is needed: read that section alone, so a card written by another a2bs
+    # version (whose other sections may hold keys this one does not know) still fine-tunes.
+    sequence = (config_from_dict({"sequence": card.training_config["sequence"]}).sequence
+                if "sequence" in card.training_config else cfg.sequence)
+    shards_dir = finetune_shards(data_dir, out_dir, replace(cfg, sequence=sequence), progress, card.mel_norm)
     manifest = ShardsManifest.load(shards_dir)
     if manifest.audio != card.audio:
         raise ConfigError(f"finetune: {data_dir} was extracted with another audio front end than the model's "
