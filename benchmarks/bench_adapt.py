@@ -168,8 +168,8 @@ def main() -> None:
     for seed in args.seeds:
         run = out / f"seed{seed}"
         for name, mode in FINETUNES:
-            step(f"seed{seed} {name}", ["finetune", args.base_model, str(shards), "--identity", speaker, "--train", mode,
-                                        "--out", str(run / name), f"finetune.seed={seed}", threads],
+            step(f"seed{seed} {name}", ["finetune", args.base_model, str(shards), "--identity", speaker,
+                                        "--train", mode, "--out", str(run / name), f"finetune.seed={seed}", threads],
                  run / name / "model.safetensors")
         step(f"seed{seed} scratch", ["train", str(shards), "--out", str(run / "scratch"), *demo,
                                      "sequence.identity_from=", f"train.seed={seed}", threads],

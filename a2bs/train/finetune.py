@@ -73,9 +73,9 @@ class FinetuneResult:
     def line(self) -> str:
         kept = (f"epoch {self.best_epoch} kept (val loss {self.val_losses[self.best_epoch - 1]:.4f} on "
                 f"{self.val_windows} held-out windows)" if self.val_losses else "last epoch kept (no val windows)")
-        return (f"finetune: identity {self.identity!r} ({self.train}) learned from {self.windows} windows in {self.epochs} epochs "
-                f"(loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}), {kept}, {self.wall_s:.1f} s; model "
-                f"identities {', '.join(self.identities)} -> {self.model_path}")
+        return (f"finetune: identity {self.identity!r} ({self.train}) learned from {self.windows} windows in "
+                f"{self.epochs} epochs (loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}), {kept}, "
+                f"{self.wall_s:.1f} s; model identities {', '.join(self.identities)} -> {self.model_path}")
 
 
 def finetune_shards(data_dir: str, out_dir: str, cfg: Config, progress: bool = False,
@@ -110,8 +110,9 @@ def finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: C
     """Fine-tune the model at `model_path` on the windows of `data_dir` (shards or clips) as the new
     identity `identity`; write OUT/model.safetensors (one more identity) and OUT/finetune.json.
 
-    `cfg` supplies ``finetune`` (train, epochs, lr, backbone_lr, batch size, val_fraction, seed), ``loss``, ``augment`` and
-    ``train.torch_threads`` / ``train.device``; the windowing of a clips folder is the base model's.
+    `cfg` supplies ``finetune`` (train, epochs, lr, backbone_lr, batch size, val_fraction, seed),
+    ``loss``, ``augment`` and ``train.torch_threads`` / ``train.device``; the windowing of a clips
+    folder is the base model's.
     The epoch with the lowest loss on the held-out windows (see :func:`split_windows`) is kept, the
     last one when there are none. ``finetune.train`` ``head`` / ``all`` also train the output head /
     the head and the backbone (the other faces then change).
@@ -205,7 +206,7 @@ def _finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: 
         p.requires_grad_(False)
     names = tuple(model.cfg.identities)
     # The base's scores still describe its faces only if nothing but the new rows changed; the
-    # training config records how the faces were fine-tuned (``a2bs info`` shows it).
+    # training config records how the faces were fine-tuned (``a2bs info --json`` shows it).
     frozen = fc.train == "identity"
     training = {**card.training_config, "finetune": config_to_dict(cfg)["finetune"]} if card.training_config else {}
     new_card = replace(card, model=model.cfg, identities=names, metrics=card.metrics if frozen else {},
@@ -217,8 +218,9 @@ def _finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: 
                             val_windows, tuple(val_losses), best_epoch, fc.train)
     record: dict[str, Any] = {"base_model": model_path, "data": data_dir, "shards": shards_dir, "identity": identity,
                               "train": fc.train, "windows": windows, "val_windows": val_windows, "epochs": fc.epochs,
-                              "lr": fc.lr, "backbone_lr": fc.backbone_lr, "seed": fc.seed, "losses": losses, "val_losses": val_losses,
-                              "best_epoch": best_epoch, "identities": list(names), "wall_s": result.wall_s}
+                              "lr": fc.lr, "backbone_lr": fc.backbone_lr, "seed": fc.seed, "losses": losses,
+                              "val_losses": val_losses, "best_epoch": best_epoch, "identities": list(names),
+                              "wall_s": result.wall_s}
     storage.atomic_write_text(storage.join(out_dir, FINETUNE_RECORD), json.dumps(record, indent=1))
     return result
 
