@@ -249,7 +249,8 @@ class FinetuneConfig:
 
     ``train`` says what learns (one of FINETUNE_MODES): ``identity`` = the new identity's rows only, the
     rest frozen (every other face bit-identical); ``head`` = also the output head; ``all`` = also the
-    backbone (at ``backbone_lr``). With ``head`` and ``all`` the other faces' outputs change too.
+    backbone (at ``backbone_lr``). With ``head`` and ``all`` the other faces' outputs change too, much
+    for the worse (they learn from the new actor only): keep the base model for them.
     """
 
     # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
