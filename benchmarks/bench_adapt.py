@@ -12,7 +12,8 @@ BASE_MODEL was trained with the demo preset on speaker-split shards in which `--
 2. `a2bs extract`s them and builds them once, split by clip: ``finetune.val_fraction`` of the clips in
    val (they choose the epoch of every model trained below), the rest in train;
 3. per seed (``finetune.seed`` / ``train.seed``): `a2bs finetune BASE_MODEL` learns a new identity (the
-   speaker's name) from those shards, with the identity rows only and with ``--head``; `a2bs train`
+   speaker's name) from those shards, with the identity rows only, with ``--head`` and with ``--train all``
+   (the backbone too, at ``finetune.backbone_lr``); `a2bs train`
    (demo preset, no identities) trains a model from scratch on the same shards;
 4. `a2bs evaluate --split test`s every model on the speaker's corpus clips (the "other clips": the test
    split, no val split, never seen by any choice): the base model (the same for every seed) with the
@@ -38,12 +39,14 @@ from common import REPO, machine, table
 
 DEMO_YAML = REPO / "a2bs" / "demo" / "demo.yaml"
 FILLER = "hopper_awb"  # the train split of the scored shards (another face and voice), never scored
+FINETUNES = (("finetune", "identity"), ("finetune_head", "head"), ("finetune_all", "all"))  # run folder, --train
 METRICS = ("mae", "mouth_mae", "jaw_corr", "lip_corr")
 # model variants: (label, report folder, scored with the identity of the clips' face)
 VARIANTS = (("base model (unseen voice), average identity", "report_base", False),
             ("base model, its face's identity ({face})", "report_base", True),
             ("fine-tuned: new identity {speaker!r} (identity rows)", "report_finetune", True),
             ("fine-tuned: new identity {speaker!r} + output head (--head)", "report_finetune_head", True),
+            ("fine-tuned: new identity {speaker!r} + head + backbone (--train all)", "report_finetune_all", True),
             ("from scratch on the same footage", "report_scratch", False))
 
 
@@ -164,14 +167,14 @@ def main() -> None:
     threads = f"train.torch_threads={args.threads}"
     for seed in args.seeds:
         run = out / f"seed{seed}"
-        for name, extra in (("finetune", []), ("finetune_head", ["--head"])):
-            step(f"seed{seed} {name}", ["finetune", args.base_model, str(shards), "--identity", speaker, *extra,
-                                        "--out", str(run / name), f"finetune.seed={seed}", threads],
+        for name, mode in FINETUNES:
+            step(f"seed{seed} {name}", ["finetune", args.base_model, str(shards), "--identity", speaker,
+                                        "--train", mode, "--out", str(run / name), f"finetune.seed={seed}", threads],
                  run / name / "model.safetensors")
         step(f"seed{seed} scratch", ["train", str(shards), "--out", str(run / "scratch"), *demo,
                                      "sequence.identity_from=", f"train.seed={seed}", threads],
              run / "scratch" / "model.safetensors")
-        for name in ("finetune", "finetune_head", "scratch"):
+        for name in (*(n for n, _ in FINETUNES), "scratch"):
             step(f"seed{seed} evaluate {name}", ["evaluate", str(run / name / "model.safetensors"),
                                                  str(out / "scored_speaker"), "--out", str(run / f"report_{name}"),
                                                  *evaluate], run / f"report_{name}" / "report.json")
@@ -196,7 +199,7 @@ def report(args: argparse.Namespace, out: Path, times: dict, picked: list[Path],
           f"scored on its {len(scored)} corpus clips ({sum(c['duration_s'] for c in scored):.0f} s).")
     results: dict = {"labels": labels, "seeds": {}, "times": times}
     for seed, rows in per_seed.items():
-        ft = {n: json.loads((out / f"seed{seed}" / n / "finetune.json").read_text()) for n in ("finetune", "finetune_head")}
+        ft = {n: json.loads((out / f"seed{seed}" / n / "finetune.json").read_text()) for n, _ in FINETUNES}
         kept = ", ".join(f"{n} epoch {ft[n]['best_epoch']}/{ft[n]['epochs']} ({times.get(f'seed{seed} {n}', float('nan')):.0f} s)"
                          for n in ft)
         print(f"\nSeed {seed}: kept {kept}; scratch `a2bs train` {times.get(f'seed{seed} scratch', float('nan')):.0f} s.\n")

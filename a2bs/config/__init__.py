@@ -13,6 +13,7 @@ from a2bs.config.loading import (
 from a2bs.config.sections import (
     CONSOLE_LINE_INTERVAL_S,
     CONSOLE_POLL_S,
+    FINETUNE_MODES,
     MODEL_FILE_NAME,
     AudioConfig,
     AugmentConfig,
@@ -35,6 +36,7 @@ from a2bs.config.sections import (
 __all__ = [
     "CONSOLE_LINE_INTERVAL_S",
     "CONSOLE_POLL_S",
+    "FINETUNE_MODES",
     "MODEL_FILE_NAME",
     "AudioConfig",
     "AugmentConfig",

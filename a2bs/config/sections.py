@@ -240,9 +240,18 @@ class AugmentConfig:
     freq_mask_bins: int = 8  # each mask 1..N mel bands wide
 
 
+FINETUNE_MODES = ("identity", "head", "all")  # finetune.train: what a fine-tuning run learns
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """`a2bs finetune`: a new identity learned with the rest of the model frozen (a2bs.train.finetune)."""
+    """`a2bs finetune`: a new identity learned on a trained model (a2bs.train.finetune).
+
+    ``train`` says what learns (one of FINETUNE_MODES): ``identity`` = the new identity's rows only, the
+    rest frozen (every other face bit-identical); ``head`` = also the output head; ``all`` = also the
+    backbone (at ``backbone_lr``). With ``head`` and ``all`` the other faces' outputs change too, much
+    for the worse (they learn from the new actor only): keep the base model for them.
+    """
 
     # One identity row is a few thousand numbers: a larger step than training's, and a few minutes
     # of footage (a few hundred windows) make an epoch of a few steps. The epoch kept is chosen on
@@ -259,6 +268,12 @@ class FinetuneConfig:
     # the last epoch is kept. A shards folder given instead keeps its own split: its val windows
     # choose, the others train.
     val_fraction: float = 0.2
+    train: str = "identity"
+    # The backbone's step in ``train: all`` (the identity row and the head keep ``lr``): it starts
+    # from weights already fitted to other voices. Picked on the held-out windows of 2 minutes of a
+    # new actor (seed 0, 60 epochs): best val loss 0.0098 at 3e-4, 0.0093 at 1e-3, 0.0088 at 3e-3,
+    # 0.0090 at 1e-2 (benchmarks/README.md, "Adaptation").
+    backbone_lr: float = 3e-3
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,14 @@ from a2bs.build.shards import clip_identity
 from a2bs.config import ConfigError, load_config
 from a2bs.manifests import ShardsManifest
 from a2bs.models.model_file import load_model_file
-from a2bs.train.data import VAL_COLUMNS, LocalBatches, WindowCollate, identity_columns, read_shard, shard_info
+from a2bs.train.data import (
+    VAL_COLUMNS,
+    LocalBatches,
+    WindowCollate,
+    identity_columns,
+    read_shard,
+    shard_info,
+)
 from a2bs.train.finetune import finetune
 from a2bs.train.trainer import train, with_data_identities
 from tests.unit.train.identity_data import N_MELS, REST, SMILE, T, write_shards
@@ -144,10 +152,46 @@ def test_finetune_command(trained, tmp_path: Path) -> None:
     rc = main(["finetune", str(model_path), str(held_out), "--identity", "newface", "--out", str(out), "--quiet",
                "finetune.epochs=2", "augment.enabled=false", "train.device=cpu"])
     assert rc == 0
-    assert load_model_file(out / "model.safetensors")[1].identities == ("astronaut", "hopper", "newface")
+    card = load_model_file(out / "model.safetensors")[1]
+    assert card.identities == ("astronaut", "hopper", "newface")
+    assert card.metrics == load_model_file(model_path)[1].metrics  # a frozen backbone: the base's scores hold
+    assert main(["finetune", str(model_path), str(held_out), "--identity", "newface", "--out", str(tmp_path / "h"),
+                 "--head", "--quiet", "finetune.epochs=1", "augment.enabled=false", "train.device=cpu"]) == 0
+    assert json.loads((tmp_path / "h" / "finetune.json").read_text())["train"] == "head"  # --head = --train head
+    assert main(["finetune", str(model_path), str(held_out), "--identity", "newface", "--out", str(tmp_path / "y"),
+                 "--head", "--train", "all", "--quiet"]) != 0  # contradicting flags: a one-line error
     assert main(["finetune", str(model_path), str(held_out), "--identity", "hopper", "--out", str(tmp_path / "x"),
                  "--quiet"]) != 0  # a face the model has: a one-line error
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_finetune_all_adapts_the_backbone_adds_one_face_and_the_card_says_so(trained, tmp_path: Path) -> None:
+    model_path, held_out = trained
+    base, card = load_model_file(model_path)
+    assert card.metrics  # the base model's scores, which no longer describe its faces after this
+    cfg = load_config(None, ["finetune.train=all", "finetune.epochs=3", "augment.enabled=false", "train.device=cpu"])
+    result = finetune(str(model_path), str(held_out), "newface", str(tmp_path / "ft"), cfg)
+    tuned, new_card = load_model_file(result.model_path)
+    assert new_card.identities == tuned.cfg.identities == card.identities + ("newface",)
+    old, new = dict(base.named_parameters()), dict(tuned.named_parameters())
+    backbone = [k for k in old if not k.startswith(("identity.", "head."))]
+    assert backbone and all(not torch.equal(new[k], old[k]) for k in backbone)  # every backbone weight learned
+    assert all(not torch.equal(new[k], old[k]) for k in old if k.startswith("head."))
+    n = len(card.identities)
+    for table in ("film", "out_bias"):  # the other faces' rows and the average's are still the base's
+        rows = getattr(base.identity, table).weight
+        assert torch.equal(getattr(tuned.identity, table).weight[[*range(n), n + 1]], rows)
+    mel = torch.from_numpy(np.random.default_rng(8).uniform(-60, 0, (2, 30, N_MELS)).astype(np.float32))
+    with torch.no_grad():  # ... but their outputs changed with the backbone
+        assert not torch.equal(tuned(mel, identity=torch.zeros(2, dtype=torch.long)),
+                               base(mel, identity=torch.zeros(2, dtype=torch.long)))
+    assert new_card.metrics == {} and new_card.training_config["finetune"]["train"] == "all"
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["train"] == "all"
+    assert "'newface' (all)" in result.line()
+    bad = load_config(None, ["finetune.train=everything"])
+    with pytest.raises(ConfigError, match="finetune.train must be one of 'identity', 'head', 'all', not 'everything'"):
+        finetune(str(model_path), str(held_out), "other", str(tmp_path / "bad"), bad)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
 def test_finetune_gives_a_model_without_identities_its_first_face(trained, tmp_path: Path) -> None:
