@@ -228,12 +228,17 @@ def _start_server(model_path: Path, backend: str, max_sessions: int, workers: st
     cmd = [sys.executable, "-m", "a2bs.cli", "serve", str(model_path), "--port", "0", "--max-sessions",
            str(max_sessions), f"serve.backend={backend}", f"serve.workers={workers}", "serve.idle_timeout_s=120",
            *overrides]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The server logs a line per connection on stderr: into a file, not a pipe nobody reads (a full pipe
+    # would block the server after a few hundred sessions).
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
     m = re.search(r"listening on (ws://[^ ]+)", line)
     if not m:
         proc.kill()
-        raise SystemExit(f"server did not start: {line}{proc.stderr.read()}")
+        proc.wait(60)
+        log.seek(0)
+        raise SystemExit(f"server did not start: {line}{log.read()}")
     url = m.group(1)
     return proc, url, url.replace("ws://", "http://").replace("/v1/stream", "")
 
