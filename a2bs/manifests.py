@@ -199,6 +199,19 @@ class MelNorm:
 
 
 @dataclass(frozen=True)
+class FineTuning:
+    """One `a2bs finetune` of a model (a2bs.train.finetune): the face it added and what it changed."""
+
+    __pydantic_config__ = _STRICT
+
+    identity: str  # the identity added
+    train: str  # finetune.train: "identity" (only its rows learned), "head" or "all" (every face changed)
+    epoch: int  # 1-based epoch kept
+    epochs: int
+    windows: int  # training windows of the new footage
+
+
+@dataclass(frozen=True)
 class ShardsManifest:
     """What a shards folder holds and how it was built (written last by ``a2bs build``)."""
 
@@ -301,6 +314,8 @@ class ModelCard:
         training_config: the resolved config of the run ({} = untrained).
         identities: the faces the model is conditioned on, in index order (``model.identities``; () = none,
             and cards written before identities existed read as ()).
+        finetuned: every `a2bs finetune` since training, oldest first (training_config is the
+            training run's config, with the last fine-tuning's ``finetune`` section).
     """
 
     __pydantic_config__ = _STRICT
@@ -319,6 +334,7 @@ class ModelCard:
     identities: tuple[str, ...] = ()
     # The log-mel normalisation every front end applies before the model (None = none: cards before it).
     mel_norm: MelNorm | None = None
+    finetuned: tuple[FineTuning, ...] = ()
 
     def __post_init__(self) -> None:
         if tuple(self.identities) != tuple(self.model.identities):

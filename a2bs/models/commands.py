@@ -45,6 +45,11 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
             names = ", ".join(s.speakers[:SHOWN_SPEAKERS]) + (", ..." if len(s.speakers) > SHOWN_SPEAKERS else "")
             lines.append(f"    {name}: {len(s.speakers)} speakers, {s.clips} clips, {s.hours * 60:.1f} min, "
                          f"{s.rows} windows ({names})")
+    for ft in card.finetuned:
+        changed = ("its rows only: the other faces' outputs are the base's" if ft.train == "identity"
+                   else "every face's outputs changed")
+        lines.append(f"  fine-tuned: identity {ft.identity!r} added (finetune.train={ft.train}: {changed}), "
+                     f"{ft.windows} windows, epoch {ft.epoch} of {ft.epochs} kept")
     for split, values in card.metrics.items():
         shown = {k: v for k, v in values.items() if not math.isnan(v)}
         lines.append(f"  {split} metrics: {_numbers(shown)}")

@@ -40,7 +40,7 @@ from a2bs.config import (
     config_to_dict,
 )
 from a2bs.errors import ManifestError
-from a2bs.manifests import MelNorm, ShardsManifest
+from a2bs.manifests import FineTuning, MelNorm, ShardsManifest
 from a2bs.models.identity import train_only_identity, with_added_identity
 from a2bs.models.model_file import MODEL_FILE_NAME, load_model_file, save_model
 from a2bs.runtime import storage
@@ -210,7 +210,8 @@ def _finetune(model_path: str, data_dir: str, identity: str, out_dir: str, cfg: 
     frozen = fc.train == "identity"
     training = {**card.training_config, "finetune": config_to_dict(cfg)["finetune"]} if card.training_config else {}
     new_card = replace(card, model=model.cfg, identities=names, metrics=card.metrics if frozen else {},
-                       training_config=training)
+                       training_config=training,
+                       finetuned=(*card.finetuned, FineTuning(identity, fc.train, best_epoch, fc.epochs, windows)))
     model_out = storage.join(out_dir, MODEL_FILE_NAME)
     storage.makedirs(out_dir)
     save_model(model_out, model, new_card)

@@ -13,6 +13,7 @@ import torch
 from a2bs.build.shards import clip_identity
 from a2bs.config import ConfigError, load_config
 from a2bs.manifests import ShardsManifest
+from a2bs.models.commands import format_card
 from a2bs.models.model_file import load_model_file
 from a2bs.train.data import (
     VAL_COLUMNS,
@@ -155,6 +156,11 @@ def test_finetune_command(trained, tmp_path: Path) -> None:
     card = load_model_file(out / "model.safetensors")[1]
     assert card.identities == ("astronaut", "hopper", "newface")
     assert card.metrics == load_model_file(model_path)[1].metrics  # a frozen backbone: the base's scores hold
+    (ft,) = card.finetuned  # the card says which face was fine-tuned, and how; `a2bs info` shows it
+    assert (ft.identity, ft.train, ft.epochs) == ("newface", "identity", 2) and 1 <= ft.epoch <= 2 and ft.windows > 0
+    assert "fine-tuned: identity 'newface' added (finetune.train=identity: its rows only" in format_card(
+        card, "m", 1)
+    assert not load_model_file(model_path)[1].finetuned  # a trained model: none
     assert main(["finetune", str(model_path), str(held_out), "--identity", "newface", "--out", str(tmp_path / "h"),
                  "--head", "--quiet", "finetune.epochs=1", "augment.enabled=false", "train.device=cpu"]) == 0
     assert json.loads((tmp_path / "h" / "finetune.json").read_text())["train"] == "head"  # --head = --train head
@@ -186,6 +192,8 @@ def test_finetune_all_adapts_the_backbone_adds_one_face_and_the_card_says_so(tra
         assert not torch.equal(tuned(mel, identity=torch.zeros(2, dtype=torch.long)),
                                base(mel, identity=torch.zeros(2, dtype=torch.long)))
     assert new_card.metrics == {} and new_card.training_config["finetune"]["train"] == "all"
+    assert [(f.identity, f.train) for f in new_card.finetuned] == [("newface", "all")]
+    assert "finetune.train=all: every face's outputs changed" in format_card(new_card, "m", 1)
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["train"] == "all"
     assert "'newface' (all)" in result.line()
     bad = load_config(None, ["finetune.train=everything"])
