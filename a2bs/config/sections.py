@@ -90,6 +90,12 @@ class MelNormConfig:
     # open with ~0.9 s of silence, which drags a fast running mean ~20 dB down for the first seconds;
     # 400 chose better on val on 3 of 3 seeds (val_objective 0.944 vs 0.965 without), 100 did not (0.965).
     prior_frames: float = 400.0
+    # Frames whose mean log-mel (dB, over the bands) is below this do not move the running mean (nor the
+    # prior): silence would otherwise pull it down by a time-varying offset set by each clip's pauses (the
+    # demo clips open with ~0.9 s at ~-74 dB; speech is ~-33 dB). -80 (the dB floor, MEL_DB_RANGE) counts
+    # every frame. -55 sits in the trough between the two modes of the demo corpus's frames (-80..-70 and
+    # -40..-25 dB) and is what was measured (benchmarks/README.md, `augment mel_norm speech k400`).
+    speech_floor_db: float = -80.0
 
 
 @dataclass(frozen=True)
