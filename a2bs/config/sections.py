@@ -75,8 +75,9 @@ class AudioConfig:
 class MelNormConfig:
     """Speaker/channel normalisation of the log-mel (a2bs.extract.audio.MelNormaliser), per clip and causal.
 
-    Each frame has the clip's running mean log-mel so far subtracted (a cumulative mean that starts
-    from the training set's mean, ``prior_frames`` frames strong) and that training mean added back,
+    Each frame has the clip's running mean log-mel so far subtracted (a cumulative mean over the frames at
+    or above ``speech_floor_db`` that starts from the training set's mean over such frames,
+    ``prior_frames`` frames strong) and that training mean added back,
     which removes a voice's and a channel's fixed spectral tilt. Applied where a clip's features
     become windows (build) and in every inference front end, from the card.
     """
