@@ -196,6 +196,9 @@ class MelNorm:
 
     prior_frames: float  # weight of prior_db in the running mean, in frames
     prior_db: tuple[float, ...]  # (n_mels,) the training split's mean log-mel (dB, clipped to MEL_DB_RANGE)
+    # Frames whose mean log-mel is below this do not enter the running mean (nor prior_db). The default,
+    # the bottom of MEL_DB_RANGE, counts every frame: a card or manifest written before the field.
+    speech_floor_db: float = MEL_DB_RANGE[0]
 
 
 @dataclass(frozen=True)

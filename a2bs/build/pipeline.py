@@ -133,8 +133,9 @@ def run_build(clips_dir: str, shards_dir: str, cfg: Config, use_ray: bool = True
     plans = plan_shards(clips, cfg.sequence.rows_per_shard)
     sources = _sources(clips_dir, clips)
     if mel_norm is None and cfg.mel_norm.enabled:  # the prior: the training split's mean (one more read of it)
-        prior = mean_log_mel([sources[c["uri"]] for c in clips if c["split"] == "train"])
-        mel_norm = MelNorm(cfg.mel_norm.prior_frames, tuple(round(float(v), 4) for v in prior))
+        floor_db = cfg.mel_norm.speech_floor_db
+        prior = mean_log_mel([sources[c["uri"]] for c in clips if c["split"] == "train"], floor_db)
+        mel_norm = MelNorm(cfg.mel_norm.prior_frames, tuple(round(float(v), 4) for v in prior), floor_db)
     plan_clips = [[sources[uri] for uri in p.clip_uris] for p in plans]
     if use_ray:
         import ray

@@ -212,8 +212,8 @@ def clip_windows(clip: ClipSource, cfg: Config,
                  mel_norm: MelNorm | None = None) -> Iterator[tuple[dict[str, np.ndarray], ClipCounts]]:
     """The windows of one clip with what validation clipped, read part by part (memory: a part or two).
 
-    `mel_norm`: normalise the clip's log-mel causally from its first frame (all of its frames count,
-    also those no window keeps, as in an inference front end fed the same audio).
+    `mel_norm`: normalise the clip's log-mel causally from its first frame (all of its frames go through
+    the normaliser, also those no window keeps, as in an inference front end fed the same audio).
     """
     track = track_span(_face_track(segment_uri(clip.clips_dir, clip.clip_id, k)) for k in clip.segments)
     parts = iter_segments(clip.clips_dir, clip.clip_id, clip.segments)
@@ -328,9 +328,10 @@ def build_shard(plan: ShardPlan, out_dir: str, cfg: Config, clips: list[ClipSour
     }
 
 
-def mean_log_mel(clips: list[ClipSource]) -> np.ndarray:
-    """(n_mels,) mean log-mel (dB, clipped to schema.MEL_DB_RANGE) over every audio frame of `clips`,
-    read one part at a time: the prior of the mel normalisation."""
+def mean_log_mel(clips: list[ClipSource], speech_floor_db: float = MEL_DB_RANGE[0]) -> np.ndarray:
+    """(n_mels,) mean log-mel (dB, clipped to schema.MEL_DB_RANGE) over the audio frames of `clips` that
+    the mel normalisation counts (MelNormaliser.speech at `speech_floor_db`; the default: all), read one
+    part at a time: its prior."""
     total, frames = None, 0
     for clip in clips:
         for k in clip.segments:
@@ -338,11 +339,12 @@ def mean_log_mel(clips: list[ClipSource]) -> np.ndarray:
             n_mels = int(table.schema.metadata[b"n_mels"])
             flat = table.column("mel_db").combine_chunks().flatten().flatten().to_numpy()
             mel = np.clip(flat.reshape(-1, n_mels).astype(np.float64), *MEL_DB_RANGE)
+            mel = mel[MelNormaliser.speech(mel, speech_floor_db)]
             if len(mel):
                 total = mel.sum(axis=0) if total is None else total + mel.sum(axis=0)
                 frames += len(mel)
     if total is None:
-        raise ValueError("mel_norm: the training split has no audio frames")
+        raise ValueError("mel_norm: the training split has no frames at or above mel_norm.speech_floor_db")
     return total / frames
 
 

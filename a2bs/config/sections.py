@@ -75,8 +75,9 @@ class AudioConfig:
 class MelNormConfig:
     """Speaker/channel normalisation of the log-mel (a2bs.extract.audio.MelNormaliser), per clip and causal.
 
-    Each frame has the clip's running mean log-mel so far subtracted (a cumulative mean that starts
-    from the training set's mean, ``prior_frames`` frames strong) and that training mean added back,
+    Each frame has the clip's running mean log-mel so far subtracted (a cumulative mean over the frames at
+    or above ``speech_floor_db`` that starts from the training set's mean over such frames,
+    ``prior_frames`` frames strong) and that training mean added back,
     which removes a voice's and a channel's fixed spectral tilt. Applied where a clip's features
     become windows (build) and in every inference front end, from the card.
     """
@@ -90,6 +91,14 @@ class MelNormConfig:
     # open with ~0.9 s of silence, which drags a fast running mean ~20 dB down for the first seconds;
     # 400 chose better on val on 3 of 3 seeds (val_objective 0.944 vs 0.965 without), 100 did not (0.965).
     prior_frames: float = 400.0
+    # Frames whose mean log-mel (dB, over the bands) is below this do not move the running mean (nor the
+    # prior): silence would otherwise pull it down by a time-varying offset set by each clip's pauses (the
+    # demo clips open with ~0.9 s at ~-74 dB; speech is ~-33 dB). -55 sits in the trough between the two
+    # modes of the demo corpus's frames (-80..-70 and -40..-25 dB) and removes that offset, but did not
+    # choose better on val (val_objective 0.956 vs 0.944 counting every frame, worse on 3 of 3 seeds;
+    # benchmarks/README.md, `augment mel_norm speech k400`), so the default stays -80, the dB floor of
+    # MEL_DB_RANGE: every frame counts.
+    speech_floor_db: float = -80.0
 
 
 @dataclass(frozen=True)

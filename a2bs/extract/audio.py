@@ -211,30 +211,40 @@ def range_audio_features(path: str | Path, cfg: AudioConfig, start_s: float, end
 class MelNormaliser:
     """Causal per-clip log-mel mean normalisation: ``x_t - m_t + prior_db``; one object per clip or stream.
 
-    ``m_t = (prior_frames * prior_db + sum_{i<=t} x_i) / (prior_frames + t + 1)`` is the clip's running
-    mean log-mel up to and including frame ``t``, starting from the training set's mean ``prior_db``
-    (values clipped to ``schema.MEL_DB_RANGE`` first, as the data stage and the model do). A frame's
-    output depends only on it and the frames before, so feeding a clip in chunks of any size gives the
-    whole-clip values: training, offline and streaming see the same features.
+    ``m_t = (prior_frames * prior_db + sum_{i<=t, i speech} x_i) / (prior_frames + #speech frames <= t)``
+    is the clip's running mean log-mel over its speech frames up to and including frame ``t``, starting
+    from the training set's mean ``prior_db`` (values clipped to ``schema.MEL_DB_RANGE`` first, as the
+    data stage and the model do). A speech frame is one whose mean over the bands is at least
+    ``speech_floor_db`` (:meth:`speech`); the others are normalised by the mean so far but do not move
+    it. A frame's output depends only on it and the frames before, so feeding a clip in chunks of any
+    size gives the whole-clip values: training, offline and streaming see the same features.
     """
 
     def __init__(self, norm: MelNorm) -> None:
         self.prior_db = np.asarray(norm.prior_db, np.float64)
         self.sum_db = norm.prior_frames * self.prior_db  # running sum with the prior folded in
         self.frames = float(norm.prior_frames)
+        self.speech_floor_db = norm.speech_floor_db
 
     @classmethod
     def of(cls, norm: MelNorm | None) -> MelNormaliser | None:
         """A fresh normaliser for a clip or stream (None when `norm` is None: the raw log-mel)."""
         return None if norm is None else cls(norm)
 
+    @staticmethod
+    def speech(mel_db: np.ndarray, speech_floor_db: float) -> np.ndarray:
+        """(n,) bool: the frames of clipped ``(n, n_mels)`` log-mel that enter the running mean (their
+        mean over the bands is at least `speech_floor_db`; every frame at ``MEL_DB_RANGE[0]``)."""
+        return mel_db.mean(axis=1) >= speech_floor_db
+
     def __call__(self, mel_db: np.ndarray) -> np.ndarray:
         """Normalise the clip's next ``(n, n_mels)`` frames (float32 out)."""
         x = np.clip(np.asarray(mel_db, np.float64), *MEL_DB_RANGE)
         if not len(x):
             return x.astype(np.float32)
-        sums = self.sum_db + np.cumsum(x, axis=0)
-        counts = self.frames + np.arange(1, len(x) + 1, dtype=np.float64)
+        counted = self.speech(x, self.speech_floor_db).astype(np.float64)
+        sums = self.sum_db + np.cumsum(x * counted[:, None], axis=0)
+        counts = self.frames + np.cumsum(counted)
         out = x - sums / counts[:, None] + self.prior_db
         self.sum_db, self.frames = sums[-1], counts[-1]
         return out.astype(np.float32)

@@ -116,3 +116,24 @@ def test_the_run_card_carries_it_and_finetuning_builds_with_the_cards(tmp_path) 
     assert ShardsManifest.load(shards).mel_norm == card_norm
     plain = finetune_shards(str(tmp_path / "clips"), str(tmp_path / "ft_plain"), Config())
     assert ShardsManifest.load(plain).mel_norm is None
+
+
+def test_a_speech_floor_keeps_pauses_out_of_the_prior_and_is_in_the_fingerprint(tmp_path) -> None:
+    clips = {}
+    for i in range(3):
+        clip = _clip(2.5, seed=i, tilt_db=3.0)
+        clip.mel_db[:60] = -78.0  # a 0.6 s opening pause, as the demo clips have
+        clips[f"c{i}"] = (f"spk{i}", clip)
+    _store(str(tmp_path / "clips"), clips, 0.0)
+    base = ["mel_norm.enabled=true", "sequence.val_fraction=0.34", "sequence.test_fraction=0"]
+    all_frames, speech = load_config(None, base), load_config(None, [*base, "mel_norm.speech_floor_db=-55"])
+    run_build(str(tmp_path / "clips"), str(tmp_path / "all"), all_frames, use_ray=False, progress=False)
+    run_build(str(tmp_path / "clips"), str(tmp_path / "speech"), speech, use_ray=False, progress=False)
+    all_m, speech_m = ShardsManifest.load(str(tmp_path / "all")), ShardsManifest.load(str(tmp_path / "speech"))
+    assert all_m.mel_norm.speech_floor_db == MEL_DB_RANGE[0] and speech_m.mel_norm.speech_floor_db == -55.0
+    train = [clips[c][1].mel_db.astype(np.float64) for c in speech_m.splits["train"].clips]
+    np.testing.assert_allclose(speech_m.mel_norm.prior_db, np.concatenate([m[60:] for m in train]).mean(axis=0),
+                               atol=1e-4)  # the train split's mean over its speech frames only
+    np.testing.assert_allclose(all_m.mel_norm.prior_db, np.concatenate(train).mean(axis=0), atol=1e-4)
+    assert speech_m.fingerprint != all_m.fingerprint  # changing the floor rebuilds the shards
+    assert ModelCard.for_run(speech, speech_m).mel_norm == speech_m.mel_norm  # the card carries the floor

@@ -14,13 +14,29 @@ from a2bs.infer.streaming import StreamingLogMel
 from a2bs.manifests import MelNorm, ModelCard
 from a2bs.models import preset
 from a2bs.models.commands import format_card
+from a2bs.schema import MEL_DB_RANGE
 
 N_MELS = 8
 NORM_ATOL_DB = 1e-6  # float64 running sums; chunked cumsums differ from one whole cumsum by ~1e-12 dB
 
 
-def _norm(prior_frames: float = 50.0, n_mels: int = N_MELS) -> MelNorm:
-    return MelNorm(prior_frames, tuple(float(v) for v in np.linspace(-50.0, -30.0, n_mels)))
+SPEECH_FLOOR_DB = -55.0
+
+
+def _norm(prior_frames: float = 50.0, n_mels: int = N_MELS, speech_floor_db: float | None = None) -> MelNorm:
+    prior = tuple(float(v) for v in np.linspace(-50.0, -30.0, n_mels))
+    return MelNorm(prior_frames, prior) if speech_floor_db is None else MelNorm(prior_frames, prior, speech_floor_db)
+
+
+def _with_silence(n: int, seed: int = 0) -> np.ndarray:
+    """Speech-like frames (band means ~-35 dB) with pauses of ~-75 dB: a leading one and every 7th frame."""
+    mel = _mel(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    quiet = np.zeros(n, bool)
+    quiet[: n // 5] = True
+    quiet[::7] = True
+    mel[quiet] = rng.uniform(-80.0, -70.0, (int(quiet.sum()), N_MELS))
+    return mel
 
 
 def _mel(n: int, seed: int = 0, n_mels: int = N_MELS) -> np.ndarray:
@@ -43,15 +59,47 @@ def test_causal_a_frame_does_not_change_when_later_audio_is_appended() -> None:
     np.testing.assert_array_equal(short, long[:120])
 
 
+@pytest.mark.parametrize("floor_db", [None, SPEECH_FLOOR_DB])
 @pytest.mark.parametrize("sizes", [[1], [7, 1, 64], [299, 1], [0, 13]])
-def test_chunks_of_any_size_give_the_whole_clip_values(sizes: list[int]) -> None:
-    mel, whole = _mel(300), MelNormaliser(_norm())(_mel(300))
-    norm, parts, i, k = MelNormaliser(_norm()), [], 0, 0
+def test_chunks_of_any_size_give_the_whole_clip_values(sizes: list[int], floor_db: float | None) -> None:
+    mel = _with_silence(300)
+    whole = MelNormaliser(_norm(speech_floor_db=floor_db))(mel)
+    norm, parts, i, k = MelNormaliser(_norm(speech_floor_db=floor_db)), [], 0, 0
     while i < len(mel):
         n = sizes[k % len(sizes)]
         parts.append(norm(mel[i : i + n]))
         i, k = i + n, k + 1
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=NORM_ATOL_DB, rtol=0)
+
+
+def test_frames_below_the_speech_floor_do_not_move_the_running_mean() -> None:
+    mel = _with_silence(200)
+    speech = np.clip(mel, *MEL_DB_RANGE).mean(axis=1) >= SPEECH_FLOOR_DB
+    assert 0 < speech.sum() < len(mel) and not speech[:40].any()  # the clip opens with a pause
+    out = MelNormaliser(_norm(speech_floor_db=SPEECH_FLOOR_DB))(mel)
+    # The speech frames get exactly what they would with the pauses cut out of the clip ...
+    speech_only = MelNormaliser(_norm(speech_floor_db=SPEECH_FLOOR_DB))(mel[speech])
+    np.testing.assert_allclose(out[speech], speech_only, atol=NORM_ATOL_DB, rtol=0)
+    # ... and a pause is normalised by the mean so far (the prior alone during the opening one).
+    prior = np.array(_norm().prior_db)
+    np.testing.assert_allclose(out[:40], mel[:40] - prior + prior, atol=1e-4)
+    last_speech = np.flatnonzero(speech[:-1] & ~speech[1:])[0]  # a pause right after speech
+    mean = (50.0 * prior + mel[: last_speech + 1][speech[: last_speech + 1]].astype(np.float64).sum(axis=0)) / (
+        50.0 + speech[: last_speech + 1].sum())
+    np.testing.assert_allclose(out[last_speech + 1], mel[last_speech + 1] - mean + prior, atol=1e-4)
+    # Counting every frame instead gives other values: the pauses drag the mean down.
+    assert np.abs(MelNormaliser(_norm())(mel)[speech] - out[speech]).max() > 5.0
+
+
+def test_a_norm_without_the_floor_counts_every_frame_as_before() -> None:
+    mel = _with_silence(120)
+    old = _norm(prior_frames=3.0)  # as a card or manifest written before speech_floor_db reads back
+    assert old.speech_floor_db == MEL_DB_RANGE[0]
+    out = MelNormaliser(old)(mel)
+    prior = np.array(old.prior_db)
+    for t in range(len(mel)):  # the all-frames running mean, silence included
+        mean = (3.0 * prior + np.clip(mel[: t + 1], *MEL_DB_RANGE).astype(np.float64).sum(axis=0)) / (3.0 + t + 1)
+        np.testing.assert_allclose(out[t], mel[t] - mean + prior, atol=NORM_ATOL_DB)
 
 
 def test_a_constant_tilt_changes_features_only_through_the_priors_fading_weight() -> None:
@@ -85,6 +133,11 @@ def test_the_card_records_it_and_an_older_card_reads_as_off() -> None:
     again = ModelCard.from_json(card.to_json(), "m.safetensors")
     assert again.mel_norm == card.mel_norm and isinstance(again.mel_norm.prior_db, tuple)
     older = json.loads(card.to_json())
+    assert older["mel_norm"]["speech_floor_db"] == MEL_DB_RANGE[0]
+    floored = dataclasses.replace(card, mel_norm=_norm(100.0, speech_floor_db=SPEECH_FLOOR_DB))
+    assert ModelCard.from_json(floored.to_json(), "m.safetensors").mel_norm.speech_floor_db == SPEECH_FLOOR_DB
+    del older["mel_norm"]["speech_floor_db"]  # a card written before the speech floor: every frame counts
+    assert ModelCard.from_json(json.dumps(older), "old.safetensors").mel_norm == card.mel_norm
     del older["mel_norm"]  # a card written before the field existed
     assert ModelCard.from_json(json.dumps(older), "old.safetensors").mel_norm is None
     # `a2bs info` says so

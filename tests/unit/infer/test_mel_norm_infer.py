@@ -19,12 +19,13 @@ from a2bs.infer.offline import LoadedModel, predict_100hz, predict_samples
 from a2bs.infer.streaming import AudioStream, StreamingLogMel
 from a2bs.manifests import MelNorm, ModelCard
 from a2bs.models import build_model, preset
+from a2bs.schema import MEL_DB_RANGE
 
 NORM_ATOL_DB = 1e-6  # float64 running sums; chunked cumsums differ from one whole cumsum by ~1e-12 dB
 
 
-def _norm(prior_frames: float) -> MelNorm:
-    return MelNorm(prior_frames, tuple(float(v) for v in np.linspace(-50.0, -30.0, 80)))
+def _norm(prior_frames: float, speech_floor_db: float = MEL_DB_RANGE[0]) -> MelNorm:
+    return MelNorm(prior_frames, tuple(float(v) for v in np.linspace(-50.0, -30.0, 80)), speech_floor_db)
 
 
 def _audio(n: int, seed: int = 0) -> np.ndarray:
@@ -34,10 +35,13 @@ def _audio(n: int, seed: int = 0) -> np.ndarray:
             + 0.02 * rng.standard_normal(n)).astype(np.float32)
 
 
-def test_streaming_front_end_with_normalisation_equals_offline() -> None:
-    cfg, norm = AudioConfig(), _norm(100.0)
-    samples = _audio(4000 + 77)
-    offline = MelNormaliser(norm)(log_mel(samples, cfg))
+@pytest.mark.parametrize("speech_floor_db", [MEL_DB_RANGE[0], -55.0])
+def test_streaming_front_end_with_normalisation_equals_offline(speech_floor_db: float) -> None:
+    cfg, norm = AudioConfig(), _norm(100.0, speech_floor_db)
+    samples = np.concatenate([np.zeros(1600, np.float32), _audio(4000 + 77)])  # opens with 0.1 s of silence
+    mel = log_mel(samples, cfg)
+    assert (mel.mean(axis=1) < -55.0).sum() >= 5 and (mel.mean(axis=1) >= -55.0).sum() >= 20
+    offline = MelNormaliser(norm)(mel)
     front, out, i = StreamingLogMel(cfg, norm), [], 0
     for n in [1, 37, 159, 160, 161, 1001, 3] * 40:
         if i >= len(samples):
