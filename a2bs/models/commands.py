@@ -9,6 +9,7 @@ from typing import Callable
 
 from a2bs.config import ConfigError
 from a2bs.manifests import ModelCard
+from a2bs.schema import MEL_DB_RANGE
 
 SHOWN_SPEAKERS = 8  # per split; --json lists them all
 
@@ -21,7 +22,11 @@ def format_card(card: ModelCard, path: str, parameters: int) -> str:
     """The card as a few lines of text (everything but the training config, which ``--json`` shows)."""
     m, a = card.model, card.audio
     trained = f"epoch {card.epoch}" if card.epoch >= 0 else "untrained"
-    norm = f"; running-mean normalised per clip (prior {card.mel_norm.prior_frames:g} frames)" if card.mel_norm else ""
+    norm = ""
+    if card.mel_norm:
+        n = card.mel_norm
+        counted = f", frames from {n.speech_floor_db:g} dB" if n.speech_floor_db > MEL_DB_RANGE[0] else ""
+        norm = f"; running-mean normalised per clip (prior {n.prior_frames:g} frames{counted})"
     lines = [
         f"{path}: a2bs model ({trained}), written by a2bs {card.a2bs_version}",
         f"  model: {m.name}, {parameters:,} parameters; channels {m.channels}, kernel {m.kernel_size}, "

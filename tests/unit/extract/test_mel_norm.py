@@ -142,4 +142,5 @@ def test_the_card_records_it_and_an_older_card_reads_as_off() -> None:
     assert ModelCard.from_json(json.dumps(older), "old.safetensors").mel_norm is None
     # `a2bs info` says so
     assert "running-mean normalised per clip (prior 100 frames)" in format_card(again, "m.safetensors", 1)
+    assert f"(prior 100 frames, frames from {SPEECH_FLOOR_DB:g} dB)" in format_card(floored, "m.safetensors", 1)
     assert "running-mean" not in format_card(ModelCard.from_json(json.dumps(older), "old"), "old", 1)
