@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from a2bs.build.sequences import ClipCounts, Windower, synchronise_parts, track_span
 from a2bs.config import Config, ConfigError, SequenceConfig
 from a2bs.extract.audio import MelNormaliser
-from a2bs.extract.store import iter_segments, segment_uri
+from a2bs.extract.store import iter_segments, read_segment_mel, segment_uri
 from a2bs.manifests import MelNorm, ShardsManifest
 from a2bs.runtime import storage
 from a2bs.schema import MEL_DB_RANGE, N_TARGETS, sequence_schema
@@ -335,10 +335,8 @@ def mean_log_mel(clips: list[ClipSource], speech_floor_db: float = MEL_DB_RANGE[
     total, frames = None, 0
     for clip in clips:
         for k in clip.segments:
-            table = storage.read_parquet(segment_uri(clip.clips_dir, clip.clip_id, k), columns=["mel_db"])
-            n_mels = int(table.schema.metadata[b"n_mels"])
-            flat = table.column("mel_db").combine_chunks().flatten().flatten().to_numpy()
-            mel = np.clip(flat.reshape(-1, n_mels).astype(np.float64), *MEL_DB_RANGE)
+            mel = np.clip(read_segment_mel(segment_uri(clip.clips_dir, clip.clip_id, k)).astype(np.float64),
+                          *MEL_DB_RANGE)
             mel = mel[MelNormaliser.speech(mel, speech_floor_db)]
             if len(mel):
                 total = mel.sum(axis=0) if total is None else total + mel.sum(axis=0)

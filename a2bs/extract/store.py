@@ -220,6 +220,12 @@ def _values(column: pa.ChunkedArray, width: int = 0) -> np.ndarray:
     return values.reshape(-1, width) if width else values
 
 
+def read_segment_mel(uri: str) -> np.ndarray:
+    """A segment part's log-mel alone, (A, n_mels) float32: the one column read."""
+    table = storage.read_parquet(uri, columns=["mel_db"])
+    return _values(table.column("mel_db"), int(table.schema.metadata[b"n_mels"]))
+
+
 def read_segment(uri: str) -> SegmentPart:
     """Read one segment part (numeric columns are read-only zero-copy views into Arrow buffers)."""
     table = storage.read_parquet(uri)
