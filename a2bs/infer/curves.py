@@ -256,6 +256,49 @@ class StreamResampler:
         self._n_src += len(frames)
         return self._emit(None, None)
 
+    @staticmethod
+    def push_many(resamplers: Sequence["StreamResampler"], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``[r.push(f) for r, f in zip(resamplers, frames)]``, bit for bit, with one interpolation for all.
+
+        What a serving tick calls for its streams: the per-push array calls of :meth:`push`, ~20 us a
+        stream, were most of a tick's CPU beside the model; here a stream costs a few scalar steps.
+        """
+        parts, positions, bases, counts, spans = [], [], [], [], []
+        offset = 0
+        for r, f in zip(resamplers, frames):
+            f = np.asarray(f, dtype=np.float32).reshape(-1, N_TARGETS)
+            n_src = r._n_src + len(f)
+            # The frames now complete (the test of _emit, one scalar at a time: a push completes 0-3).
+            k = r.next_frame
+            while math.ceil(k * r.src_hz / r.fps) < n_src:
+                positions.append(k * r.src_hz / r.fps)  # source_positions' double arithmetic
+                bases.append(offset - r._buf_start)
+                k += 1
+            counts.append(k - r.next_frame)
+            size = len(r._buf) + len(f)
+            parts += (r._buf, f)
+            spans.append((offset, size))
+            r._n_src, r.next_frame = n_src, k
+            offset += size
+        src = np.concatenate(parts) if parts else np.zeros((0, N_TARGETS), np.float32)
+        out = np.zeros((0, N_TARGETS), np.float32)
+        if positions:
+            pos = np.asarray(positions)
+            i0 = np.floor(pos)
+            w = pos - i0
+            i0 = i0.astype(np.int64) + np.asarray(bases, np.int64)
+            a = src[i0].astype(np.float64)
+            b = src[i0 + (w > 0)].astype(np.float64)
+            out = renormalise_quaternions(a + w[:, None] * (b - a)).astype(np.float32)  # interp_rows' arithmetic
+        results, lo = [], 0
+        for r, n, (start, size) in zip(resamplers, counts, spans):
+            results.append(out[lo : lo + n])
+            lo += n
+            keep = min(math.floor(r.next_frame * r.src_hz / r.fps), r._n_src - 1)  # as in _emit
+            drop = max(0, keep - r._buf_start)
+            r._buf, r._buf_start = src[start + drop : start + size], r._buf_start + drop
+        return results
+
     def flush(self, duration_s: float, frames: np.ndarray | None = None) -> np.ndarray:
         """End of stream: add the last source `frames`, return the output frames left up to
         ``frame_count(duration_s, fps)`` (frames at or past the end of the audio are not emitted)."""

@@ -126,6 +126,12 @@ class PostProcessor:
         self._silence_n = 0
 
     @property
+    def stateless(self) -> bool:
+        """True when a frame's result depends on no other frame (no smoothing, no rest face measured or
+        given): then one call on many streams' rows gives each row what its own stream's call would."""
+        return self.smoother is None and not self.cfg.neutral_calibration
+
+    @property
     def rest(self) -> np.ndarray | None:
         """The rest face in use (None until enough silence was seen)."""
         if not self.cfg.neutral_calibration:

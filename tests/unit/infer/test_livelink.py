@@ -216,6 +216,22 @@ def test_stream_resampler_emits_each_frame_once_its_sources_arrived(fps):
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
+def test_stream_resampler_push_many_equals_each_push():
+    # A serving tick resamples all its streams at once: bit for bit what each stream's own push gives,
+    # for any frame rates and chunk sizes (0-4 source frames a push), buffers included (the flush after).
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        fps = [float(f) for f in rng.choice([24.5, 30.0, 59.94, 60.0, 144.0], size=int(rng.integers(1, 5)))]
+        one, many = [StreamResampler(100.0, f) for f in fps], [StreamResampler(100.0, f) for f in fps]
+        for _ in range(30):
+            frames = [rng.standard_normal((int(rng.integers(0, 5)), 59)).astype(np.float32) for _ in fps]
+            for a, b in zip([r.push(f) for r, f in zip(one, frames)], StreamResampler.push_many(many, frames)):
+                assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        duration_s = max(r.next_frame / r.fps for r in one) + 0.05
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a.flush(duration_s), b.flush(duration_s))
+
+
 def test_livelink_csv_file(tmp_path):
     c = random_curves(201, 100.0, duration_s=2.013).resample(60.0)
     path = c.to_livelink_csv(tmp_path / "take.csv", eye_range_rad=0.5)
