@@ -385,6 +385,10 @@ class ServeConfig:
     # Model step: "auto" = ONNX Runtime for convolution models (1.6x cheaper per session-frame than
     # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
     backend: str = "auto"
+    # Weights of the ONNX model step: "fp32" (frames equal `a2bs infer`'s to ~1e-5), or "int8" (matrix
+    # products on int8 weights: ~1.8x less step CPU for tcn_full, frames within ~1e-3 of the float
+    # model's; benchmarks/README.md, "Serving", measures both).
+    precision: str = "fp32"
     step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late
     # Server processes sharing the port, each with its own event loop and batched step (one process

@@ -205,13 +205,16 @@ def export_frame_step(model: nn.Module, path: str | os.PathLike, opset: int = 17
 
 
 class OnnxFrameRunner:
-    """The frame step exported to ONNX and run by ONNX Runtime (`threads` intra-op threads)."""
+    """The frame step exported to ONNX and run by ONNX Runtime (`threads` intra-op threads), with float
+    weights or, `precision` ``"int8"``, int8 weights in its matrix products (:func:`quantize_int8`)."""
 
-    def __init__(self, model: nn.Module, threads: int = 1) -> None:
-        from a2bs.infer.export import onnx_session
+    def __init__(self, model: nn.Module, threads: int = 1, precision: str = "fp32") -> None:
+        from a2bs.infer.export import onnx_session, quantize_int8
 
         with tempfile.TemporaryDirectory(prefix="a2bs-onnx-") as tmp:
             path = export_frame_step(model, os.path.join(tmp, "frame_step.onnx"))
+            if precision == "int8":
+                path = quantize_int8(path, os.path.join(tmp, "frame_step.int8.onnx"))
             self.session = onnx_session(path, threads=threads)
 
     def __call__(self, mel: np.ndarray, taps: np.ndarray,
@@ -275,23 +278,26 @@ class BatchedStepper:
         backend: ``"torch"`` or ``"onnx"``.
         max_batch: at most this many streams per call (0 = all).
         threads: ONNX Runtime intra-op threads (PyTorch follows ``torch.set_num_threads``).
+        precision: ``"fp32"``, or ``"int8"`` weights (ONNX backend only; outputs then differ from the
+            float model's, see :func:`a2bs.infer.export.quantize_int8`).
     """
 
     def __init__(self, model: nn.Module, capacity: int, backend: str = "torch", max_batch: int = 0,
-                 threads: int = 1) -> None:
+                 threads: int = 1, precision: str = "fp32") -> None:
         self.layout = TapLayout(model)
         self.capacity = int(capacity)
         self.state = SlotRings(self.layout, self.capacity, model.cfg.channels)
         self.n_mels = model.cfg.n_mels
         self.max_batch = int(max_batch)
         self.backend = backend
+        self.precision = check_precision(backend, precision)
         self.calls = 0  # model calls made (each holds one frame of up to max_batch streams)
         identity = getattr(model, "identity", None)
         self.average_identity = None if identity is None else identity.average_index
         if backend == "torch":
             self.runner: FrameRunner = TorchFrameRunner(model)
         elif backend == "onnx":
-            self.runner = OnnxFrameRunner(model, threads)
+            self.runner = OnnxFrameRunner(model, threads, precision)
         else:
             raise ConfigError(f"stream backend must be 'torch' or 'onnx', not {backend!r}")
 
@@ -378,26 +384,41 @@ class SingleStream:
 
 
 def make_batched_stepper(model: nn.Module, capacity: int, backend: str = "torch", max_batch: int = 0,
-                         threads: int = 1) -> Any:
+                         threads: int = 1, precision: str = "fp32") -> Any:
     """The serving stepper for `model`: :class:`BatchedStepper`, or :class:`PerStreamStepper` for attention.
 
-    `backend` is ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime when the model has a frame step).
+    `backend` is ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime when the model has a frame step);
+    `precision` ``"fp32"`` or ``"int8"`` (ONNX only).
 
     Raises:
         StreamingError: the model is not causal, or attention with the ONNX backend.
+        ConfigError: an unknown precision, or int8 with PyTorch.
     """
-    backend = check_servable(model, backend)
+    backend = check_servable(model, backend, precision)
     if supports_frame_step(model):
-        return BatchedStepper(model, capacity, backend, max_batch, threads)
+        return BatchedStepper(model, capacity, backend, max_batch, threads, precision)
     return PerStreamStepper(model, capacity)
 
 
-def check_servable(model: nn.Module, backend: str = "auto") -> str:
+def check_precision(backend: str, precision: str) -> str:
+    """`precision` if the (resolved) `backend` runs it; ConfigError naming the setting otherwise."""
+    from a2bs.infer.export import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"serve.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8" and backend != "onnx":
+        raise ConfigError("serve.precision=int8 needs the ONNX Runtime backend (serve.backend=onnx or auto), "
+                          f"not {backend!r}")
+    return precision
+
+
+def check_servable(model: nn.Module, backend: str = "auto", precision: str = "fp32") -> str:
     """The backend :func:`make_batched_stepper` would use for `model` (``"auto"`` resolved), without
     building anything: lets `a2bs serve` refuse a model before it starts worker processes.
 
     Raises:
         StreamingError: the model is not causal, or attention with the ONNX backend.
+        ConfigError: an unknown precision, or int8 with PyTorch.
     """
     if not supports_streaming(model):
         StreamingModel(model)  # raises the clear "not causal" StreamingError
@@ -406,4 +427,5 @@ def check_servable(model: nn.Module, backend: str = "auto") -> str:
     if not supports_frame_step(model) and backend != "torch":
         raise StreamingError("tcn_attn streams in PyTorch only (backend torch): "
                              "its key/value cache is not part of the ONNX step graphs")
+    check_precision(backend, precision)
     return backend

@@ -171,7 +171,8 @@ class ServeEngine:
         audio = model.audio_cfg
         self.rate_hz = audio.sample_rate / audio.hop_length
         self.stepper = make_batched_stepper(model.net, self.capacity, cfg.serve.backend,
-                                            cfg.serve.max_batch_streams, cfg.serve.step_threads)
+                                            cfg.serve.max_batch_streams, cfg.serve.step_threads,
+                                            cfg.serve.precision)
         self.backend = "torch" if isinstance(self.stepper, PerStreamStepper) else self.stepper.backend
         self._free = list(range(self.capacity - 1, -1, -1))
         self.streams: dict[int, EngineStream] = {}

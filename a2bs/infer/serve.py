@@ -468,7 +468,7 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
     if workers > 1:
         from a2bs.infer.batched import check_servable
 
-        check_servable(model.net, cfg.serve.backend)  # in this process: a clear error before any fork
+        check_servable(model.net, cfg.serve.backend, cfg.serve.precision)  # a clear error before any fork
         from a2bs.infer.serve_workers import run_workers
 
         return run_workers(model, cfg, token, identity, workers, ready_line)
@@ -492,5 +492,7 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
 def listening_line(cfg: Config, port: int, model: LoadedModel, backend: str, token: str | None, workers: int) -> str:
     """The line `a2bs serve` prints once it listens."""
     procs = f", {workers} worker processes" if workers > 1 else ""
+    if cfg.serve.precision != "fp32":
+        backend = f"{backend} {cfg.serve.precision}"
     return (f"serve: listening on ws://{cfg.serve.host}:{port}{STREAM_PATH} ({model.model_cfg.name}, {backend}, "
             f"up to {cfg.serve.max_sessions} sessions{procs}{', token required' if token else ''}); /healthz, /metrics")
