@@ -248,7 +248,8 @@ class Server:
                 return
             spec = session.stream.spec
             ready = {"event": "ready", "names": list(TARGET_NAMES), "fps": spec.fps, "sample_rate": spec.sample_rate,
-                     "frames": spec.frames, "model_sample_rate": self.model.audio_cfg.sample_rate}
+                     "frames": spec.frames, "model_sample_rate": self.model.audio_cfg.sample_rate,
+                     "precision": self.cfg.serve.precision}
             if self.worker is not None:
                 ready["worker"] = self.worker
             await ws.send(json.dumps(ready))

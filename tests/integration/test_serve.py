@@ -194,7 +194,7 @@ def test_bad_slow_and_vanishing_clients_leave_other_sessions_alone(causal_model)
         assert "not a whole number of 2-byte samples" in reasons[4]
         assert '{"event": "end"}' in reasons[5]
         assert all(code == 1008 for _, code in bad[:6])
-        assert bad[6][0][0]["event"] == "ready"
+        assert bad[6][0][0]["event"] == "ready" and bad[6][0][0]["precision"] == "fp32"  # frames equal offline
         wrong = bad[7]  # exactly what `a2bs infer` makes of the same samples at the declared rate
         np.testing.assert_allclose(wrong.values, _offline(srv, wrong_rate, 60, sample_rate=44100), atol=ATOL)
         assert len(wrong.values) == 22 != len(good_result.values)
