@@ -386,8 +386,8 @@ class ServeConfig:
     # PyTorch batched over 64 sessions, 6x alone; benchmarks/README.md), PyTorch for tcn_attn.
     backend: str = "auto"
     # Weights of the ONNX model step: "fp32" (frames equal `a2bs infer`'s to ~1e-5), or "int8" (matrix
-    # products on int8 weights: ~1.8x less step CPU for tcn_full, frames within ~1e-3 of the float
-    # model's; benchmarks/README.md, "Serving", measures both).
+    # products on int8 weights: ~1.8x less step CPU for tcn_full; frames differ from the float model's
+    # by ~1e-4 on average, at most ~0.01; benchmarks/README.md, "Serving", measures both).
     precision: str = "fp32"
     step_threads: int = 1  # intra-op threads of the model step (torch / ONNX Runtime)
     late_frame_ms: float = 50.0  # frames whose audio waited longer than this in the server count as late

@@ -261,7 +261,7 @@ class StreamResampler:
         """``[r.push(f) for r, f in zip(resamplers, frames)]``, bit for bit, with one interpolation for all.
 
         What a serving tick calls for its streams: the per-push array calls of :meth:`push`, ~20 us a
-        stream, were most of a tick's CPU beside the model; here a stream costs a few scalar steps.
+        stream, were a large share of a tick's CPU beside the model; here a stream costs a few scalar steps.
         """
         parts, positions, bases, counts, spans = [], [], [], [], []
         offset = 0
