@@ -31,13 +31,14 @@ from a2bs.evaluate.report import clip_identities, clip_speakers, split_files
 from a2bs.manifests import ShardsManifest
 from a2bs.models.model_file import load_model_file
 from a2bs.train.data import VAL_COLUMNS, LocalBatches
-from a2bs.train.validation import score_batches
+from a2bs.train.validation import ScoredPass, score_batches
 
 METRICS = (("lip_corr", "lip r"), ("jaw_corr", "jaw r"), ("mouth_mae", "mouth MAE"), ("mae", "MAE"))
 
 
-def score(model_path: str, shards_dir: str, split: str, excluded: set[str], with_identity: bool) -> dict:
-    """Metrics of one model on one split, without the `excluded` clips (and, +id, only its known faces' clips)."""
+def score(model_path: str, shards_dir: str, split: str, excluded: set[str], with_identity: bool) -> ScoredPass:
+    """One model on one split, without the `excluded` clips (and, +id, only its known faces' clips): overall and
+    per speaker (``groups``)."""
     model, card = load_model_file(model_path)
     manifest = ShardsManifest.load(shards_dir)
     files = split_files(shards_dir, split, manifest)
@@ -47,9 +48,10 @@ def score(model_path: str, shards_dir: str, split: str, excluded: set[str], with
     def keep(clip_id: str) -> bool:
         return clip_id not in excluded and (not identities or faces.get(clip_id, "") in identities)
 
-    batches = LocalBatches(files, manifest.n_mels, TrainConfig.val_batch_size, columns=VAL_COLUMNS, identities=identities).arrays()
+    batches = LocalBatches(files, manifest.n_mels, TrainConfig.val_batch_size, columns=VAL_COLUMNS,
+                           identities=identities).arrays()
     return score_batches(model, batches, manifest.frame_rate_hz, manifest.overlap_frames, torch.device("cpu"),
-                         keep_clip=keep, group_of=clip_speakers(files)).metrics
+                         keep_clip=keep, group_of=clip_speakers(files))
 
 
 def main() -> None:
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--exclude-trained", action="append", default=[], metavar="TRAIN_SHARDS",
                     help="leave out the clips of this folder's train split (repeatable)")
     ap.add_argument("--splits", nargs="+", default=["val", "test", "known"])
+    ap.add_argument("--per-speaker", default="test", help="split of the per-speaker table (means per label)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,14 +72,19 @@ def main() -> None:
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f}. Scored clips per split: "
           + ", ".join(f"{s} {n_clips[s]} ({left_out[s]} left out)" for s in args.splits), flush=True)
     cols = [(s, w, k) for s in args.splits for w in (False, True) for k, _ in METRICS]
-    rows, by_label = [], {}
+    rows, by_label, speakers = [], {}, {}
     for spec in args.model:
         label, seed, path = spec.split("=", 2)
-        cells = {}
+        cells, per_speaker = {}, {}
         for split in args.splits:
             for with_id in (False, True):
-                m = score(path, args.shards, split, excluded, with_id)
-                cells.update({(split, with_id, k): m[k] for k, _ in METRICS})
+                scored = score(path, args.shards, split, excluded, with_id)
+                cells.update({(split, with_id, k): scored.metrics[k] for k, _ in METRICS})
+                if split == args.per_speaker:
+                    for spk, m in scored.groups.items():
+                        per_speaker.setdefault(spk, {}).update({(with_id, k): m[k] for k, _ in METRICS})
+        for spk, spk_cells in per_speaker.items():
+            speakers.setdefault((spk, label), []).append(spk_cells)
         by_label.setdefault(label, []).append(cells)
         rows.append([label, seed, *(f"{cells[c]:.3f}" for c in cols)])
         print(rows[-1], flush=True)
@@ -85,6 +93,11 @@ def main() -> None:
             rows.append([f"**{label}** mean", len(runs), *(f"**{mean(r[c] for r in runs):.3f}**" for c in cols)])
     heads = [f"{s}{' +id' if w else ''} {short}" for s, w, k in cols for short in [dict(METRICS)[k]]]
     print(table(["model", "seed", *heads], rows))
+    per_cols = [(w, k) for w in (False, True) for k, _ in METRICS[:3]]
+    print(f"\n{args.per_speaker} per speaker, mean over each label's models:\n")
+    print(table(["speaker", "model", *(f"{'+id ' if w else ''}{dict(METRICS)[k]}" for w, k in per_cols)],
+                [[spk, label, *(f"{mean(r[c] for r in runs):.3f}" for c in per_cols)]
+                 for (spk, label), runs in sorted(speakers.items())]))
 
 
 if __name__ == "__main__":
