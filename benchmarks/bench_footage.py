@@ -22,9 +22,8 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, table
-
 import torch
+from common import machine, table
 
 from a2bs.config import TrainConfig
 from a2bs.evaluate.report import clip_identities, clip_speakers, split_files
