@@ -366,6 +366,8 @@ class Server:
         if factory is None:
             raise RuntimeError("serve: cannot adopt connections (websockets' protocol factory not found)")
         conn.setblocking(False)
+        if self.admission is not None:
+            self.admission.adopted(self.worker)
         loop = asyncio.get_running_loop()
         task = loop.create_task(loop.connect_accepted_socket(factory, conn))
         self._background.add(task)
@@ -388,8 +390,16 @@ class Server:
 
     def _adopted(self, task: asyncio.Task) -> None:
         self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # e.g. the client reset at once: its loss only
+        failed = task.cancelled() or task.exception() is not None
+        if failed and not task.cancelled():  # e.g. the client reset at once: its loss only
             log.info("serve: a handed-over connection failed: %s", task.exception())
+        if self.admission is not None:  # the parent's count of this worker's connections
+            # websockets' connection resolves this future when its socket closes (websockets 14-17).
+            waiter = None if failed else getattr(task.result()[1], "connection_lost_waiter", None)
+            if waiter is None:
+                self.admission.closed(self.worker)
+            else:
+                waiter.add_done_callback(lambda _: self.admission.closed(self.worker))
 
     @property
     def port(self) -> int:

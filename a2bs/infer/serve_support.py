@@ -121,13 +121,17 @@ class SharedAdmission:
     in shared memory.
 
     Created before the workers are forked; a worker asks :meth:`try_admit` before a session and calls
-    :meth:`release` after it, so the limit holds for the server as a whole, and the parent reads
-    :meth:`held` to send the next connection to the worker holding the fewest sessions.
+    :meth:`release` after it, so the limit holds for the server as a whole. For the parent's choice of
+    worker a worker also counts the connections it holds (:meth:`adopted`, :meth:`closed`): a session
+    is admitted only after its WebSocket handshake, and a burst of connections must not all go to a
+    worker that has not admitted its last ones yet (:meth:`loads`).
     """
 
     def __init__(self, ctx: Any, limit: int, workers: int) -> None:
         self.limit = int(limit)
         self._held = ctx.Array("i", int(workers))  # one lock for the whole array
+        self._open = ctx.Array("i", int(workers), lock=False)  # under _held's lock too
+        self._adopted = ctx.Array("i", int(workers), lock=False)
         self._served = ctx.Value("i", 0)
 
     def try_admit(self, worker: int) -> bool:
@@ -150,6 +154,23 @@ class SharedAdmission:
         """Places taken now, per worker."""
         with self._held.get_lock():
             return list(self._held)
+
+    def adopted(self, worker: int) -> None:
+        """`worker` took over a connection the parent handed it (still open)."""
+        with self._held.get_lock():
+            self._adopted[worker] += 1
+            self._open[worker] += 1
+
+    def closed(self, worker: int) -> None:
+        """One of `worker`'s connections is gone."""
+        with self._held.get_lock():
+            self._open[worker] -= 1
+
+    def loads(self, handed: list[int]) -> list[int]:
+        """Connections per worker: open ones, and those handed to it (`handed`, counted by the parent)
+        that it has not taken over yet."""
+        with self._held.get_lock():
+            return [self._open[w] + handed[w] - self._adopted[w] for w in range(len(handed))]
 
     @property
     def served(self) -> int:

@@ -4,8 +4,8 @@ One server process tops out at one core: most of its CPU is per-message Python (
 frame messages, each session's front end and post-processing), not the batched model step
 (benchmarks/README.md). So the parent binds the port and forks the workers, each a whole
 :class:`~a2bs.infer.serve.Server` (event loop with its step clock, batched stepper). The parent accepts each
-connection and passes the socket (``SCM_RIGHTS``) to the worker holding the fewest sessions, taking
-turns among equals: sessions spread evenly whatever their timing. (Letting every worker accept on the
+connection and passes the socket (``SCM_RIGHTS``) to the worker holding the fewest connections (with
+those still on their way to it), taking turns among equals: sessions spread evenly whatever their timing. (Letting every worker accept on the
 shared socket sent all of them to the first worker whenever it was idle; ``SO_REUSEPORT`` spreads them
 by a hash of the client's address, blind to load.) Shared between the workers:
 
@@ -165,7 +165,7 @@ def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: st
         if ready_line:
             print(listening_line(cfg, listener.getsockname()[1], model, backend, token, workers), flush=True)
         listener.setblocking(False)
-        turn = 0
+        turn, handed = 0, [0] * workers
         while not woken:
             ready = multiprocessing.connection.wait([wake_r, listener, *(p.sentinel for p in procs)])
             if wake_r in ready:  # a signal's wake-up byte: drained; `woken` says whether to stop
@@ -181,7 +181,7 @@ def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: st
                 code = 1
                 break
             if listener in ready:
-                turn = _dispatch(listener, channels, admission, turn)
+                turn = _dispatch(listener, channels, admission, turn, handed)
     finally:
         listener.close()  # refuse new connections while the workers finish
         for proc in procs:
@@ -203,18 +203,19 @@ def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: st
 
 
 def _dispatch(listener: socket.socket, channels: list[socket.socket], admission: SharedAdmission,
-              turn: int) -> int:
-    """Hand every waiting connection to the worker holding the fewest sessions (ties: the next in
-    turn, so a burst of connections that no worker has admitted yet alternates); returns the turn."""
+              turn: int, handed: list[int]) -> int:
+    """Hand every waiting connection to the worker holding the fewest connections (ties: the next in
+    turn), counting those on their way to it (`handed`: per worker, updated here); returns the turn."""
     while True:
         try:
             conn, _ = listener.accept()
         except BlockingIOError:
             return turn
         with conn:  # closed here once the worker holds its own copy
-            held = admission.held()
-            fewest = min(held)
+            loads = admission.loads(handed)
+            fewest = min(loads)
             n = len(channels)
-            worker = next(w for w in ((turn + k) % n for k in range(n)) if held[w] == fewest)
+            worker = next(w for w in ((turn + k) % n for k in range(n)) if loads[w] == fewest)
             turn = worker + 1
+            handed[worker] += 1
             socket.send_fds(channels[worker], [b"c"], [conn.fileno()])

@@ -263,3 +263,9 @@ def test_shared_admission_holds_across_processes() -> None:
     admission.release(1, served=True)
     assert admission.held() == [2, 1] and admission.served == 1
     assert admission.try_admit(0) and admission.held() == [3, 1]
+    # The parent's view for choosing a worker: open connections plus those handed over but not taken yet.
+    assert admission.loads([0, 0]) == [0, 0]
+    admission.adopted(0)
+    assert admission.loads([1, 2]) == [1, 2]  # worker 0 took its one; worker 1 has two on their way
+    admission.closed(0)
+    assert admission.loads([1, 2]) == [0, 2]
