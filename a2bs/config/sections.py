@@ -155,6 +155,9 @@ class ModelConfig:
     # Ordered identity (face) names the model is conditioned on (a2bs.models.identity); () = none, and
     # then the model has no identity weights at all.
     identities: tuple[str, ...] = ()
+    # With identities: True = each face has a FiLM of every block (it changes the dynamics) and an output
+    # bias; False = the output bias only (rest shape and pose; the dynamics shared by every face).
+    identity_film: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ with one row per identity plus a learned *average* identity at index ``n`` (used
 - ``out_bias``: a bias on the head's 58 pre-activation outputs: the face's rest shape and pose, the
   largest difference between actors (the demo's two rest at mouthSmile ~0.9 and ~0.1).
 
+``ModelConfig.identity_film = False`` keeps only ``out_bias``: every face shares the dynamics learned
+from all voices, and an identity sets the rest shape and pose only.
+
 Plain tables rather than a small embedding and a shared projection: a2bs trains on a handful of faces,
 and a new face (``a2bs finetune``) is exactly one new row of each, trained with everything else frozen,
 so the other faces' outputs stay bit-identical (:func:`with_added_identity`, :func:`train_only_identity`).
@@ -72,16 +75,18 @@ def drop_identities(identity: torch.Tensor, n_identities: int, probability: floa
 
 
 class IdentityConditioning(nn.Module):
-    """Per-identity FiLM of every block and output bias, plus the learned average (last row).
+    """Per-identity FiLM of every block (unless `film` is False) and output bias, plus the learned average (last row).
 
     Args:
         names: the identity names, in index order.
         n_blocks: TCN blocks (one FiLM each).
         channels: block channels.
         n_outputs: the head's pre-activation outputs (52 blendshapes + 6 pose values).
+        film: False = no FiLM table (``film`` is None): an identity is its output bias only.
     """
 
-    def __init__(self, names: Sequence[str], n_blocks: int, channels: int, n_outputs: int) -> None:
+    def __init__(self, names: Sequence[str], n_blocks: int, channels: int, n_outputs: int,
+                 film: bool = True) -> None:
         super().__init__()
         self.names = check_identities(names)
         if not self.names:
@@ -89,7 +94,8 @@ class IdentityConditioning(nn.Module):
         rows = len(self.names) + 1
         self.n_blocks, self.channels = n_blocks, channels
         # Zero rows (no random draw): a fresh conditioned model equals the unconditioned one.
-        self.film = nn.Embedding(rows, n_blocks * 2 * channels, _weight=torch.zeros(rows, n_blocks * 2 * channels))
+        self.film = (nn.Embedding(rows, n_blocks * 2 * channels, _weight=torch.zeros(rows, n_blocks * 2 * channels))
+                     if film else None)
         self.out_bias = nn.Embedding(rows, n_outputs, _weight=torch.zeros(rows, n_outputs))
 
     @property
@@ -98,12 +104,16 @@ class IdentityConditioning(nn.Module):
         return len(self.names)
 
     def forward(self, identity: torch.Tensor | None, batch: int,
-                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """identity (B,) int64 rows, or None for the average -> (film (B, n_blocks, 2, C), out_bias (B, 58))."""
+                device: torch.device | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """identity (B,) int64 rows, or None for the average -> (film (B, n_blocks, 2, C) or None, out_bias (B, 58))."""
         if identity is None:
             identity = torch.full((batch,), self.average_index, dtype=torch.long, device=device)
-        film = self.film(identity).view(-1, self.n_blocks, 2, self.channels)
+        film = None if self.film is None else self.film(identity).view(-1, self.n_blocks, 2, self.channels)
         return film, self.out_bias(identity)
+
+    def tables(self) -> list[nn.Parameter]:
+        """The per-identity weight tables this model has (FiLM, if any, and output bias)."""
+        return [t.weight for t in (self.film, self.out_bias) if t is not None]
 
 
 def film_norm(y: torch.Tensor, film: torch.Tensor | None) -> torch.Tensor:
@@ -143,8 +153,7 @@ def with_added_identity(model: nn.Module, name: str) -> nn.Module:
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("identity.")}
     n = len(names) - 1  # the old identities
     with torch.no_grad():
-        for table in ("film", "out_bias"):
-            key = f"identity.{table}.weight"
+        for key in (k for k in new.state_dict() if k.startswith("identity.")):
             rows = new.state_dict()[key].clone()  # zeros for a model trained without identities
             if key in model.state_dict():
                 old = model.state_dict()[key]  # (n + 1, D): n identities and the average
@@ -157,7 +166,7 @@ def with_added_identity(model: nn.Module, name: str) -> nn.Module:
 
 
 def train_only_identity(model: nn.Module, row: int) -> list[nn.Parameter]:
-    """Freeze `model` except identity row `row` of both tables (``a2bs finetune``); returns what to optimise.
+    """Freeze `model` except identity row `row` of its tables (``a2bs finetune``); returns what to optimise.
 
     Every other parameter stops requiring gradients, and a gradient hook zeroes the tables' other rows,
     so an optimiser without weight decay (decay would shrink the frozen rows too) leaves every other
@@ -165,11 +174,11 @@ def train_only_identity(model: nn.Module, row: int) -> list[nn.Parameter]:
     """
     if getattr(model, "identity", None) is None:
         raise ValueError("model: this model has no identities to fine-tune")
-    keep = torch.zeros(model.identity.film.num_embeddings, 1)
+    keep = torch.zeros(model.identity.out_bias.num_embeddings, 1)
     keep[row] = 1.0
     for p in model.parameters():
         p.requires_grad_(False)
-    tables = [model.identity.film.weight, model.identity.out_bias.weight]
+    tables = model.identity.tables()
     for table in tables:
         table.requires_grad_(True)
         table.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))

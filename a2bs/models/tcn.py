@@ -244,7 +244,8 @@ def make_identity_conditioning(cfg: ModelConfig) -> IdentityConditioning | None:
     """The identity tables of a model configured with `cfg` (None for ``identities = ()``)."""
     if not cfg.identities:
         return None
-    return IdentityConditioning(cfg.identities, len(cfg.dilations), cfg.channels, N_BLENDSHAPES + N_POSE_PREDICTED)
+    return IdentityConditioning(cfg.identities, len(cfg.dilations), cfg.channels, N_BLENDSHAPES + N_POSE_PREDICTED,
+                                film=cfg.identity_film)
 
 
 def identity_conditioning(model: nn.Module, identity: torch.Tensor | None,

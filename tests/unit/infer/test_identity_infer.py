@@ -32,16 +32,16 @@ STREAM_ATOL = 1e-5  # chunked vs one pass (float32); observed ~1e-7
 NAMES = ("anna", "ben")
 
 
-def _model(name: str = "tcn_full", identities: tuple[str, ...] = NAMES) -> torch.nn.Module:
+def _model(name: str = "tcn_full", identities: tuple[str, ...] = NAMES, film: bool = True) -> torch.nn.Module:
     extra = {"attn_max_len": 24, "attn_layers": 1} if name == "tcn_attn" else {}
     torch.manual_seed(0)
     net = build_model(preset(name, channels=16, dilations=(1, 2, 4), dropout=0.0, causal=True,
-                             identities=identities, **extra)).eval()
+                             identities=identities, identity_film=film, **extra)).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         net.head.proj.weight.mul_(40.0)  # outputs that move with the audio
         if net.identity is not None:  # faces that differ (trained tables are not zero)
-            for table in (net.identity.film.weight, net.identity.out_bias.weight):
+            for table in net.identity.tables():
                 table.copy_(0.5 * torch.randn(table.shape, generator=g))
     return net
 
@@ -123,6 +123,10 @@ def test_onnx_graphs_with_an_identity_input_equal_pytorch(tmp_path) -> None:
     # A model without identities exports exactly the inputs it had.
     plain_path = export_onnx_step(_model(identities=()), tmp_path / "plain.onnx")
     assert "identity" not in [i.name for i in onnx_session(plain_path).get_inputs()]
+    # Identities as output biases only (model.identity_film=false) take the same input.
+    bias_only = _model(film=False)
+    bias_path = export_onnx_step(bias_only, tmp_path / "bias.onnx", card=ModelCard.for_untrained(bias_only.cfg))
+    assert verify_onnx_step(bias_path, bias_only, mel, chunk_frames=7, identity=ident) < STREAM_ATOL
 
 
 def _audio(seconds: float, seed: int) -> np.ndarray:

@@ -204,3 +204,30 @@ def test_training_only_the_new_identity_leaves_the_others_bit_identical() -> Non
             assert not torch.equal(value[2], frozen[key][2]), key
         else:
             assert torch.equal(value, frozen[key]), key
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_bias_only_identities_set_the_rest_shape_and_share_the_dynamics(name: str) -> None:
+    """``identity_film=False``: an identity is exactly a shift of the head's bias; adding one keeps the others."""
+    torch.manual_seed(5)
+    model = _small(name, identities=("anna", "ben"), identity_film=False)
+    assert model.identity.film is None
+    assert [k for k in model.state_dict() if k.startswith("identity.")] == ["identity.out_bias.weight"]
+    with torch.no_grad():
+        model.identity.out_bias.weight.copy_(0.5 * torch.randn(model.identity.out_bias.weight.shape))
+    torch.manual_seed(5)
+    plain = _small(name)
+    mel = _mel(1, 30, 8)
+    for row in (0, 1, 2):  # anna, ben, the average: the unconditioned model with that row added to its head bias
+        with torch.no_grad():
+            shifted = _small(name)
+            shifted.load_state_dict(plain.state_dict())
+            shifted.head.proj.bias += model.identity.out_bias.weight[row]
+            torch.testing.assert_close(model(mel, torch.tensor([row])), shifted(mel), rtol=0, atol=1e-6)
+    bigger = with_added_identity(model, "carl")
+    assert bigger.cfg.identity_film is False and bigger.identity.film is None
+    params = train_only_identity(bigger, 2)
+    assert params == [bigger.identity.out_bias.weight]
+    with torch.no_grad():
+        assert torch.equal(bigger(mel.expand(3, -1, -1), torch.tensor([0, 1, 3])),
+                           model(mel.expand(3, -1, -1), torch.tensor([0, 1, 2])))
