@@ -41,9 +41,11 @@ from a2bs.infer.serve_support import (
     StepClock,
     event_loop_factory,
     is_loopback,
+    listening_line,
     read_token,
     resolve_workers,
     run_event_loop,
+    tune_process,
 )
 from a2bs.infer.wire import (
     CLOSE_POLICY,
@@ -450,20 +452,6 @@ class BackgroundServer:
         self._thread.join(60)
 
 
-def tune_process(cfg: Config) -> None:
-    """Process-wide settings for a process that only serves (`a2bs serve`; not applied when embedding).
-
-    - torch intra-op threads = ``serve.step_threads``;
-    - numpy's BLAS on one thread: the front end's small products (every session's log-mel at once)
-      were 15x slower with OpenBLAS's threads spinning against the model step on 2 cores.
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(max(1, cfg.serve.step_threads))
-    threadpool_limits(1, "blas")
-
-
 def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identity: str | None = None) -> int:
     """Serve until interrupted (Ctrl-C / SIGTERM) with :func:`tune_process` applied; returns the exit code.
 
@@ -498,12 +486,3 @@ def run_server(model: LoadedModel, cfg: Config, ready_line: bool = True, identit
 
     run_event_loop(main(), cfg)
     return 0
-
-
-def listening_line(cfg: Config, port: int, model: LoadedModel, backend: str, token: str | None, workers: int) -> str:
-    """The line `a2bs serve` prints once it listens."""
-    procs = f", {workers} worker processes" if workers > 1 else ""
-    if cfg.serve.precision != "fp32":
-        backend = f"{backend} {cfg.serve.precision}"
-    return (f"serve: listening on ws://{cfg.serve.host}:{port}{STREAM_PATH} ({model.model_cfg.name}, {backend}, "
-            f"up to {cfg.serve.max_sessions} sessions{procs}{', token required' if token else ''}); /healthz, /metrics")

@@ -1,6 +1,6 @@
 """The parts of `a2bs serve` around the connection loop: who may connect (the token rule and the
 admission limit shared by worker processes), the server's Prometheus metrics, the per-session send
-queue with its drop policy, and the step clock."""
+queue with its drop policy, the step clock, the process settings and the listening line."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import collections
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from a2bs.config import Config, ConfigError
+from a2bs.infer.wire import STREAM_PATH
+
+if TYPE_CHECKING:
+    from a2bs.infer.offline import LoadedModel
 
 
 class StepClock:
@@ -270,3 +274,26 @@ class SendQueue:
         item = self.items.popleft()
         self.waiting_frames_messages -= item[0] == "frames"
         return item
+
+
+def tune_process(cfg: Config) -> None:
+    """Process-wide settings for a process that only serves (`a2bs serve`; not applied when embedding).
+
+    - torch intra-op threads = ``serve.step_threads``;
+    - numpy's BLAS on one thread: the front end's small products (every session's log-mel at once)
+      were 15x slower with OpenBLAS's threads spinning against the model step on 2 cores.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(max(1, cfg.serve.step_threads))
+    threadpool_limits(1, "blas")
+
+
+def listening_line(cfg: Config, port: int, model: LoadedModel, backend: str, token: str | None, workers: int) -> str:
+    """The line `a2bs serve` prints once it listens."""
+    procs = f", {workers} worker processes" if workers > 1 else ""
+    if cfg.serve.precision != "fp32":
+        backend = f"{backend} {cfg.serve.precision}"
+    return (f"serve: listening on ws://{cfg.serve.host}:{port}{STREAM_PATH} ({model.model_cfg.name}, {backend}, "
+            f"up to {cfg.serve.max_sessions} sessions{procs}{', token required' if token else ''}); /healthz, /metrics")

@@ -35,7 +35,7 @@ from typing import Any
 
 from a2bs.config import Config
 from a2bs.infer.offline import LoadedModel
-from a2bs.infer.serve_support import SharedAdmission, run_event_loop, use_multiprocess_metrics
+from a2bs.infer.serve_support import SharedAdmission, listening_line, run_event_loop, use_multiprocess_metrics
 
 START_TIMEOUT_S = 300.0  # a worker builds its stepper (ONNX export) before it serves: minutes on a busy machine
 STOP_TIMEOUT_S = 30.0  # after SIGTERM, a worker that has not exited by then is killed
@@ -116,8 +116,6 @@ def run_workers(model: LoadedModel, cfg: Config, token: str | None, identity: st
     Raises:
         Exception: what a worker raised while starting (e.g. a backend it cannot build).
     """
-    from a2bs.infer.serve import listening_line
-
     s = cfg.serve
     ctx = multiprocessing.get_context("fork")
     listener = socket.create_server((s.host, s.port), backlog=max(128, 2 * s.max_sessions))
