@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--speakers", nargs="+", default=None, help="the folds (default: every speaker)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="", help="keep the folds here (default: a temporary folder)")
+    ap.add_argument("--out", default="", help="keep the folds here (a rerun reuses finished folds; default: a temporary folder)")
     ap.add_argument("--write-readme", action="store_true", help="replace the section in benchmarks/README.md")
     args = ap.parse_intermixed_args()  # key=value overrides may follow the options
     speakers = args.speakers or sorted({e.speaker_id for e in ClipsManifest.load(args.clips).clips.values()})
@@ -70,7 +70,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="a2bs-bench-loso-") as tmp:
         root = Path(args.out or tmp)
         for speaker in speakers:
-            r = run_fold(args.clips, speaker, overrides, args.config, root / speaker)
+            done = root / speaker / "fold.json"  # with --out, a rerun reuses the folds already finished
+            if done.is_file():
+                r = json.loads(done.read_text())
+            else:
+                r = run_fold(args.clips, speaker, overrides, args.config, root / speaker)
+                done.write_text(json.dumps(r))
             folds.append(r)
             rows.append([speaker, r["val"], r["best_epoch"], *(f"{r[k]:.4f}" for k in METRICS), f"{r['met']}/4",
                          f"{r['val_lip_corr']:.3f}", f"{r['train_s']:.0f}"])
