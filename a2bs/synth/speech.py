@@ -181,9 +181,9 @@ class _EspeakState:
             raise RuntimeError("the espeak-ng voices need libespeak-ng: pip install "
                                "espeakng-loader (or the a2bs[synth] extra)") from err
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.data_dir = Path(espeakng_loader.get_data_path())
         self.sample_rate = self.lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
-            _INITIALIZE_PHONEME_EVENTS)
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_dir).encode(), _INITIALIZE_PHONEME_EVENTS)
         if self.sample_rate <= 0:
             raise RuntimeError(f"libespeak-ng failed to initialise ({self.sample_rate})")
         self.audio: list[np.ndarray] = []
@@ -223,7 +223,10 @@ def espeak_segments(phones: list[tuple[int, str]], duration_s: float) -> list[Se
 def speak_espeak(text: str, voice: Voice, wav_path: Path) -> list[Segment]:
     """Speak `text` with espeak-ng's voice ``voice.ident`` into `wav_path` (16-bit, its own rate)."""
     state = _espeak_lib()
-    if state.lib.espeak_SetVoiceByName(voice.ident.encode()) != 0:
+    variant = voice.ident.partition("+")[2]
+    # espeak-ng ignores an unknown variant silently: check its file (voices/!v/<variant>) first
+    if (variant and not (state.data_dir / "voices" / "!v" / variant).is_file()
+            or state.lib.espeak_SetVoiceByName(voice.ident.encode()) != 0):
         raise RuntimeError(f"espeak-ng has no voice {voice.ident!r} (voice {voice.name!r})")
     state.audio, state.phones = [], []
     data = text.encode("utf-8")
