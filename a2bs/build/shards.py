@@ -121,12 +121,13 @@ def select_speakers(clips: list[dict[str, Any]], speakers: tuple[str, ...], wher
 def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
     """Set ``clip["split"]`` of every clip (dicts with clip_id and speaker_id) from the sequence settings.
 
-    With ``test_speakers`` those speakers are the test split and val is drawn from the others.
+    With ``test_speakers`` those speakers are the test split and val is drawn from the others; with
+    ``val_speakers`` those are the val split (and test, without ``test_speakers``, is drawn from the rest).
 
     Raises:
         ConfigError: an unknown ``split_by``, shares outside [0, 1) or summing to 1 or more, a
             ``known_clip_fraction`` or ``test_speakers`` with ``split_by=clip`` (every held-out clip is
-            then of a known voice), or a test speaker without clips.
+            then of a known voice), a test or val speaker without clips, or one named in both.
     """
     if seq.split_by not in ("speaker", "clip"):
         raise ConfigError(f"sequence.split_by must be 'speaker' or 'clip', not {seq.split_by!r}")
@@ -139,19 +140,28 @@ def split_clips(clips: list[dict[str, Any]], seq: SequenceConfig) -> None:
     if seq.known_clip_fraction and seq.split_by != "speaker":
         raise ConfigError("sequence.known_clip_fraction needs sequence.split_by=speaker (with split_by=clip the "
                           "val and test clips are already of known voices)")
-    if seq.test_speakers and seq.split_by != "speaker":
-        raise ConfigError("sequence.test_speakers needs sequence.split_by=speaker")
     speakers = {c["speaker_id"] for c in clips}
-    unknown = sorted(set(seq.test_speakers) - speakers)
-    if unknown:
-        raise ConfigError(f"sequence.test_speakers: no clips of speaker {unknown[0]!r} "
-                          f"(speakers: {', '.join(sorted(speakers))})")
-    if seq.test_speakers and set(seq.test_speakers) == speakers:
-        raise ConfigError("sequence.test_speakers: every speaker is a test speaker, none is left to train on")
+    for name in ("test_speakers", "val_speakers"):
+        named = getattr(seq, name)
+        if named and seq.split_by != "speaker":
+            raise ConfigError(f"sequence.{name} needs sequence.split_by=speaker")
+        unknown = sorted(set(named) - speakers)
+        if unknown:
+            raise ConfigError(f"sequence.{name}: no clips of speaker {unknown[0]!r} "
+                              f"(speakers: {', '.join(sorted(speakers))})")
+    both = sorted(set(seq.test_speakers) & set(seq.val_speakers))
+    if both:
+        raise ConfigError(f"sequence.val_speakers and sequence.test_speakers both name {both[0]!r}")
+    if (seq.test_speakers or seq.val_speakers) and set(seq.test_speakers + seq.val_speakers) == speakers:
+        raise ConfigError("sequence.test_speakers/val_speakers: every speaker is a test or val speaker, "
+                          "none is left to train on")
     key = "speaker_id" if seq.split_by == "speaker" else "clip_id"
-    rest = [c[key] for c in clips if c["speaker_id"] not in seq.test_speakers]
-    splits = assign_splits(rest, seq.val_fraction, seq.split_seed, 0.0 if seq.test_speakers else seq.test_fraction)
+    named = set(seq.test_speakers) | set(seq.val_speakers)
+    rest = [c[key] for c in clips if c["speaker_id"] not in named]
+    splits = assign_splits(rest, 0.0 if seq.val_speakers else seq.val_fraction, seq.split_seed,
+                           0.0 if seq.test_speakers else seq.test_fraction)
     splits.update(dict.fromkeys(seq.test_speakers, "test"))
+    splits.update(dict.fromkeys(seq.val_speakers, "val"))
     for c in clips:
         c["split"] = splits[c[key]]
     known = known_clips([c for c in clips if c["split"] == "train"], seq.known_clip_fraction, seq.split_seed)

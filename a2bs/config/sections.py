@@ -118,6 +118,9 @@ class SequenceConfig:
     # split_by=speaker: these speakers are the test split (instead of test_fraction), e.g. the actors a
     # studio keeps back, or one fold of benchmarks/bench_loso.py; val is drawn from the others.
     test_speakers: tuple[str, ...] = ()
+    # split_by=speaker: these speakers are the val split (instead of val_fraction), e.g. to keep a
+    # benchmark's val voices fixed when training voices are added (the hash ranks would draw others).
+    val_speakers: tuple[str, ...] = ()
     # split_by=speaker only: this share of each training speaker's clips is held out as the `known`
     # split (known voices, unseen clips): reported by `a2bs evaluate`, never chosen on.
     known_clip_fraction: float = 0.0

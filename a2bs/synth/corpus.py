@@ -7,7 +7,8 @@ H.264 + AAC mp4 with the drive curves beside it. Generation needs the engines an
 (``speech.apt_packages()``); the committed corpus does not.
 
 Usage: ``python -m a2bs.synth.corpus --out a2bs/demo/corpus --clips 90 --seed 0``
-(``--verify-only`` re-measures an existing corpus; ``--no-verify`` skips the check).
+(``--verify-only`` re-measures an existing corpus; ``--no-verify`` skips the check;
+``--voices espeak`` speaks with espeak-ng's voices instead of the demo's, for benchmarks).
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ import soundfile as sf
 
 from a2bs.synth.face import FACES, FaceRig, FrameParams
 from a2bs.synth.sentences import SENTENCES
-from a2bs.synth.speech import VOICES, Voice, engine_path, speak
+from a2bs.synth.speech import VOICE_SETS, VOICES, Voice, require_engine, speak
 from a2bs.synth.visemes import Segment, blink_curve, head_curves, mouth_curves
 
 FPS = 30.0
 SAMPLE_RATE = 16000
 FRAME_PX = 384
 CLIP_RANGE_S = (5.0, 10.0)  # short clips: many voices and `a2bs demo` still quick
-DEFAULT_CLIPS = 6 * len(VOICES)  # 6 clips per voice
+CLIPS_PER_VOICE = 6
+DEFAULT_CLIPS = CLIPS_PER_VOICE * len(VOICES)
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "demo" / "corpus"
 
 
@@ -205,7 +207,7 @@ def generate_corpus(out_dir: Path = DEFAULT_OUT, n_clips: int = DEFAULT_CLIPS, s
     drive curves at the video fps), ``<out>/corpus.json``. Deterministic given `seed`.
     """
     for engine in sorted({v.engine for v in voices}):
-        engine_path(engine)  # fail before rendering anything if an engine is missing
+        require_engine(engine)  # fail before rendering anything if an engine is missing
     out_dir = Path(out_dir)
     speakers = sorted(((faces[i % len(faces)], v) for i, v in enumerate(voices)),
                       key=lambda fv: (fv[0], fv[1].name))
@@ -243,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: generate the corpus, then check it with MediaPipe (README table)."""
     ap = argparse.ArgumentParser(prog="a2bs synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpus folder")
-    ap.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
-                    help="number of clips, spread evenly over the voices")
+    ap.add_argument("--clips", type=int, default=None,
+                    help=f"number of clips, spread evenly over the voices (default "
+                         f"{CLIPS_PER_VOICE} per voice)")
+    ap.add_argument("--voices", choices=sorted(VOICE_SETS), default="demo",
+                    help="voice set: the demo corpus's, or espeak-ng's variants (benchmarks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="clips rendered (and verified) at once")
     mode = ap.add_mutually_exclusive_group()
@@ -254,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if not args.verify_only:
-            generate_corpus(args.out, n_clips=args.clips, seed=args.seed, jobs=args.jobs)
+            voices = VOICE_SETS[args.voices]
+            n_clips = CLIPS_PER_VOICE * len(voices) if args.clips is None else args.clips
+            generate_corpus(args.out, n_clips=n_clips, seed=args.seed, voices=voices,
+                            jobs=args.jobs)
         if not args.no_verify:
             from a2bs.synth.verify import face_summary, verify_corpus, voice_table
 

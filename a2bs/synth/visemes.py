@@ -104,12 +104,52 @@ CATALAN_VISEME: dict[str, str | tuple[str, str]] = {
     **dict.fromkeys(("t", "d", "s", "z", "n", "l", "r", "rr"), "alveolar"),
     **dict.fromkeys(("k", "g", "J", "L"), "velar"),
 }
+# espeak-ng's phoneme mnemonics (Kirshenbaum-like, the same across its languages; espeak_phone
+# strips stress marks, ":" length and ";" palatalisation first). A digit, "#" or "-" marks a
+# language's variant of a sound; "_" pauses; two-vowel names are diphthongs.
+ESPEAK_VISEME: dict[str, str | tuple[str, str]] = {
+    **dict.fromkeys(("_", "_!", "_^", "_|"), "rest"),
+    **dict.fromkeys(("p", "b", "m", "B"), "closed"), **dict.fromkeys(("f", "v", "M"), "teeth"),
+    **dict.fromkeys(("0", "O", "O2", "o", "Y", "Yy", "8"), "rounded"),
+    **dict.fromkeys(("u", "U", "w", "w2", "y"), "rounded_tight"),  # y: Finnish ü
+    **dict.fromkeys(("i", "I", "I#", "I2", "j"), "wide"),
+    **dict.fromkeys(("e", "E", "&"), "mid"), **dict.fromkeys(("a", "A", "aa", "V"), "open"),
+    **dict.fromkeys(("@", "@2", "@-", "a#"), "schwa"), **dict.fromkeys(("3", "r-"), "rhotic"),
+    "oU": ("rounded", "rounded_tight"), "OI": ("rounded", "wide"), "oi": ("rounded", "wide"),
+    "O@": ("rounded", "rhotic"), "o@": ("rounded", "rhotic"), "U@": ("rounded_tight", "rhotic"),
+    "eI": ("mid", "wide"), "ei": ("mid", "wide"), "&i": ("mid", "wide"), "e@": ("mid", "schwa"),
+    "aI": ("open", "wide"), "ai": ("open", "wide"), "aI@": ("open", "wide"),
+    "aI3": ("open", "wide"), "aU": ("open", "rounded_tight"), "au": ("open", "rounded_tight"),
+    "A@": ("open", "rhotic"), "i@": ("wide", "schwa"), "i@3": ("wide", "schwa"),
+    "uo": ("rounded_tight", "rounded"), "ui": ("rounded_tight", "wide"),
+    "ja": ("wide", "open"), "ju": ("wide", "rounded_tight"), "jo": ("wide", "rounded"),
+    "je": ("wide", "mid"),
+    **dict.fromkeys(("S", "Z", "tS", "dZ", "R^"), "postalveolar"),  # R^: Czech ř
+    **dict.fromkeys(("T", "D"), "dental"),
+    **dict.fromkeys(("t", "t2", "t#", "d", "n", "l", "l-", "@L", "l^", "n^", "s", "s2", "ss",
+                     "z", "ts", "ts2", "dz", "r", "R", "*", "**"), "alveolar"),  # r: a trill
+    **dict.fromkeys(("k", "g", "N", "h", "x", "J", "Q", ";"), "velar"),  # ";" alone: a juncture
+}
 # Phone set name (speech.Voice.phoneset) -> table.
 PHONESETS: dict[str, dict[str, str | tuple[str, str]]] = {
     "cmu": PHONE_VISEME, "italian": ITALIAN_VISEME, "czech": CZECH_VISEME,
     "finnish": FINNISH_VISEME, "msu_ru": RUSSIAN_VISEME, "catalan": CATALAN_VISEME,
+    "espeak": ESPEAK_VISEME,
+    "espeak_en": {**ESPEAK_VISEME, "r": "rhotic"},  # English r is an approximant
+    "espeak_ru": {**ESPEAK_VISEME, "y": "wide"},  # Russian y is ы (unrounded)
 }
 _LENGTH_MARKED = ("czech", "finnish")  # sets that mark a long sound with a trailing ":"
+
+
+def espeak_phone(phone: str) -> str:
+    """An espeak-ng phoneme mnemonic as ESPEAK_VISEME spells it: without stress marks (``'``
+    ``,``), a trailing ``:`` (long) or ``;`` (palatalised: looks like the plain sound)."""
+    phone = phone.lstrip("',%=")
+    if len(phone) > 1:
+        phone = phone.removesuffix(":")
+    if len(phone) > 1:
+        phone = phone.removesuffix(";")
+    return phone
 
 
 # Required visual classes (what the demo corpus promises): phone -> class.
@@ -138,6 +178,8 @@ def phone_visemes(phone: str, phoneset: str = "cmu") -> tuple[str, ...]:
         phone = phone.lower()  # flite and festival spell CMU phones in either case
     elif phoneset in _LENGTH_MARKED and len(phone) > 1:
         phone = phone.removesuffix(":")  # a long sound looks like the short one
+    elif phoneset.startswith("espeak"):
+        phone = espeak_phone(phone)
     v = PHONESETS[phoneset].get(phone, "velar")
     return v if isinstance(v, tuple) else (v,)
 

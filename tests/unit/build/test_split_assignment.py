@@ -103,6 +103,33 @@ def test_named_test_speakers_replace_the_test_share() -> None:
         split_clips(corpus(2, 3), SequenceConfig(test_speakers=("s00", "s01")))
 
 
+def test_named_val_speakers_replace_the_val_share_and_keep_test_and_known() -> None:
+    base = SequenceConfig(test_speakers=("s03",), val_fraction=0.25, known_clip_fraction=0.3)
+    clips = corpus(6, 3)
+    split_clips(clips, dataclasses.replace(base, val_speakers=("s05", "s01")))
+    speakers = by_split(clips, "speaker_id")
+    assert speakers["val"] == {"s01", "s05"} and speakers["test"] == {"s03"}
+    assert speakers["train"] == {"s00", "s02", "s04"}
+    # adding training voices changes neither val, test nor the known clips of the first voices
+    more = corpus(9, 3)
+    split_clips(more, dataclasses.replace(base, val_speakers=("s05", "s01")))
+    assert by_split(more, "speaker_id")["val"] == {"s01", "s05"}
+    assert by_split(more, "clip_id")["known"] >= by_split(clips, "clip_id")["known"]
+    # without val_speakers a test share is drawn from the speakers left
+    free = corpus(6, 3)
+    split_clips(free, SequenceConfig(val_speakers=("s00",), val_fraction=0.5, test_fraction=0.2))
+    counts = by_split(free, "speaker_id")
+    assert counts["val"] == {"s00"} and len(counts["test"]) == 1 and "s00" not in counts["test"]
+    with pytest.raises(ConfigError, match="sequence.val_speakers: no clips of speaker 'nobody'"):
+        split_clips(corpus(5, 3), SequenceConfig(val_speakers=("nobody",)))
+    with pytest.raises(ConfigError, match="both name 's01'"):
+        split_clips(corpus(5, 3), SequenceConfig(val_speakers=("s01",), test_speakers=("s01",)))
+    with pytest.raises(ConfigError, match="val_speakers needs sequence.split_by=speaker"):
+        split_clips(corpus(5, 3), SequenceConfig(val_speakers=("s01",), split_by="clip"))
+    with pytest.raises(ConfigError, match="none is left to train on"):
+        split_clips(corpus(2, 3), SequenceConfig(val_speakers=("s00",), test_speakers=("s01",)))
+
+
 def test_speaker_selection_keeps_only_the_named_speakers() -> None:
     clips = corpus(4, 2)
     assert select_speakers(clips, (), "clips/") is clips
