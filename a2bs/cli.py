@@ -55,7 +55,9 @@ def cmd_synth(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError(f"synth takes no inputs or overrides (got {' '.join(rest)})")
 
     clips = ["--clips", str(args.clips)] if args.clips else []  # default: a2bs.synth.corpus's
-    return synth_main(["--out", args.out, *clips, "--seed", str(args.seed), "--jobs", str(args.jobs)])
+    verify = ["--no-verify"] if args.no_verify else []
+    return synth_main(["--out", args.out, *clips, "--voices", args.voices, "--seed", str(args.seed),
+                       "--jobs", str(args.jobs), *verify])
 
 
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
@@ -98,6 +100,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--clips", type=int, default=0, help="number of clips (default: 6 per voice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="clips rendered and verified at once")
+    p.add_argument("--voices", default="demo",
+                   help="voice set: demo (the corpus's 15 voices) or espeak (espeak-ng's variants, for benchmarks)")
+    p.add_argument("--no-verify", action="store_true", help="skip the MediaPipe read-back check")
     _common(p)
     handlers["synth"] = cmd_synth
 

@@ -89,3 +89,16 @@ def test_unknown_espeak_voice_is_a_clear_error(tmp_path: Path) -> None:
     bad = Voice("es_x_en", "espeak-ng", "en-us+nosuchvariant", "en-US", "espeak_en", "espeakng-loader", "m")
     with pytest.raises(RuntimeError, match="espeak-ng has no voice 'en-us\\+nosuchvariant'"):
         speak("Hello.", bad, tmp_path / "a.wav")
+
+
+def test_cli_synth_writes_an_espeak_clip(tmp_path: Path) -> None:
+    """`a2bs synth --voices espeak --no-verify`: a clip of an espeak-ng voice and its record, no read-back."""
+    import json
+
+    from a2bs.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--voices", "espeak", "--clips", "1", "--no-verify"]) == 0
+    (clip,) = json.loads((tmp_path / "corpus.json").read_text())["clips"]
+    assert clip["engine"] == "espeak-ng" and clip["voice"] in {v.name for v in ESPEAK_VOICES}
+    assert (tmp_path / clip["file"]).stat().st_size > 10_000
+    assert not (tmp_path / "verification.json").exists()  # --no-verify
