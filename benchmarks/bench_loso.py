@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def main() -> None:
             if done.is_file():
                 r = json.loads(done.read_text())
             else:
+                shutil.rmtree(root / speaker, ignore_errors=True)  # a fold stopped half-way starts over
                 r = run_fold(args.clips, speaker, overrides, args.config, root / speaker)
                 done.write_text(json.dumps(r))
             folds.append(r)
