@@ -207,7 +207,7 @@ def test_training_only_the_new_identity_leaves_the_others_bit_identical() -> Non
 
 
 @pytest.mark.parametrize("name", FAMILY)
-def test_bias_only_identities_set_the_rest_shape_and_share_the_dynamics(name: str) -> None:
+def test_bias_only_identities_set_the_rest_shape_and_share_the_dynamics(name: str, tmp_path) -> None:
     """``identity_film=False``: an identity is exactly a shift of the head's bias; adding one keeps the others."""
     torch.manual_seed(5)
     model = _small(name, identities=("anna", "ben"), identity_film=False)
@@ -231,3 +231,9 @@ def test_bias_only_identities_set_the_rest_shape_and_share_the_dynamics(name: st
     with torch.no_grad():
         assert torch.equal(bigger(mel.expand(3, -1, -1), torch.tensor([0, 1, 3])),
                            model(mel.expand(3, -1, -1), torch.tensor([0, 1, 2])))
+    path = tmp_path / "m.safetensors"  # the card carries the setting: the file loads without a FiLM table
+    save_model(path, model, ModelCard.for_untrained(model.cfg, AudioConfig()))
+    loaded, card = load_model_file(path)
+    assert card.model.identity_film is False and loaded.identity.film is None
+    with torch.no_grad():
+        assert torch.equal(loaded(mel, torch.tensor([1])), model(mel, torch.tensor([1])))
