@@ -25,32 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from common import machine, table
 
-from a2bs.config import TrainConfig
-from a2bs.evaluate.report import clip_identities, clip_speakers, split_files
+from a2bs.evaluate.report import score_split
 from a2bs.manifests import ShardsManifest
 from a2bs.models.model_file import load_model_file
-from a2bs.train.data import VAL_COLUMNS, LocalBatches
-from a2bs.train.validation import ScoredPass, score_batches
 
 METRICS = (("lip_corr", "lip r"), ("jaw_corr", "jaw r"), ("mouth_mae", "mouth MAE"), ("mae", "MAE"))
-
-
-def score(model_path: str, shards_dir: str, split: str, excluded: set[str], with_identity: bool) -> ScoredPass:
-    """One model on one split, without the `excluded` clips (and, +id, only its known faces' clips): overall and
-    per speaker (``groups``)."""
-    model, card = load_model_file(model_path)
-    manifest = ShardsManifest.load(shards_dir)
-    files = split_files(shards_dir, split, manifest)
-    identities = card.identities if with_identity else ()
-    faces = clip_identities(files) if identities else {}
-
-    def keep(clip_id: str) -> bool:
-        return clip_id not in excluded and (not identities or faces.get(clip_id, "") in identities)
-
-    batches = LocalBatches(files, manifest.n_mels, TrainConfig.val_batch_size, columns=VAL_COLUMNS,
-                           identities=identities).arrays()
-    return score_batches(model, batches, manifest.frame_rate_hz, manifest.overlap_frames, torch.device("cpu"),
-                         keep_clip=keep, group_of=clip_speakers(files))
 
 
 def main() -> None:
@@ -74,10 +53,12 @@ def main() -> None:
     rows, by_label, speakers = [], {}, {}
     for spec in args.model:
         label, seed, path = spec.split("=", 2)
+        model, card = load_model_file(path)
         cells, per_speaker = {}, {}
         for split in args.splits:
             for with_id in (False, True):
-                scored = score(path, args.shards, split, excluded, with_id)
+                scored = score_split(model, args.shards, split, identities=card.identities if with_id else (),
+                                     exclude=excluded)
                 cells.update({(split, with_id, k): scored.metrics[k] for k, _ in METRICS})
                 if split == args.per_speaker:
                     for spk, m in scored.groups.items():

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -166,22 +166,24 @@ def clip_identities(files: list[str]) -> dict[str, str]:
 
 
 def score_split(model: nn.Module, shards_dir: str, split: str, batch_size: int = TrainConfig.val_batch_size,
-                device: str | torch.device = "cpu", identities: tuple[str, ...] = ()) -> ScoredPass:
+                device: str | torch.device = "cpu", identities: tuple[str, ...] = (),
+                exclude: Collection[str] = ()) -> ScoredPass:
     """Whole-clip metrics of `model` on a split, overall and per speaker (``groups``).
 
     With `identities` (the model's) each clip is scored with its face, and only the clips of faces
-    in `identities`; without, every clip with the average identity (or none).
+    in `identities`; without, every clip with the average identity (or none). Clips in `exclude`
+    are left out (e.g. those another model trained on).
     """
     manifest = ShardsManifest.load(shards_dir)  # any split will do: a folder of test clips alone is fine
     files = split_files(shards_dir, split, manifest)
     device = torch.device(device)
     batches = LocalBatches(files, manifest.n_mels, batch_size, columns=VAL_COLUMNS, identities=identities).arrays()
     keep: Any = None
-    if identities:
-        faces = clip_identities(files)
+    if identities or exclude:
+        faces = clip_identities(files) if identities else {}
 
         def keep(clip_id: str) -> bool:
-            return faces.get(clip_id, "") in identities
+            return clip_id not in exclude and (not identities or faces.get(clip_id, "") in identities)
     return score_batches(model.to(device), batches, manifest.frame_rate_hz, manifest.overlap_frames, device,
                          keep_clip=keep, group_of=clip_speakers(files))
 
