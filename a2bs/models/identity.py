@@ -150,13 +150,14 @@ def with_added_identity(model: nn.Module, name: str) -> nn.Module:
 
     names = tuple(model.cfg.identities) + (name,)
     new = build_model(dataclasses.replace(model.cfg, identities=check_identities(names)))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("identity.")}
+    old_state, new_state = model.state_dict(), new.state_dict()
+    state = {k: v for k, v in old_state.items() if not k.startswith("identity.")}
     n = len(names) - 1  # the old identities
     with torch.no_grad():
-        for key in (k for k in new.state_dict() if k.startswith("identity.")):
-            rows = new.state_dict()[key].clone()  # zeros for a model trained without identities
-            if key in model.state_dict():
-                old = model.state_dict()[key]  # (n + 1, D): n identities and the average
+        for key in (k for k in new_state if k.startswith("identity.")):
+            rows = new_state[key].clone()  # zeros for a model trained without identities
+            if key in old_state:
+                old = old_state[key]  # (n + 1, D): n identities and the average
                 rows[:n] = old[:n]
                 rows[n] = old[n]
                 rows[n + 1] = old[n]
